@@ -1,0 +1,37 @@
+"""Drop what the answers turned off. Runs offline and can run twice without harm."""
+
+import json
+import shutil
+from pathlib import Path
+
+ANSWERS: dict = json.loads(r"""{{ cookiecutter | tojson }}""")
+GITOPS_TOOLS = ("argocd", "flux")
+
+
+def remove(*relative_paths: str) -> None:
+    for relative in relative_paths:
+        path = Path(relative)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def remove_database() -> None:
+    remove("apps/components/database")
+
+
+def remove_other_gitops_tools() -> None:
+    for tool in GITOPS_TOOLS:
+        if tool != ANSWERS["gitops_tool"]:
+            remove(f"clusters/{tool}")
+
+
+def main() -> None:
+    if not ANSWERS["include_database"]:
+        remove_database()
+    remove_other_gitops_tools()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Refuse bad answers before cookiecutter writes anything.
+
+Every problem is printed as one sentence that names the answer and the rule;
+the hook then exits 1, and cookiecutter removes the output directory.
+Standard library only: this runs before any of the repo's tooling exists.
+"""
+
+import json
+import re
+import sys
+
+# Answers arrive as JSON data, never pasted into Python source.
+ANSWERS: dict = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$")
+ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
+KUBERNETES_VERSION = re.compile(r"^1\.(\d+)$")
+
+# Image reference grammar of the OCI distribution spec: [host[:port]/]path[:tag][@digest].
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)"
+IMAGE = re.compile(
+    rf"^{_IMAGE_HOST}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+# Ports the Istio sidecar itself listens on inside every pod.
+ISTIO_PROXY_PORTS = {15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090}
+RESERVED_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", "istio-system"}
+ENVIRONMENT_PREFIXES = ("dev.", "staging.", "e2e.")
+OLDEST_ISTIO_MINOR = 22  # networking.istio.io/v1 and security.istio.io/v1 are served from 1.22 on
+OLDEST_KUBERNETES_MINOR = 29
+
+
+def check_workload_names(answers: dict) -> list[str]:
+    fields = ["frontend_name", "backend_name"] + (["database_name"] if answers["include_database"] else [])
+    problems = [
+        f"{field}: {answers[field]!r} cannot name a Service: use a DNS-1035 label, at most 63 lowercase "
+        "letters, digits and '-', starting with a letter and ending with a letter or digit."
+        for field in fields
+        if not DNS1035_LABEL.match(str(answers[field]))
+    ]
+    seen: dict[str, str] = {}
+    for field in fields:
+        name = answers[field]
+        if name in seen:
+            problems.append(f"{field}: {name!r} is already the {seen[name]}; each workload needs its own name.")
+        seen.setdefault(name, field)
+    return problems
+
+
+def check_namespace(namespace: str) -> list[str]:
+    if not DNS1123_LABEL.match(namespace):
+        return [
+            f"namespace: {namespace!r} is not a DNS-1123 label: use at most 63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit."
+        ]
+    if namespace in RESERVED_NAMESPACES:
+        return [f"namespace: {namespace!r} belongs to Kubernetes or Istio; choose a namespace of the app's own."]
+    return []
+
+
+def check_domain(domain: str) -> list[str]:
+    if "*" in domain:
+        return [f"domain: {domain!r} is a wildcard; the gateway must serve one exact host name."]
+    labels = domain.split(".")
+    longest = max(len(prefix) for prefix in ENVIRONMENT_PREFIXES) + len(domain)
+    if len(labels) < 2 or not all(DNS1123_LABEL.match(label) for label in labels) or longest > 253:
+        return [
+            f"domain: {domain!r} is not a valid DNS name: use two or more dot-separated labels of lowercase "
+            "letters, digits and '-' (at most 63 each, and at most 245 in all so that 'staging.' fits in front)."
+        ]
+    return []
+
+
+def check_port(field: str, value: object) -> list[str]:
+    text = str(value)
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return [f"{field}: {text!r} is not a port number; use a whole number from 1 to 65535."]
+    if int(text) in ISTIO_PROXY_PORTS:
+        return [f"{field}: {text} is used by the Istio sidecar in every pod; choose another port."]
+    return []
+
+
+def check_api_prefix(prefix: str) -> list[str]:
+    if not URL_PATH.match(prefix):
+        return [
+            f"api_prefix: {prefix!r} must be a path like '/api' or '/v1/api': it starts with '/', is not '/' "
+            "alone, has no trailing '/' and uses only letters, digits and '.', '_', '~', '-'."
+        ]
+    return []
+
+
+def check_health_path(field: str, path: str) -> list[str]:
+    if not HEALTH_PATH.match(path):
+        return [f"{field}: {path!r} must be a URL path starting with '/' (letters, digits, '/', '.', '_', '~', '-')."]
+    return []
+
+
+def check_image(field: str, image: str) -> list[str]:
+    if len(image) > 255 or not IMAGE.match(image):
+        return [
+            f"{field}: {image!r} is not a valid image reference; write [registry/]repository[:tag][@sha256:digest] "
+            "with a lowercase repository, e.g. 'ghcr.io/myorg/frontend:v1'."
+        ]
+    return []
+
+
+def check_versions(answers: dict) -> list[str]:
+    problems = []
+    istio = ISTIO_VERSION.match(str(answers["istio_version"]))
+    if not istio or int(istio.group(1)) < OLDEST_ISTIO_MINOR:
+        problems.append(
+            f"istio_version: {answers['istio_version']!r} must be a full Istio release 1.{OLDEST_ISTIO_MINOR}.0 "
+            "or newer, such as '1.30.4'."
+        )
+    kubernetes = KUBERNETES_VERSION.match(str(answers["kubernetes_version"]))
+    if not kubernetes or int(kubernetes.group(1)) < OLDEST_KUBERNETES_MINOR:
+        problems.append(
+            f"kubernetes_version: {answers['kubernetes_version']!r} must be a Kubernetes minor version "
+            f"1.{OLDEST_KUBERNETES_MINOR} or newer, written like '1.34'."
+        )
+    return problems
+
+
+def problems_with(answers: dict) -> list[str]:
+    problems: list[str] = []
+    if not str(answers["project_name"]).strip() or not str(answers["project_name"]).isprintable():
+        problems.append("project_name: must be non-empty printable text.")
+    if not REPO_NAME.match(str(answers["repo_name"])):
+        problems.append(
+            f"repo_name: {answers['repo_name']!r} must be a directory name of at most 100 letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit."
+        )
+    problems += check_namespace(str(answers["namespace"]))
+    problems += check_domain(str(answers["domain"]))
+    problems += check_workload_names(answers)
+    for role in ("frontend", "backend") + (("database",) if answers["include_database"] else ()):
+        problems += check_image(f"{role}_image", str(answers[f"{role}_image"]))
+        problems += check_port(f"{role}_port", answers[f"{role}_port"])
+    for role in ("frontend", "backend"):
+        problems += check_health_path(f"{role}_health_path", str(answers[f"{role}_health_path"]))
+    problems += check_api_prefix(str(answers["api_prefix"]))
+    if not EMAIL.match(str(answers["acme_email"])):
+        problems.append(f"acme_email: {answers['acme_email']!r} is not an e-mail address like 'platform@example.com'.")
+    problems += check_versions(answers)
+    if not isinstance(answers["include_database"], bool):
+        problems.append(f"include_database: {answers['include_database']!r} must be yes or no.")
+    return problems
+
+
+def main() -> int:
+    problems = problems_with(ANSWERS)
+    for problem in problems:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    if problems:
+        print("Nothing was generated; fix the answers above and run cookiecutter again.", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
