@@ -1,0 +1,19 @@
+"""The repo's own tooling: build its kustomizations, validate what they render, check its promises.
+
+Imported by the offline tests (tests/), the command line (python -m repo_tools) and the e2e harness.
+"""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines, as kustomize's configMapGenerator `envs` reads them; '#' starts a comment line."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+VERSIONS = read_env_file(REPO_ROOT / "versions.env")
+KUBERNETES_VERSION = VERSIONS["KUBERNETES_VERSION"]
+ISTIO_VERSION = VERSIONS["ISTIO_VERSION"]

@@ -1,0 +1,36 @@
+"""python -m repo_tools: build every kustomization of the apps layer, validate it, check its promises."""
+
+import sys
+import time
+
+from repo_tools import invariants, kustomize, layout, schemas
+
+
+def validate_all() -> list[str]:
+    gateway = layout.ingress_gateway()
+    problems = []
+    for name, directory in layout.app_kustomizations().items():
+        started = time.perf_counter()
+        try:
+            docs = kustomize.build(directory)
+        except kustomize.KustomizeError as error:
+            problems.append(f"{name}: {error}")
+            print(f"FAIL {name:<10} does not build")
+            continue
+        found = [error for doc in docs for error in schemas.schema_errors(doc)]
+        found += invariants.violations(docs, gateway, is_overlay=name != "base")
+        problems += [f"{name}: {problem}" for problem in found]
+        verdict = "FAIL" if found else "ok  "
+        print(f"{verdict} {name:<10} {len(docs):>3} documents  {time.perf_counter() - started:.2f}s")
+    return problems
+
+
+def main() -> int:
+    problems = validate_all()
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

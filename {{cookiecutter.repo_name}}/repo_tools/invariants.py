@@ -1,0 +1,320 @@
+"""The repo's security and routing promises, checked on rendered documents.
+
+Each check takes the documents of one kustomization build and the ingress gateway's identity,
+and returns one sentence per violation that names the resource to fix.
+"""
+
+from collections.abc import Callable, Iterator
+
+from repo_tools.layout import TRUST_DOMAIN, IngressGateway
+from repo_tools.schemas import describe
+
+Docs = list[dict]
+Check = Callable[[Docs, IngressGateway], list[str]]
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
+
+
+def of_kind(docs: Docs, *kinds: str) -> Iterator[dict]:
+    return (doc for doc in docs if doc.get("kind") in kinds)
+
+
+def namespace_of(doc: dict) -> str:
+    return doc.get("metadata", {}).get("namespace", "")
+
+
+def name_of(doc: dict) -> str:
+    return doc.get("metadata", {}).get("name", "")
+
+
+def app_namespaces(docs: Docs) -> list[str]:
+    return [name_of(doc) for doc in of_kind(docs, "Namespace")]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def pod_labels(workload: dict) -> dict:
+    return workload["spec"]["template"].get("metadata", {}).get("labels", {})
+
+
+def policy_sources(policy: dict) -> Iterator[tuple[int, dict]]:
+    for number, rule in enumerate(policy.get("spec", {}).get("rules") or [], start=1):
+        for source in rule.get("from") or []:
+            yield number, source.get("source", {})
+
+
+def namespaces_are_injected(docs: Docs, gateway: IngressGateway) -> list[str]:
+    return [
+        f"{describe(ns)}: label it istio-injection=enabled (or istio.io/rev) so its pods get a sidecar"
+        for ns in of_kind(docs, "Namespace")
+        if ns.get("metadata", {}).get("labels", {}).get("istio-injection") != "enabled"
+        and "istio.io/rev" not in ns.get("metadata", {}).get("labels", {})
+    ]
+
+
+def mtls_is_strict(docs: Docs, gateway: IngressGateway) -> list[str]:
+    peer_auths = list(of_kind(docs, "PeerAuthentication"))
+    problems = [
+        f"Namespace {namespace}: add a PeerAuthentication without selector and mtls.mode STRICT"
+        for namespace in app_namespaces(docs)
+        if not any(
+            namespace_of(pa) == namespace
+            and not pa.get("spec", {}).get("selector")
+            and pa.get("spec", {}).get("mtls", {}).get("mode") == "STRICT"
+            for pa in peer_auths
+        )
+    ]
+    for pa in peer_auths:
+        spec = pa.get("spec", {})
+        modes = [spec.get("mtls", {}).get("mode")] + [
+            setting.get("mode") for setting in (spec.get("portLevelMtls") or {}).values()
+        ]
+        weakened = sorted({mode for mode in modes if mode in ("PERMISSIVE", "DISABLE")})
+        if weakened:
+            problems.append(f"{describe(pa)}: mode {', '.join(weakened)} accepts plaintext; use STRICT")
+    return problems
+
+
+def deny_by_default(docs: Docs, gateway: IngressGateway) -> list[str]:
+    def allows_nothing(policy: dict) -> bool:
+        spec = policy.get("spec") or {}
+        return not spec.get("selector") and not spec.get("rules") and spec.get("action", "ALLOW") == "ALLOW"
+
+    policies = list(of_kind(docs, "AuthorizationPolicy"))
+    return [
+        f"Namespace {namespace}: add an allow-nothing AuthorizationPolicy (spec: {{}}) so traffic is denied by default"
+        for namespace in app_namespaces(docs)
+        if not any(namespace_of(policy) == namespace and allows_nothing(policy) for policy in policies)
+    ]
+
+
+def principals_name_real_identities(docs: Docs, gateway: IngressGateway) -> list[str]:
+    service_accounts = {
+        f"{TRUST_DOMAIN}/ns/{namespace_of(sa)}/sa/{name_of(sa)}" for sa in of_kind(docs, "ServiceAccount")
+    }
+    problems = []
+    for policy in of_kind(docs, "AuthorizationPolicy"):
+        for rule, source in policy_sources(policy):
+            for principal in source.get("principals") or []:
+                if principal.endswith("/sa/default"):
+                    problems.append(
+                        f"{describe(policy)} rule {rule}: {principal} admits every pod that sets no "
+                        "serviceAccountName; give the caller its own ServiceAccount"
+                    )
+                elif "*" in principal:
+                    problems.append(f"{describe(policy)} rule {rule}: wildcard principal {principal} admits unknown callers")
+                elif principal not in service_accounts and principal != gateway.principal:
+                    problems.append(
+                        f"{describe(policy)} rule {rule}: {principal} is neither a ServiceAccount in this build "
+                        f"nor the ingress gateway ({gateway.principal})"
+                    )
+            if "*" in (source.get("namespaces") or []):
+                problems.append(f"{describe(policy)} rule {rule}: namespaces '*' admits every namespace")
+    return problems
+
+
+def workloads_have_own_identity(docs: Docs, gateway: IngressGateway) -> list[str]:
+    service_accounts = {(namespace_of(sa), name_of(sa)) for sa in of_kind(docs, "ServiceAccount")}
+    problems = []
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        account = workload["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        if account == "default":
+            problems.append(f"{describe(workload)}: set serviceAccountName to a ServiceAccount of its own")
+        elif (namespace_of(workload), account) not in service_accounts:
+            problems.append(f"{describe(workload)}: ServiceAccount {account} is not part of this build")
+    return problems
+
+
+def tls_secrets_live_with_the_gateway(docs: Docs, gateway: IngressGateway) -> list[str]:
+    certificates = list(of_kind(docs, "Certificate"))
+    problems = []
+    for gw in of_kind(docs, "Gateway"):
+        for server in gw.get("spec", {}).get("servers", []):
+            secret = (server.get("tls") or {}).get("credentialName")
+            if not secret:
+                continue
+            if not any(
+                namespace_of(cert) == gateway.namespace and cert["spec"].get("secretName") == secret
+                for cert in certificates
+            ):
+                elsewhere = [describe(cert) for cert in certificates if cert["spec"].get("secretName") == secret]
+                problems.append(
+                    f"{describe(gw)}: credentialName {secret} must be a secret in {gateway.namespace}, the namespace "
+                    "the gateway pods run in" + (f" (it is made by {', '.join(elsewhere)})" if elsewhere else "")
+                )
+    return problems
+
+
+def certificates_have_issuers(docs: Docs, gateway: IngressGateway) -> list[str]:
+    issuers = {(namespace_of(doc), name_of(doc)) for doc in of_kind(docs, "Issuer")}
+    cluster_issuers = {name_of(doc) for doc in of_kind(docs, "ClusterIssuer")}
+    problems = []
+    for cert in of_kind(docs, "Certificate"):
+        ref = cert["spec"].get("issuerRef", {})
+        if ref.get("kind") == "ClusterIssuer":
+            found = ref.get("name") in cluster_issuers
+        else:
+            found = (namespace_of(cert), ref.get("name")) in issuers
+        if not found:
+            problems.append(f"{describe(cert)}: issuer {ref.get('kind', 'Issuer')} {ref.get('name')} is not in this build")
+    return problems
+
+
+def hosts_are_exact(docs: Docs, gateway: IngressGateway) -> list[str]:
+    problems = []
+    for gw in of_kind(docs, "Gateway"):
+        for server in gw.get("spec", {}).get("servers", []):
+            problems += [
+                f"{describe(gw)}: host {host!r} is a wildcard; bind the app's own domain"
+                for host in server.get("hosts", [])
+                if "*" in host
+            ]
+    for vs in of_kind(docs, "VirtualService"):
+        problems += [
+            f"{describe(vs)}: host {host!r} is a wildcard; route the app's own domain"
+            for host in vs.get("spec", {}).get("hosts", [])
+            if "*" in host
+        ]
+    return problems
+
+
+def gateways_serve_https_only(docs: Docs, gateway: IngressGateway) -> list[str]:
+    problems = []
+    for gw in of_kind(docs, "Gateway"):
+        servers = gw.get("spec", {}).get("servers", [])
+        for server in servers:
+            if server["port"].get("protocol") == "HTTP" and not (server.get("tls") or {}).get("httpsRedirect"):
+                problems.append(f"{describe(gw)}: port {server['port'].get('number')} serves plain HTTP; set tls.httpsRedirect")
+        if not any(
+            server["port"].get("protocol") == "HTTPS" and (server.get("tls") or {}).get("mode") in ("SIMPLE", "MUTUAL")
+            for server in servers
+        ):
+            problems.append(f"{describe(gw)}: add an HTTPS server with tls.mode SIMPLE and a credentialName")
+    return problems
+
+
+def path_prefixes_stop_at_a_segment(docs: Docs, gateway: IngressGateway) -> list[str]:
+    problems = []
+    for vs in of_kind(docs, "VirtualService"):
+        for route in vs.get("spec", {}).get("http", []):
+            for match in route.get("match") or []:
+                prefix = (match.get("uri") or {}).get("prefix")
+                if prefix and not prefix.endswith("/"):
+                    problems.append(
+                        f"{describe(vs)} route {route.get('name', '?')}: prefix {prefix!r} also matches "
+                        f"{prefix + 'ary'!r}; match exact {prefix!r} plus prefix {prefix + '/'!r}"
+                    )
+    return problems
+
+
+def gateway_routes_reach_admitting_workloads(docs: Docs, gateway: IngressGateway) -> list[str]:
+    """A workload the gateway routes to must admit the gateway's identity, or every request gets 403."""
+    services = {f"{name_of(svc)}.{namespace_of(svc)}.svc.cluster.local": svc for svc in of_kind(docs, "Service")}
+    policies = list(of_kind(docs, "AuthorizationPolicy"))
+    problems = []
+    for vs in of_kind(docs, "VirtualService"):
+        if not vs.get("spec", {}).get("gateways"):
+            continue
+        for route in vs["spec"].get("http", []):
+            for destination in route.get("route", []):
+                host = destination["destination"]["host"]
+                if "." not in host:
+                    host = f"{host}.{namespace_of(vs)}.svc.cluster.local"
+                service = services.get(host)
+                if service is None:
+                    problems.append(f"{describe(vs)} route {route.get('name', '?')}: no Service {host} in this build")
+                    continue
+                selector = service["spec"].get("selector", {})
+                admitted = any(
+                    namespace_of(policy) == namespace_of(service)
+                    and policy["spec"].get("action", "ALLOW") == "ALLOW"
+                    and selects(policy["spec"].get("selector", {}).get("matchLabels", {}), selector)
+                    and policy["spec"].get("selector")
+                    and any(gateway.principal in (source.get("principals") or []) for _, source in policy_sources(policy))
+                    for policy in policies
+                )
+                if not admitted:
+                    problems.append(
+                        f"{describe(vs)} route {route.get('name', '?')}: {describe(service)} has no ALLOW rule for "
+                        f"the ingress gateway ({gateway.principal}), so routed requests get 403"
+                    )
+    return problems
+
+
+def workloads_are_hardened(docs: Docs, gateway: IngressGateway) -> list[str]:
+    problems = []
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod.get("containers", []):
+            where = f"{describe(workload)} container {container.get('name')}"
+            context = container.get("securityContext", {})
+            if not (context.get("runAsNonRoot") or pod.get("securityContext", {}).get("runAsNonRoot")):
+                problems.append(f"{where}: set runAsNonRoot")
+            if not context.get("readOnlyRootFilesystem"):
+                problems.append(f"{where}: set readOnlyRootFilesystem")
+            if context.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: set allowPrivilegeEscalation: false")
+            resources = container.get("resources", {})
+            if not resources.get("requests") or not resources.get("limits"):
+                problems.append(f"{where}: set resource requests and limits")
+            problems += [f"{where}: add a {probe}" for probe in ("readinessProbe", "livenessProbe") if probe not in container]
+    return problems
+
+
+def disruption_budgets_fit_replicas(docs: Docs, gateway: IngressGateway) -> list[str]:
+    budgets = list(of_kind(docs, "PodDisruptionBudget"))
+    problems = []
+    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+        replicas = workload["spec"].get("replicas", 1)
+        covered = any(
+            namespace_of(pdb) == namespace_of(workload)
+            and selects(pdb["spec"].get("selector", {}).get("matchLabels", {}), pod_labels(workload))
+            for pdb in budgets
+        )
+        if replicas > 1 and not covered:
+            problems.append(f"{describe(workload)}: {replicas} replicas and no PodDisruptionBudget")
+        if replicas <= 1 and covered:
+            problems.append(f"{describe(workload)}: a PodDisruptionBudget on a single replica blocks node drains")
+    return problems
+
+
+def service_ports_declare_protocol(docs: Docs, gateway: IngressGateway) -> list[str]:
+    return [
+        f"{describe(svc)} port {port.get('port')}: name it and set appProtocol so Istio knows its protocol"
+        for svc in of_kind(docs, "Service")
+        for port in svc["spec"].get("ports", [])
+        if not port.get("name") or not port.get("appProtocol")
+    ]
+
+
+CHECKS: dict[str, Check] = {
+    check.__name__: check
+    for check in (
+        namespaces_are_injected,
+        mtls_is_strict,
+        deny_by_default,
+        principals_name_real_identities,
+        workloads_have_own_identity,
+        tls_secrets_live_with_the_gateway,
+        certificates_have_issuers,
+        hosts_are_exact,
+        gateways_serve_https_only,
+        path_prefixes_stop_at_a_segment,
+        gateway_routes_reach_admitting_workloads,
+        workloads_are_hardened,
+        disruption_budgets_fit_replicas,
+        service_ports_declare_protocol,
+    )
+}
+# The base is not deployed on its own: each overlay adds the Issuer for its environment.
+OVERLAY_ONLY = {"certificates_have_issuers"}
+
+
+def violations(docs: Docs, gateway: IngressGateway, *, is_overlay: bool = True) -> list[str]:
+    return [
+        problem
+        for name, check in CHECKS.items()
+        if is_overlay or name not in OVERLAY_ONLY
+        for problem in check(docs, gateway)
+    ]

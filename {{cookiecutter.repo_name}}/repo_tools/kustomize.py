@@ -1,0 +1,44 @@
+"""Run kustomize as a subprocess and return the documents it renders."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+
+class KustomizeError(RuntimeError):
+    """kustomize is missing or refused to build; the message carries kustomize's own words."""
+
+
+def kustomize_command() -> list[str]:
+    """The command that builds a kustomization: $KUSTOMIZE, else kustomize, else kubectl kustomize."""
+    configured = os.environ.get("KUSTOMIZE")
+    if configured:
+        if not shutil.which(configured):
+            raise KustomizeError(f"KUSTOMIZE={configured} is not an executable file.")
+        subcommand = "kustomize" if Path(configured).name.startswith("kubectl") else "build"
+        return [configured, subcommand]
+    if kustomize := shutil.which("kustomize"):
+        return [kustomize, "build"]
+    if kubectl := shutil.which("kubectl"):
+        return [kubectl, "kustomize"]
+    raise KustomizeError(
+        "Neither kustomize nor kubectl is on PATH: install kustomize v5 (or kubectl 1.27+), "
+        "or set KUSTOMIZE to the path of either."
+    )
+
+
+def render(directory: Path, *options: str) -> str:
+    """The YAML stream kustomize renders for one kustomization directory."""
+    command = [*kustomize_command(), *options, str(directory)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise KustomizeError(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
+    return result.stdout
+
+
+def build(directory: Path, *options: str) -> list[dict]:
+    """The documents of one kustomization, parsed; empty documents are dropped."""
+    return [doc for doc in yaml.safe_load_all(render(directory, *options)) if doc]

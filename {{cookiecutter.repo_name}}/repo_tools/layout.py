@@ -1,0 +1,32 @@
+"""Where things are in this repo, and the settings that more than one layer reads."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from repo_tools import REPO_ROOT, read_env_file
+
+APPS = REPO_ROOT / "apps"
+INGRESS_GATEWAY_SETTINGS = APPS / "base" / "ingress-gateway.env"
+TRUST_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True)
+class IngressGateway:
+    namespace: str
+    service_account: str
+
+    @property
+    def principal(self) -> str:
+        return f"{TRUST_DOMAIN}/ns/{self.namespace}/sa/{self.service_account}"
+
+
+def ingress_gateway(settings: Path = INGRESS_GATEWAY_SETTINGS) -> IngressGateway:
+    """The gateway's namespace and ServiceAccount, from the file kustomize reads them from too."""
+    values = read_env_file(settings)
+    return IngressGateway(namespace=values["namespace"], service_account=values["serviceAccount"])
+
+
+def app_kustomizations() -> dict[str, Path]:
+    """The apps layer's base and every overlay, by name ("base", "dev", ...)."""
+    overlays = sorted(path.parent for path in (APPS / "overlays").glob("*/kustomization.yaml"))
+    return {"base": APPS / "base"} | {overlay.name: overlay for overlay in overlays}

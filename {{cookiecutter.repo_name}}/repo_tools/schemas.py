@@ -1,0 +1,92 @@
+"""Validate rendered documents against schemas, offline.
+
+Built-in kinds use the Kubernetes OpenAPI schemas of kubernetes-validate in strict mode.
+Istio and cert-manager kinds use the typed models of cloudcoil; as those drop unknown fields
+silently, every field of the input is also checked to have survived parsing. A kind with no
+schema here is an error: extend CUSTOM_RESOURCE_MODELS rather than skip it.
+"""
+
+import importlib
+import json
+from functools import cache
+from typing import Any
+
+import kubernetes_validate
+import pydantic
+from cloudcoil.resources import Resource
+
+from repo_tools import KUBERNETES_VERSION
+
+CUSTOM_RESOURCE_MODELS = {
+    "networking.istio.io/v1": "cloudcoil.models.istio.networking.v1",
+    "networking.istio.io/v1beta1": "cloudcoil.models.istio.networking.v1beta1",
+    "networking.istio.io/v1alpha3": "cloudcoil.models.istio.networking.v1alpha3",
+    "security.istio.io/v1": "cloudcoil.models.istio.security.v1",
+    "security.istio.io/v1beta1": "cloudcoil.models.istio.security.v1beta1",
+    "telemetry.istio.io/v1": "cloudcoil.models.istio.telemetry.v1",
+    "cert-manager.io/v1": "cloudcoil.models.cert_manager.v1",
+    "acme.cert-manager.io/v1": "cloudcoil.models.cert_manager.acme.v1",
+}
+
+
+def describe(doc: dict) -> str:
+    metadata = doc.get("metadata") or {}
+    namespace = f"{metadata['namespace']}/" if metadata.get("namespace") else ""
+    return f"{doc.get('kind')} {namespace}{metadata.get('name')}"
+
+
+def schema_errors(doc: dict) -> list[str]:
+    """Every way the document breaks its kind's schema, each naming the resource and the field."""
+    return [f"{describe(doc)}: {error}" for error in _errors(json.dumps(doc, sort_keys=True))]
+
+
+@cache
+def _errors(doc_json: str) -> tuple[str, ...]:
+    doc = json.loads(doc_json)
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        return ()
+    except kubernetes_validate.ValidationError as error:
+        path = ".".join(str(part) for part in error.path) or "(document)"
+        return (f"{path}: {error.message}",)
+    except kubernetes_validate.SchemaNotFoundError:
+        return tuple(_custom_resource_errors(doc))
+
+
+def _custom_resource_errors(doc: dict) -> list[str]:
+    model = _model(doc.get("apiVersion", ""), doc.get("kind", ""))
+    if model is None:
+        return [
+            f"no schema for apiVersion {doc.get('apiVersion')!r} kind {doc.get('kind')!r}; add its model to "
+            "repo_tools/schemas.py CUSTOM_RESOURCE_MODELS"
+        ]
+    try:
+        parsed = model.model_validate(doc)
+    except pydantic.ValidationError as error:
+        return [f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
+    kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    return [f"{path}: unknown field" for path in _dropped_fields(doc, kept, "")]
+
+
+def _model(api_version: str, kind: str) -> Any:
+    module_name = CUSTOM_RESOURCE_MODELS.get(api_version)
+    if module_name is None:
+        return None
+    model = getattr(importlib.import_module(module_name), kind, None)
+    return model if isinstance(model, type) and issubclass(model, Resource) else None
+
+
+def _dropped_fields(given: Any, kept: Any, path: str) -> list[str]:
+    if isinstance(given, dict) and isinstance(kept, dict):
+        dropped = []
+        for key, value in given.items():
+            where = f"{path}.{key}" if path else key
+            dropped += _dropped_fields(value, kept[key], where) if key in kept else [where]
+        return dropped
+    if isinstance(given, list) and isinstance(kept, list):
+        return [
+            field
+            for index, (item, kept_item) in enumerate(zip(given, kept))
+            for field in _dropped_fields(item, kept_item, f"{path}.{index}")
+        ]
+    return []

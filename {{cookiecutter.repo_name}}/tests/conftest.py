@@ -1,0 +1,37 @@
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from repo_tools import kustomize, layout
+
+KUSTOMIZATIONS = layout.app_kustomizations()
+_built: dict[Path, list[dict]] = {}
+
+
+def build_once(directory: Path) -> list[dict]:
+    if directory not in _built:
+        _built[directory] = kustomize.build(directory)
+    return _built[directory]
+
+
+@pytest.fixture(params=sorted(KUSTOMIZATIONS), scope="session")
+def kustomization(request: pytest.FixtureRequest) -> str:
+    """Each kustomization of the apps layer by name: base, then every overlay."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def gateway() -> layout.IngressGateway:
+    return layout.ingress_gateway()
+
+
+@pytest.fixture
+def rendered() -> Callable[[str], list[dict]]:
+    """The documents a kustomization renders; each call returns a fresh copy to mutate."""
+    return lambda name: copy.deepcopy(build_once(KUSTOMIZATIONS[name]))
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    return next(doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name)

@@ -1,0 +1,51 @@
+"""Every kustomization of the apps layer builds, validates, and keeps the repo's promises."""
+
+import pytest
+from conftest import KUSTOMIZATIONS
+
+from repo_tools import invariants, schemas
+
+PROMISES = [
+    (kustomization, check)
+    for kustomization in sorted(KUSTOMIZATIONS)
+    for check in invariants.CHECKS
+    # The base is never deployed alone: each overlay adds the Issuer for its environment.
+    if kustomization != "base" or check not in invariants.OVERLAY_ONLY
+]
+
+
+def test_it_builds(kustomization, rendered):
+    assert rendered(kustomization), "the build rendered no documents"
+
+
+def test_every_document_matches_its_schema(kustomization, rendered):
+    errors = [error for doc in rendered(kustomization) for error in schemas.schema_errors(doc)]
+    assert errors == []
+
+
+@pytest.mark.parametrize(("overlay", "check"), PROMISES)
+def test_promise_holds(overlay, check, rendered, gateway):
+    assert invariants.CHECKS[check](rendered(overlay), gateway) == []
+
+
+@pytest.mark.parametrize("overlay", sorted(set(KUSTOMIZATIONS) - {"base"}))
+def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(overlay, rendered):
+    docs = rendered(overlay)
+    hosts = {
+        "Gateway": {host for doc in docs if doc["kind"] == "Gateway" for s in doc["spec"]["servers"] for host in s["hosts"]},
+        "VirtualService": {host for doc in docs if doc["kind"] == "VirtualService" for host in doc["spec"]["hosts"]},
+        "Certificate": {
+            host for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA")
+            for host in doc["spec"]["dnsNames"]
+        },
+    }
+    assert len(set(map(frozenset, hosts.values()))) == 1, hosts
+    assert "PUBLIC-HOST" not in hosts["Gateway"]
+
+
+def test_no_two_overlays_share_a_host(rendered):
+    hosts = {
+        overlay: next(doc for doc in rendered(overlay) if doc["kind"] == "VirtualService")["spec"]["hosts"][0]
+        for overlay in set(KUSTOMIZATIONS) - {"base"}
+    }
+    assert len(set(hosts.values())) == len(hosts), hosts

@@ -1,0 +1,66 @@
+"""The kustomize wrapper reports kustomize's own words, and each shared setting is written once."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import find
+
+from repo_tools import REPO_ROOT, invariants, kustomize, layout
+
+
+def test_a_broken_kustomization_raises_with_kustomizes_own_message(tmp_path: Path):
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing-deployment.yaml\n")
+    with pytest.raises(kustomize.KustomizeError) as raised:
+        kustomize.build(tmp_path)
+    assert "missing-deployment.yaml" in str(raised.value)
+    assert str(tmp_path) in str(raised.value)
+
+
+def test_a_kustomize_path_that_does_not_exist_is_named(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KUSTOMIZE", "/nowhere/kustomize")
+    with pytest.raises(kustomize.KustomizeError, match="KUSTOMIZE=/nowhere/kustomize is not an executable file"):
+        kustomize.kustomize_command()
+
+
+def test_without_kustomize_or_kubectl_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv("KUSTOMIZE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(kustomize.KustomizeError, match="install kustomize v5"):
+        kustomize.kustomize_command()
+
+
+def test_kubectl_given_in_kustomize_runs_its_kustomize_subcommand(monkeypatch: pytest.MonkeyPatch):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH")
+    monkeypatch.setenv("KUSTOMIZE", kubectl)
+    assert kustomize.kustomize_command() == [kubectl, "kustomize"]
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO_ROOT / "apps", tmp_path / "apps")
+    return tmp_path
+
+
+def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_objects(repo_copy: Path):
+    settings = repo_copy / "apps" / "base" / "ingress-gateway.env"
+    settings.write_text("namespace=edge\nserviceAccount=public-edge\n")
+    moved = layout.ingress_gateway(settings)
+    docs = kustomize.build(repo_copy / "apps" / "overlays" / "dev")
+    assert invariants.violations(docs, moved) == []
+    principals = {
+        principal
+        for doc in docs if doc["kind"] == "AuthorizationPolicy"
+        for rule in doc["spec"].get("rules", []) for src in rule.get("from", []) for principal in src["source"]["principals"]
+    }
+    assert "cluster.local/ns/edge/sa/public-edge" in principals
+    assert not any("istio-ingressgateway" in principal for principal in principals)
+    assert {doc["metadata"]["namespace"] for doc in docs if doc["apiVersion"].startswith("cert-manager.io/")} == {"edge"}
+
+
+def test_the_gateways_tls_secret_is_the_one_the_certificate_writes(rendered):
+    docs = rendered("dev")
+    secret = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))["spec"]["secretName"]
+    assert find(docs, "Gateway", "public-gateway")["spec"]["servers"][1]["tls"]["credentialName"] == secret

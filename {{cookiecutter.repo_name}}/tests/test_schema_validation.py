@@ -1,0 +1,62 @@
+"""The schema checks catch what a real API server or Istio would reject, and never skip a kind."""
+
+from conftest import find
+
+from repo_tools.schemas import schema_errors
+
+
+def test_a_rendered_overlay_passes(rendered):
+    assert [error for doc in rendered("dev") for error in schema_errors(doc)] == []
+
+
+def test_an_unknown_field_in_a_built_in_kind_fails(rendered):
+    deployment = next(doc for doc in rendered("dev") if doc["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    errors = schema_errors(deployment)
+    assert len(errors) == 1 and "imagePullPolicyy" in errors[0] and errors[0].startswith("Deployment ")
+
+
+def test_a_wrong_type_in_a_built_in_kind_fails(rendered):
+    service = next(doc for doc in rendered("dev") if doc["kind"] == "Service")
+    service["spec"]["ports"][0]["port"] = "eighty"
+    assert any("spec.ports.0.port" in error for error in schema_errors(service))
+
+
+def test_a_bad_enum_in_an_istio_kind_fails(rendered):
+    gateway = find(rendered("dev"), "Gateway", "public-gateway")
+    gateway["spec"]["servers"][1]["tls"]["mode"] = "SIMPL"
+    errors = schema_errors(gateway)
+    assert errors and "spec.servers.1.tls.mode" in errors[0]
+
+
+def test_an_unknown_field_in_an_istio_kind_fails(rendered):
+    peer_authentication = next(doc for doc in rendered("dev") if doc["kind"] == "PeerAuthentication")
+    peer_authentication["spec"]["mtls"]["strict"] = True
+    assert schema_errors(peer_authentication) == [
+        f"PeerAuthentication {peer_authentication['metadata']['namespace']}/default: spec.mtls.strict: unknown field"
+    ]
+
+
+def test_a_bad_enum_in_a_cert_manager_kind_fails(rendered):
+    certificate = next(doc for doc in rendered("dev") if doc["kind"] == "Certificate")
+    certificate["spec"]["privateKey"]["algorithm"] = "DSA"
+    assert any("spec.privateKey.algorithm" in error for error in schema_errors(certificate))
+
+
+def test_an_unknown_field_in_a_cert_manager_kind_fails(rendered):
+    certificate = next(doc for doc in rendered("dev") if doc["kind"] == "Certificate")
+    certificate["spec"]["dnsName"] = certificate["spec"].pop("dnsNames")
+    assert any(error.endswith("spec.dnsName: unknown field") for error in schema_errors(certificate))
+
+
+def test_a_kind_without_a_schema_fails_instead_of_being_skipped():
+    doc = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert schema_errors(doc) == [
+        "Widget w: no schema for apiVersion 'example.com/v1' kind 'Widget'; add its model to "
+        "repo_tools/schemas.py CUSTOM_RESOURCE_MODELS"
+    ]
+
+
+def test_an_unknown_kind_in_a_known_istio_group_fails():
+    doc = {"apiVersion": "networking.istio.io/v1", "kind": "Gatewey", "metadata": {"name": "g"}}
+    assert "no schema" in schema_errors(doc)[0]
