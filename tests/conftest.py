@@ -1,0 +1,63 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+ANSWER_NAMES = {name for name in json.loads((TEMPLATE / "cookiecutter.json").read_text()) if not name.startswith("_")}
+UNRENDERED = re.compile(r"{{-?\s*cookiecutter\.|{%-?\s*(if|for|set)\b")
+
+
+def bake(cookies: Any, **answers: Any) -> Any:
+    """Bake with these answers; a name missing from cookiecutter.json is an error, not a silent default."""
+    unknown = set(answers) - ANSWER_NAMES
+    assert not unknown, f"not answers of this template: {sorted(unknown)}"
+    return cookies.bake(extra_context=answers)
+
+
+def unrendered_files(project: Path) -> list[str]:
+    return [
+        str(path.relative_to(project))
+        for path in project.rglob("*")
+        if path.is_file() and UNRENDERED.search(path.read_text(errors="replace"))
+    ]
+
+
+def unparsable_yaml_files(project: Path) -> list[str]:
+    broken = []
+    for path in [*project.rglob("*.yaml"), *project.rglob("*.yml")]:
+        try:
+            list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as error:
+            broken.append(f"{path.relative_to(project)}: {error}")
+    return broken
+
+
+def run_generated_tests(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def template() -> Path:
+    return TEMPLATE
+
+
+def build_overlays(project: Path) -> dict[str, list[dict]]:
+    """Every apps kustomization of a baked repo, rendered by that repo's own repo_tools."""
+    script = (
+        "import json; from repo_tools import kustomize, layout; "
+        "print(json.dumps({name: kustomize.build(path) for name, path in layout.app_kustomizations().items()}))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)

@@ -1,0 +1,115 @@
+"""Every chosen combination of answers bakes a repo that builds, validates and passes its own tests."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import bake, build_overlays, run_generated_tests, unparsable_yaml_files, unrendered_files
+
+NON_DEFAULT = {
+    "project_name": "Storefront",
+    "namespace": "storefront",
+    "domain": "shop.acme.test",
+    "frontend_name": "web",
+    "frontend_image": "registry.acme.test:5000/team/web:2.1.0",
+    "frontend_port": "8000",
+    "frontend_health_path": "/ready",
+    "backend_name": "orders",
+    "backend_image": "ghcr.io/acme/orders@sha256:" + "a" * 64,
+    "backend_port": "8080",
+    "backend_health_path": "/internal/health",
+    "api_prefix": "/v2/orders-api",
+    "acme_email": "certs@acme.test",
+}
+LONG = "x" * 53 + "-long-name"  # 63 characters, the most a label may have
+UNUSUAL = {
+    "project_name": "Ünïcode Café & Co",
+    "namespace": "42" + "n" * 61,
+    "domain": ".".join(["d" * 63, "e" * 63, "f" * 63, "example"]),
+    "frontend_name": "web2",
+    "backend_name": LONG,
+    "frontend_port": "1",
+    "backend_port": "65535",
+    "api_prefix": "/api.v2",
+    "include_database": True,
+    "database_name": "pg-17",
+    "database_port": "6543",
+    "kubernetes_version": "1.36",
+}
+COMBINATIONS = {
+    "defaults": {},
+    "flux": {"gitops_tool": "flux"},
+    "database": {"include_database": True},
+    "database-with-flux": {"include_database": True, "gitops_tool": "flux"},
+    "non-default-names-ports-prefix": NON_DEFAULT,
+    "non-default-with-database": NON_DEFAULT | {"include_database": True, "database_name": "ledger"},
+    "unusual-but-valid": UNUSUAL,
+}
+_baked: dict[str, Any] = {}
+
+
+def baked_once(cookies_session: Any, combination: str) -> Any:
+    if combination not in _baked:
+        _baked[combination] = bake(cookies_session, **COMBINATIONS[combination])
+    result = _baked[combination]
+    assert result.exception is None, result.exception
+    assert result.exit_code == 0
+    return result
+
+
+@pytest.fixture(params=sorted(COMBINATIONS))
+def baked_result(request: pytest.FixtureRequest, cookies_session: Any) -> Any:
+    return baked_once(cookies_session, request.param)
+
+
+@pytest.fixture
+def baked(baked_result: Any) -> Path:
+    return baked_result.project_path
+
+
+def test_the_bake_succeeds(baked: Path):
+    assert (baked / "apps" / "base" / "kustomization.yaml").is_file()
+
+
+def test_no_template_tag_is_left_unrendered(baked: Path):
+    assert unrendered_files(baked) == []
+
+
+def test_every_yaml_file_parses(baked: Path):
+    assert unparsable_yaml_files(baked) == []
+
+
+def test_the_generated_repos_own_tests_pass(baked: Path):
+    result = run_generated_tests(baked)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+
+
+def test_the_database_is_there_only_when_asked_for(baked_result: Any):
+    project = baked_result.project_path
+    asked = baked_result.context["include_database"]
+    assert (project / "apps" / "components" / "database").is_dir() == asked
+    assert ("components/database" in (project / "apps" / "base" / "kustomization.yaml").read_text()) == asked
+
+
+def scalars(node: Any, key: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [pair for k, v in node.items() for pair in scalars(v, k)]
+    if isinstance(node, list):
+        return [pair for item in node for pair in scalars(item, key)]
+    return [(key, node)]
+
+
+def test_non_default_answers_leave_no_trace_of_the_defaults(cookies_session: Any):
+    result = baked_once(cookies_session, "non-default-names-ports-prefix")
+    defaults = {"shop", "shop.example.com", "frontend", "backend", "/api", "/api/*", "myorg/frontend:v1",
+                "myorg/backend:v1", 3000, "3000", "/healthz"}
+    traces = [
+        f"{overlay}: {doc['kind']}/{doc['metadata']['name']} {key}={value!r}"
+        for overlay, docs in build_overlays(result.project_path).items()
+        for doc in docs
+        for key, value in scalars(doc)
+        if key != "app.kubernetes.io/component"
+        and (value in defaults or (isinstance(value, str) and set(value.split("/")) & {"shop", "frontend", "backend"}))
+    ]
+    assert traces == []
