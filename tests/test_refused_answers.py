@@ -1,0 +1,90 @@
+"""Each bad answer is refused before anything is written, with one sentence naming the field and the rule."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cookiecutter.exceptions import FailedHookException
+from conftest import bake
+
+REFUSED = {
+    "a namespace with an underscore": ({"namespace": "shop_1"}, "namespace: 'shop_1' is not a DNS-1123 label"),
+    "a namespace with capitals": ({"namespace": "Shop"}, "namespace: 'Shop' is not a DNS-1123 label"),
+    "a namespace of 64 characters": ({"namespace": "n" * 64}, "is not a DNS-1123 label: use at most 63"),
+    "the istio-system namespace": ({"namespace": "istio-system"}, "namespace: 'istio-system' belongs to Kubernetes or Istio"),
+    "the default namespace": ({"namespace": "default"}, "namespace: 'default' belongs to Kubernetes or Istio"),
+    "a frontend name with an underscore": ({"frontend_name": "web_ui"}, "frontend_name: 'web_ui' cannot name a Service"),
+    "a backend name starting with a digit": ({"backend_name": "2api"}, "backend_name: '2api' cannot name a Service"),
+    "the same name twice": ({"backend_name": "frontend"}, "backend_name: 'frontend' is already the frontend_name"),
+    "a database named like the backend": (
+        {"include_database": True, "database_name": "backend"},
+        "database_name: 'backend' is already the backend_name",
+    ),
+    "a wildcard domain": ({"domain": "*.shop.example.com"}, "domain: '*.shop.example.com' is a wildcard"),
+    "a single-label domain": ({"domain": "localhost"}, "domain: 'localhost' is not a valid DNS name"),
+    "a domain with capitals": ({"domain": "Shop.Example.com"}, "domain: 'Shop.Example.com' is not a valid DNS name"),
+    "a domain label of 64 characters": ({"domain": "a" * 64 + ".com"}, "is not a valid DNS name"),
+    "port zero": ({"frontend_port": "0"}, "frontend_port: '0' is not a port number"),
+    "a port above 65535": ({"backend_port": "65536"}, "backend_port: '65536' is not a port number"),
+    "a port that is not a number": ({"frontend_port": "http"}, "frontend_port: 'http' is not a port number"),
+    "a port the sidecar uses": ({"backend_port": "15006"}, "backend_port: 15006 is used by the Istio sidecar"),
+    "a database port the sidecar uses": (
+        {"include_database": True, "database_port": "15090"},
+        "database_port: 15090 is used by the Istio sidecar",
+    ),
+    "the api prefix /": ({"api_prefix": "/"}, "api_prefix: '/' must be a path like '/api'"),
+    "an api prefix without a leading slash": ({"api_prefix": "api"}, "api_prefix: 'api' must be a path"),
+    "an api prefix with a trailing slash": ({"api_prefix": "/api/"}, "api_prefix: '/api/' must be a path"),
+    "an api prefix with a wildcard": ({"api_prefix": "/api/*"}, "api_prefix: '/api/*' must be a path"),
+    "a health path without a leading slash": ({"backend_health_path": "healthz"}, "backend_health_path: 'healthz'"),
+    "an image with capitals": ({"frontend_image": "MyOrg/Frontend:v1"}, "frontend_image: 'MyOrg/Frontend:v1' is not a valid image"),
+    "an image with an empty tag": ({"backend_image": "myorg/backend:"}, "backend_image: 'myorg/backend:' is not a valid image"),
+    "an image with a short digest": ({"backend_image": "myorg/backend@sha256:abc"}, "is not a valid image reference"),
+    "a database image with spaces": (
+        {"include_database": True, "database_image": "postgres 17"},
+        "database_image: 'postgres 17' is not a valid image",
+    ),
+    "an e-mail without a domain": ({"acme_email": "platform"}, "acme_email: 'platform' is not an e-mail address"),
+    "an Istio release without v1 APIs": ({"istio_version": "1.21.0"}, "istio_version: '1.21.0' must be a full Istio release"),
+    "an Istio version that is not a release": ({"istio_version": "latest"}, "istio_version: 'latest' must be"),
+    "a Kubernetes version with a v": ({"kubernetes_version": "v1.34"}, "kubernetes_version: 'v1.34' must be"),
+    "a Kubernetes version too old": ({"kubernetes_version": "1.28"}, "kubernetes_version: '1.28' must be"),
+    "a repo name with a slash": ({"repo_name": "team/shop"}, "repo_name: 'team/shop' must be a directory name"),
+    "a blank project name": ({"project_name": "   ", "repo_name": "shop-gitops"}, "project_name: must be non-empty"),
+}
+
+
+def assert_refused_without_output(result: Any, output_dir: Path) -> None:
+    assert result.exit_code != 0
+    assert isinstance(result.exception, FailedHookException)
+    # cookiecutter creates the parents of a repo_name with a '/' before the hook runs; they stay, empty.
+    assert [path for path in output_dir.rglob("*") if not path.is_dir()] == [], "a refused bake left files behind"
+
+
+@pytest.mark.parametrize(("answers", "sentence"), REFUSED.values(), ids=REFUSED.keys())
+def test_a_bad_answer_is_refused_before_anything_is_written(cookies, tmp_path, capfd, answers, sentence):
+    result = bake(cookies, **answers)
+    assert_refused_without_output(result, tmp_path / "cookies" / "bake00")
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
+    # Answers derived from the bad one (the domain from the namespace, ...) may be reported too.
+    assert sentence in errors[0], errors
+    assert all(error.endswith(".") for error in errors)
+
+
+def test_every_bad_answer_is_reported_at_once(cookies, tmp_path, capfd):
+    result = bake(cookies, namespace="Bad_NS", domain="shop.example.com", acme_email="a@example.com",
+                  frontend_port="0", api_prefix="/")
+    assert_refused_without_output(result, tmp_path / "cookies" / "bake00")
+    err = capfd.readouterr().err
+    assert [line.split(":")[1].strip() for line in err.splitlines() if line.startswith("ERROR: ")] == [
+        "namespace",
+        "frontend_port",
+        "api_prefix",
+    ]
+    assert "Nothing was generated" in err
+    assert "Traceback" not in err
+
+
+def test_a_choice_outside_the_list_is_refused(cookies):
+    result = bake(cookies, gitops_tool="jenkins")
+    assert result.exit_code != 0 and result.project_path is None
