@@ -1,0 +1,53 @@
+"""Time the default bake's full offline validation against bare kustomize builds of the same overlays.
+
+Prints figures; asserts nothing. Run with `nox -s benchmark` (or directly, with the test requirements installed).
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+ROUNDS = 5
+
+
+def seconds(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def median_of(rounds: int, run) -> float:
+    return statistics.median(run() for _ in range(rounds))
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as output_dir:
+        repo = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=output_dir))
+        # The generated repo's own code says how it runs kustomize and which directories it builds.
+        ask_repo = (
+            "import json; from repo_tools import kustomize, layout; print(json.dumps("
+            "[kustomize.kustomize_command(), [str(path) for path in layout.app_kustomizations().values()]]))"
+        )
+        answer = subprocess.run([sys.executable, "-c", ask_repo], cwd=repo, check=True, capture_output=True, text=True)
+        command, directories = json.loads(answer.stdout)
+
+        bare = median_of(ROUNDS, lambda: sum(seconds([*command, directory], repo) for directory in directories))
+        full = median_of(ROUNDS, lambda: seconds([sys.executable, "-m", "repo_tools"], repo))
+        suite = median_of(3, lambda: seconds([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], repo))
+
+    print(f"kustomizations validated:              {len(directories)} ({', '.join(Path(d).name for d in directories)})")
+    print(f"bare kustomize builds (median of {ROUNDS}):   {bare:6.2f} s")
+    print(f"full validation, python -m repo_tools:  {full:6.2f} s   ({full / bare:.1f}x the bare builds; goal: <= 3 s, <= 10x)")
+    print(f"generated repo's offline test suite:    {suite:6.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Sessions of this repo. `nox` alone runs the offline checks; nothing here needs a cluster."""
+
+import nox
+
+nox.options.sessions = ["validate"]
+
+
+def install(session: nox.Session) -> None:
+    session.install("-r", "requirements.txt")
+    # kustomize comes from PATH or $KUSTOMIZE; machines without either get kubectl in this venv.
+    session.run("python", "repo_tools/toolchain.py", session.bin)
+
+
+@nox.session
+def validate(session: nox.Session) -> None:
+    """Build every overlay, validate it against its schemas, check its promises, then run the tests."""
+    install(session)
+    session.run("python", "-m", "repo_tools")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint and format-check the repo's Python."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
