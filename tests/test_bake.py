@@ -102,8 +102,19 @@ def scalars(node: Any, key: str = "") -> list[tuple[str, Any]]:
 
 def test_non_default_answers_leave_no_trace_of_the_defaults(cookies_session: Any):
     result = baked_once(cookies_session, "non-default-names-ports-prefix")
-    defaults = {"shop", "shop.example.com", "frontend", "backend", "/api", "/api/*", "myorg/frontend:v1",
-                "myorg/backend:v1", 3000, "3000", "/healthz"}
+    defaults = {
+        "shop",
+        "shop.example.com",
+        "frontend",
+        "backend",
+        "/api",
+        "/api/*",
+        "myorg/frontend:v1",
+        "myorg/backend:v1",
+        3000,
+        "3000",
+        "/healthz",
+    }
     traces = [
         f"{overlay}: {doc['kind']}/{doc['metadata']['name']} {key}={value!r}"
         for overlay, docs in build_overlays(result.project_path).items()

@@ -4,16 +4,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cookiecutter.exceptions import FailedHookException
 from conftest import bake
+from cookiecutter.exceptions import FailedHookException
 
 REFUSED = {
     "a namespace with an underscore": ({"namespace": "shop_1"}, "namespace: 'shop_1' is not a DNS-1123 label"),
     "a namespace with capitals": ({"namespace": "Shop"}, "namespace: 'Shop' is not a DNS-1123 label"),
     "a namespace of 64 characters": ({"namespace": "n" * 64}, "is not a DNS-1123 label: use at most 63"),
-    "the istio-system namespace": ({"namespace": "istio-system"}, "namespace: 'istio-system' belongs to Kubernetes or Istio"),
+    "the istio-system namespace": (
+        {"namespace": "istio-system"},
+        "namespace: 'istio-system' belongs to Kubernetes or Istio",
+    ),
     "the default namespace": ({"namespace": "default"}, "namespace: 'default' belongs to Kubernetes or Istio"),
-    "a frontend name with an underscore": ({"frontend_name": "web_ui"}, "frontend_name: 'web_ui' cannot name a Service"),
+    "a frontend name with an underscore": (
+        {"frontend_name": "web_ui"},
+        "frontend_name: 'web_ui' cannot name a Service",
+    ),
     "a backend name starting with a digit": ({"backend_name": "2api"}, "backend_name: '2api' cannot name a Service"),
     "the same name twice": ({"backend_name": "frontend"}, "backend_name: 'frontend' is already the frontend_name"),
     "a database named like the backend": (
@@ -37,15 +43,24 @@ REFUSED = {
     "an api prefix with a trailing slash": ({"api_prefix": "/api/"}, "api_prefix: '/api/' must be a path"),
     "an api prefix with a wildcard": ({"api_prefix": "/api/*"}, "api_prefix: '/api/*' must be a path"),
     "a health path without a leading slash": ({"backend_health_path": "healthz"}, "backend_health_path: 'healthz'"),
-    "an image with capitals": ({"frontend_image": "MyOrg/Frontend:v1"}, "frontend_image: 'MyOrg/Frontend:v1' is not a valid image"),
-    "an image with an empty tag": ({"backend_image": "myorg/backend:"}, "backend_image: 'myorg/backend:' is not a valid image"),
+    "an image with capitals": (
+        {"frontend_image": "MyOrg/Frontend:v1"},
+        "frontend_image: 'MyOrg/Frontend:v1' is not a valid image",
+    ),
+    "an image with an empty tag": (
+        {"backend_image": "myorg/backend:"},
+        "backend_image: 'myorg/backend:' is not a valid image",
+    ),
     "an image with a short digest": ({"backend_image": "myorg/backend@sha256:abc"}, "is not a valid image reference"),
     "a database image with spaces": (
         {"include_database": True, "database_image": "postgres 17"},
         "database_image: 'postgres 17' is not a valid image",
     ),
     "an e-mail without a domain": ({"acme_email": "platform"}, "acme_email: 'platform' is not an e-mail address"),
-    "an Istio release without v1 APIs": ({"istio_version": "1.21.0"}, "istio_version: '1.21.0' must be a full Istio release"),
+    "an Istio release without v1 APIs": (
+        {"istio_version": "1.21.0"},
+        "istio_version: '1.21.0' must be a full Istio release",
+    ),
     "an Istio version that is not a release": ({"istio_version": "latest"}, "istio_version: 'latest' must be"),
     "a Kubernetes version with a v": ({"kubernetes_version": "v1.34"}, "kubernetes_version: 'v1.34' must be"),
     "a Kubernetes version too old": ({"kubernetes_version": "1.28"}, "kubernetes_version: '1.28' must be"),
@@ -72,8 +87,14 @@ def test_a_bad_answer_is_refused_before_anything_is_written(cookies, tmp_path, c
 
 
 def test_every_bad_answer_is_reported_at_once(cookies, tmp_path, capfd):
-    result = bake(cookies, namespace="Bad_NS", domain="shop.example.com", acme_email="a@example.com",
-                  frontend_port="0", api_prefix="/")
+    result = bake(
+        cookies,
+        namespace="Bad_NS",
+        domain="shop.example.com",
+        acme_email="a@example.com",
+        frontend_port="0",
+        api_prefix="/",
+    )
     assert_refused_without_output(result, tmp_path / "cookies" / "bake00")
     err = capfd.readouterr().err
     assert [line.split(":")[1].strip() for line in err.splitlines() if line.startswith("ERROR: ")] == [

@@ -103,7 +103,9 @@ def principals_name_real_identities(docs: Docs, gateway: IngressGateway) -> list
                         "serviceAccountName; give the caller its own ServiceAccount"
                     )
                 elif "*" in principal:
-                    problems.append(f"{describe(policy)} rule {rule}: wildcard principal {principal} admits unknown callers")
+                    problems.append(
+                        f"{describe(policy)} rule {rule}: wildcard principal {principal} admits unknown callers"
+                    )
                 elif principal not in service_accounts and principal != gateway.principal:
                     problems.append(
                         f"{describe(policy)} rule {rule}: {principal} is neither a ServiceAccount in this build "
@@ -157,7 +159,9 @@ def certificates_have_issuers(docs: Docs, gateway: IngressGateway) -> list[str]:
         else:
             found = (namespace_of(cert), ref.get("name")) in issuers
         if not found:
-            problems.append(f"{describe(cert)}: issuer {ref.get('kind', 'Issuer')} {ref.get('name')} is not in this build")
+            problems.append(
+                f"{describe(cert)}: issuer {ref.get('kind', 'Issuer')} {ref.get('name')} is not in this build"
+            )
     return problems
 
 
@@ -185,7 +189,9 @@ def gateways_serve_https_only(docs: Docs, gateway: IngressGateway) -> list[str]:
         servers = gw.get("spec", {}).get("servers", [])
         for server in servers:
             if server["port"].get("protocol") == "HTTP" and not (server.get("tls") or {}).get("httpsRedirect"):
-                problems.append(f"{describe(gw)}: port {server['port'].get('number')} serves plain HTTP; set tls.httpsRedirect")
+                problems.append(
+                    f"{describe(gw)}: port {server['port'].get('number')} serves plain HTTP; set tls.httpsRedirect"
+                )
         if not any(
             server["port"].get("protocol") == "HTTPS" and (server.get("tls") or {}).get("mode") in ("SIMPLE", "MUTUAL")
             for server in servers
@@ -231,7 +237,9 @@ def gateway_routes_reach_admitting_workloads(docs: Docs, gateway: IngressGateway
                     and policy["spec"].get("action", "ALLOW") == "ALLOW"
                     and selects(policy["spec"].get("selector", {}).get("matchLabels", {}), selector)
                     and policy["spec"].get("selector")
-                    and any(gateway.principal in (source.get("principals") or []) for _, source in policy_sources(policy))
+                    and any(
+                        gateway.principal in (source.get("principals") or []) for _, source in policy_sources(policy)
+                    )
                     for policy in policies
                 )
                 if not admitted:
@@ -258,7 +266,9 @@ def workloads_are_hardened(docs: Docs, gateway: IngressGateway) -> list[str]:
             resources = container.get("resources", {})
             if not resources.get("requests") or not resources.get("limits"):
                 problems.append(f"{where}: set resource requests and limits")
-            problems += [f"{where}: add a {probe}" for probe in ("readinessProbe", "livenessProbe") if probe not in container]
+            problems += [
+                f"{where}: add a {probe}" for probe in ("readinessProbe", "livenessProbe") if probe not in container
+            ]
     return problems
 
 

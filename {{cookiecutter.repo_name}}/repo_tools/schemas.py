@@ -86,7 +86,7 @@ def _dropped_fields(given: Any, kept: Any, path: str) -> list[str]:
     if isinstance(given, list) and isinstance(kept, list):
         return [
             field
-            for index, (item, kept_item) in enumerate(zip(given, kept))
+            for index, (item, kept_item) in enumerate(zip(given, kept, strict=True))
             for field in _dropped_fields(item, kept_item, f"{path}.{index}")
         ]
     return []

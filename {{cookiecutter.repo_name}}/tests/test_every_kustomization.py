@@ -32,10 +32,14 @@ def test_promise_holds(overlay, check, rendered, gateway):
 def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(overlay, rendered):
     docs = rendered(overlay)
     hosts = {
-        "Gateway": {host for doc in docs if doc["kind"] == "Gateway" for s in doc["spec"]["servers"] for host in s["hosts"]},
+        "Gateway": {
+            host for doc in docs if doc["kind"] == "Gateway" for s in doc["spec"]["servers"] for host in s["hosts"]
+        },
         "VirtualService": {host for doc in docs if doc["kind"] == "VirtualService" for host in doc["spec"]["hosts"]},
         "Certificate": {
-            host for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA")
+            host
+            for doc in docs
+            if doc["kind"] == "Certificate" and not doc["spec"].get("isCA")
             for host in doc["spec"]["dnsNames"]
         },
     }

@@ -52,15 +52,22 @@ def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_obje
     assert invariants.violations(docs, moved) == []
     principals = {
         principal
-        for doc in docs if doc["kind"] == "AuthorizationPolicy"
-        for rule in doc["spec"].get("rules", []) for src in rule.get("from", []) for principal in src["source"]["principals"]
+        for doc in docs
+        if doc["kind"] == "AuthorizationPolicy"
+        for rule in doc["spec"].get("rules", [])
+        for src in rule.get("from", [])
+        for principal in src["source"]["principals"]
     }
     assert "cluster.local/ns/edge/sa/public-edge" in principals
     assert not any("istio-ingressgateway" in principal for principal in principals)
-    assert {doc["metadata"]["namespace"] for doc in docs if doc["apiVersion"].startswith("cert-manager.io/")} == {"edge"}
+    assert {doc["metadata"]["namespace"] for doc in docs if doc["apiVersion"].startswith("cert-manager.io/")} == {
+        "edge"
+    }
 
 
 def test_the_gateways_tls_secret_is_the_one_the_certificate_writes(rendered):
     docs = rendered("dev")
-    secret = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))["spec"]["secretName"]
+    secret = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))["spec"][
+        "secretName"
+    ]
     assert find(docs, "Gateway", "public-gateway")["spec"]["servers"][1]["tls"]["credentialName"] == secret

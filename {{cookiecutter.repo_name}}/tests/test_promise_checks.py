@@ -12,8 +12,10 @@ def app_namespace(docs: list[dict]) -> str:
 
 def gateway_policies(docs: list[dict]) -> list[dict]:
     return [
-        doc for doc in docs
-        if doc["kind"] == "AuthorizationPolicy" and doc["metadata"].get("annotations", {}).get("admits") == "ingress-gateway"
+        doc
+        for doc in docs
+        if doc["kind"] == "AuthorizationPolicy"
+        and doc["metadata"].get("annotations", {}).get("admits") == "ingress-gateway"
     ]
 
 
@@ -29,7 +31,9 @@ def test_the_dev_overlay_keeps_every_promise(rendered):
 def test_a_policy_admitting_sa_default_is_refused(rendered):
     docs = rendered("dev")
     policy = backend_policy(docs)
-    policy["spec"]["rules"][1]["from"][0]["source"]["principals"] = [f"cluster.local/ns/{app_namespace(docs)}/sa/default"]
+    policy["spec"]["rules"][1]["from"][0]["source"]["principals"] = [
+        f"cluster.local/ns/{app_namespace(docs)}/sa/default"
+    ]
     problems = invariants.principals_name_real_identities(docs, ingress_gateway())
     assert len(problems) == 1 and "/sa/default admits every pod" in problems[0]
     assert problems[0].startswith(f"AuthorizationPolicy {app_namespace(docs)}/{policy['metadata']['name']} rule 2")
@@ -65,7 +69,9 @@ def test_permissive_mtls_is_refused(rendered):
 
 def test_a_port_level_mtls_exception_is_refused(rendered):
     docs = rendered("dev")
-    next(doc for doc in docs if doc["kind"] == "PeerAuthentication")["spec"]["portLevelMtls"] = {"8080": {"mode": "DISABLE"}}
+    next(doc for doc in docs if doc["kind"] == "PeerAuthentication")["spec"]["portLevelMtls"] = {
+        "8080": {"mode": "DISABLE"}
+    }
     assert any("mode DISABLE accepts plaintext" in p for p in invariants.mtls_is_strict(docs, ingress_gateway()))
 
 
@@ -87,7 +93,9 @@ def test_a_tls_secret_in_the_app_namespace_is_refused(rendered):
 
 
 def test_a_certificate_without_its_issuer_is_refused(rendered):
-    docs = [doc for doc in rendered("dev") if not (doc["kind"] == "Issuer" and doc["metadata"]["name"] == "public-issuer")]
+    docs = [
+        doc for doc in rendered("dev") if not (doc["kind"] == "Issuer" and doc["metadata"]["name"] == "public-issuer")
+    ]
     problems = invariants.certificates_have_issuers(docs, ingress_gateway())
     assert problems and "issuer Issuer public-issuer is not in this build" in problems[0]
 
@@ -147,7 +155,10 @@ def test_a_writable_root_filesystem_is_refused(rendered):
 def test_replicas_without_a_disruption_budget_are_refused(rendered):
     docs = rendered("dev")
     next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["replicas"] = 2
-    assert "2 replicas and no PodDisruptionBudget" in invariants.disruption_budgets_fit_replicas(docs, ingress_gateway())[0]
+    assert (
+        "2 replicas and no PodDisruptionBudget"
+        in invariants.disruption_budgets_fit_replicas(docs, ingress_gateway())[0]
+    )
 
 
 def test_a_disruption_budget_on_a_single_replica_is_refused(rendered):
