@@ -20,6 +20,13 @@ def validate(session: nox.Session) -> None:
 
 
 @nox.session
+def contract(session: nox.Session) -> None:
+    """Print every row of contract.yaml per overlay with the rule that decides it; fail on a mismatch."""
+    install(session)
+    session.run("python", "-m", "repo_tools.contract", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Lint and format-check the repo's Python."""
     session.install("ruff")

@@ -183,6 +183,15 @@ def hosts_are_exact(docs: Docs, gateway: IngressGateway) -> list[str]:
     return problems
 
 
+def gateways_select_the_installed_gateway(docs: Docs, gateway: IngressGateway) -> list[str]:
+    return [
+        f"{describe(gw)}: selector {gw.get('spec', {}).get('selector')} does not pick the ingress gateway's pods "
+        f"(istio: {gateway.istio_label})"
+        for gw in of_kind(docs, "Gateway")
+        if gw.get("spec", {}).get("selector") != {"istio": gateway.istio_label}
+    ]
+
+
 def gateways_serve_https_only(docs: Docs, gateway: IngressGateway) -> list[str]:
     problems = []
     for gw in of_kind(docs, "Gateway"):
@@ -298,6 +307,30 @@ def service_ports_declare_protocol(docs: Docs, gateway: IngressGateway) -> list[
     ]
 
 
+def service_ports_reach_container_ports(docs: Docs, gateway: IngressGateway) -> list[str]:
+    problems = []
+    for svc in of_kind(docs, "Service"):
+        selector = svc["spec"].get("selector", {})
+        pods = [
+            workload["spec"]["template"]["spec"]
+            for workload in of_kind(docs, *WORKLOAD_KINDS)
+            if namespace_of(workload) == namespace_of(svc) and selector and selects(selector, pod_labels(workload))
+        ]
+        if not pods:
+            problems.append(f"{describe(svc)}: its selector {selector} matches no workload in this build")
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port.get("port"))
+            declared = [
+                (p.get("name"), p.get("containerPort"))
+                for pod in pods
+                for container in pod.get("containers", [])
+                for p in container.get("ports", [])
+            ]
+            if pods and not any(target in pair for pair in declared):
+                problems.append(f"{describe(svc)} port {port.get('port')}: targetPort {target} is not a container port")
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -309,12 +342,14 @@ CHECKS: dict[str, Check] = {
         tls_secrets_live_with_the_gateway,
         certificates_have_issuers,
         hosts_are_exact,
+        gateways_select_the_installed_gateway,
         gateways_serve_https_only,
         path_prefixes_stop_at_a_segment,
         gateway_routes_reach_admitting_workloads,
         workloads_are_hardened,
         disruption_budgets_fit_replicas,
         service_ports_declare_protocol,
+        service_ports_reach_container_ports,
     )
 }
 # The base is not deployed on its own: each overlay adds the Issuer for its environment.

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from repo_tools import REPO_ROOT, read_env_file
 
 APPS = REPO_ROOT / "apps"
@@ -14,6 +16,7 @@ TRUST_DOMAIN = "cluster.local"
 class IngressGateway:
     namespace: str
     service_account: str
+    istio_label: str
 
     @property
     def principal(self) -> str:
@@ -23,10 +26,22 @@ class IngressGateway:
 def ingress_gateway(settings: Path = INGRESS_GATEWAY_SETTINGS) -> IngressGateway:
     """The gateway's namespace and ServiceAccount, from the file kustomize reads them from too."""
     values = read_env_file(settings)
-    return IngressGateway(namespace=values["namespace"], service_account=values["serviceAccount"])
+    return IngressGateway(
+        namespace=values["namespace"], service_account=values["serviceAccount"], istio_label=values["istioLabel"]
+    )
 
 
 def app_kustomizations() -> dict[str, Path]:
     """The apps layer's base and every overlay, by name ("base", "dev", ...)."""
     overlays = sorted(path.parent for path in (APPS / "overlays").glob("*/kustomization.yaml"))
     return {"base": APPS / "base"} | {overlay.name: overlay for overlay in overlays}
+
+
+def public_host(kustomization_dir: Path) -> str:
+    """The public-host setting an overlay (or the base) gives: its own configMapGenerator literal, else the base's."""
+    for directory in (kustomization_dir, APPS / "base"):
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        for generator in kustomization.get("configMapGenerator", []):
+            if generator.get("name") == "public-host":
+                return dict(literal.split("=", 1) for literal in generator.get("literals", []))["host"]
+    raise LookupError(f"no public-host setting in {kustomization_dir} or the base")

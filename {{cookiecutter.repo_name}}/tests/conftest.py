@@ -35,3 +35,18 @@ def rendered() -> Callable[[str], list[dict]]:
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
     return next(doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name)
+
+
+def app_namespace(docs: list[dict]) -> str:
+    return next(doc["metadata"]["name"] for doc in docs if doc["kind"] == "Namespace")
+
+
+def backend_policy(docs: list[dict]) -> dict:
+    """The policy that admits the ingress gateway on the API paths only (its first rule has a `to`)."""
+    return next(
+        doc
+        for doc in docs
+        if doc["kind"] == "AuthorizationPolicy"
+        and doc["metadata"].get("annotations", {}).get("admits") == "ingress-gateway"
+        and doc["spec"]["rules"][0].get("to")
+    )

@@ -46,7 +46,7 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_objects(repo_copy: Path):
     settings = repo_copy / "apps" / "base" / "ingress-gateway.env"
-    settings.write_text("namespace=edge\nserviceAccount=public-edge\n")
+    settings.write_text("namespace=edge\nserviceAccount=public-edge\nistioLabel=edge-gateway\n")
     moved = layout.ingress_gateway(settings)
     docs = kustomize.build(repo_copy / "apps" / "overlays" / "dev")
     assert invariants.violations(docs, moved) == []

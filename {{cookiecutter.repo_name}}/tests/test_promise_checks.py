@@ -1,27 +1,9 @@
 """Each promise check fails on the mistake it exists for, and names the resource to fix."""
 
-from conftest import find
+from conftest import app_namespace, backend_policy, find
 
 from repo_tools import invariants
 from repo_tools.layout import IngressGateway, ingress_gateway
-
-
-def app_namespace(docs: list[dict]) -> str:
-    return next(doc["metadata"]["name"] for doc in docs if doc["kind"] == "Namespace")
-
-
-def gateway_policies(docs: list[dict]) -> list[dict]:
-    return [
-        doc
-        for doc in docs
-        if doc["kind"] == "AuthorizationPolicy"
-        and doc["metadata"].get("annotations", {}).get("admits") == "ingress-gateway"
-    ]
-
-
-def backend_policy(docs: list[dict]) -> dict:
-    """The policy whose first rule admits the gateway on the API paths only."""
-    return next(doc for doc in gateway_policies(docs) if doc["spec"]["rules"][0].get("to"))
 
 
 def test_the_dev_overlay_keeps_every_promise(rendered):
@@ -47,7 +29,9 @@ def test_a_principal_without_a_service_account_is_refused(rendered):
 
 
 def test_a_gateway_principal_from_another_install_is_refused(rendered):
-    moved = IngressGateway(namespace="istio-ingress", service_account="istio-ingressgateway")
+    moved = IngressGateway(
+        namespace="istio-ingress", service_account="istio-ingressgateway", istio_label="ingressgateway"
+    )
     problems = invariants.principals_name_real_identities(rendered("dev"), moved)
     assert problems and all("istio-ingress/sa/istio-ingressgateway)" in problem for problem in problems)
 
@@ -174,3 +158,14 @@ def test_a_service_port_without_protocol_is_refused(rendered):
     docs = rendered("dev")
     next(doc for doc in docs if doc["kind"] == "Service")["spec"]["ports"][0].pop("appProtocol")
     assert invariants.service_ports_declare_protocol(docs, ingress_gateway())
+
+
+def test_a_service_whose_target_port_no_container_declares_is_refused(rendered):
+    docs = rendered("dev")
+    service = next(doc for doc in docs if doc["kind"] == "Service")
+    service["spec"]["ports"][0]["targetPort"] = "metrics"
+    problems = invariants.service_ports_reach_container_ports(docs, ingress_gateway())
+    assert problems == [
+        f"Service {app_namespace(docs)}/{service['metadata']['name']} port {service['spec']['ports'][0]['port']}: "
+        "targetPort metrics is not a container port"
+    ]

@@ -1,0 +1,140 @@
+"""The traffic contract holds in every overlay, and breaking a policy, route or mTLS setting breaks its row."""
+
+import pytest
+import yaml
+from conftest import KUSTOMIZATIONS, app_namespace, backend_policy, find
+
+from repo_tools import contract, layout
+
+OVERLAYS = sorted(set(KUSTOMIZATIONS) - {"base"})
+ROWS = contract.load()
+
+
+def outcomes(docs: list[dict], overlay: str = "dev") -> dict[str, contract.Outcome]:
+    host = layout.public_host(KUSTOMIZATIONS[overlay])
+    return {o.row.name: o for o in contract.check(overlay, docs, ROWS, layout.ingress_gateway(), host)}
+
+
+def failing(docs: list[dict]) -> dict[str, contract.Outcome]:
+    return {name: outcome for name, outcome in outcomes(docs).items() if not outcome.holds}
+
+
+def row_named(fragment: str) -> str:
+    return next(row.name for row in ROWS if fragment in row.name)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_row_holds(overlay, rendered):
+    results = outcomes(rendered(overlay), overlay)
+    assert [o.line() for o in results.values() if not o.holds] == []
+    assert len(results) == len(ROWS)
+
+
+def test_the_contract_covers_the_promised_rows():
+    expected = {row.expected for row in ROWS}
+    assert {"redirect https", "denied", "no-answer"} <= expected
+    assert sum(row.caller == "internet" for row in ROWS) >= 5
+
+
+def test_an_api_prefix_without_its_slash_sends_lookalike_paths_to_the_backend(rendered):
+    docs = rendered("dev")
+    api_route = find(docs, "VirtualService", "public-routes")["spec"]["http"][0]
+    api_route["match"] = [{"uri": {"prefix": api_route["match"][0]["uri"]["exact"]}}]
+    broken = failing(docs)
+    assert set(broken) == {row_named("ary stays"), row_named("-docs stays")}
+    assert f"VirtualService {app_namespace(docs)}/public-routes route" in broken[row_named("ary stays")].line()
+
+
+def test_a_backend_that_admits_only_the_frontend_answers_the_api_with_403(rendered):
+    docs = rendered("dev")
+    policy = backend_policy(docs)
+    policy["spec"]["rules"] = policy["spec"]["rules"][1:]
+    broken = failing(docs)
+    api_row = row_named("/orders reaches the backend")
+    assert api_row in broken and broken[api_row].verdict.outcome == "denied"
+    assert f"AuthorizationPolicy {app_namespace(docs)}/{policy['metadata']['name']}" in broken[api_row].line()
+
+
+def test_a_principal_of_sa_default_lets_the_default_pod_in(rendered):
+    docs = rendered("dev")
+    policy = backend_policy(docs)
+    policy["spec"]["rules"][1]["from"][0]["source"]["principals"].append(
+        f"cluster.local/ns/{app_namespace(docs)}/sa/default"
+    )
+    broken = failing(docs)
+    assert set(broken) == {row_named("sa/default")}
+    assert "allowed by AuthorizationPolicy" in broken[row_named("sa/default")].line()
+
+
+def test_a_tls_secret_in_the_app_namespace_fails_every_https_row(rendered):
+    docs = rendered("dev")
+    certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))
+    certificate["metadata"]["namespace"] = app_namespace(docs)
+    broken = failing(docs)
+    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.get("scheme") == "https"}
+    assert set(broken) == https_rows
+    assert all(o.verdict.outcome == "tls-failure" for o in broken.values())
+    assert f"Certificate {app_namespace(docs)}/" in next(iter(broken.values())).line()
+
+
+def test_without_allow_nothing_a_new_workload_admits_everyone(rendered):
+    docs = [doc for doc in rendered("dev") if doc["metadata"]["name"] != "allow-nothing"]
+    broken = failing(docs)
+    assert set(broken) == {row_named("new workload")}
+    assert "no ALLOW policy selects the workload" in broken[row_named("new workload")].line()
+
+
+def test_permissive_mtls_lets_plaintext_clients_get_an_answer(rendered):
+    docs = rendered("dev")
+    peer_authentication = next(doc for doc in docs if doc["kind"] == "PeerAuthentication")
+    peer_authentication["spec"]["mtls"]["mode"] = "PERMISSIVE"
+    broken = failing(docs)
+    assert set(broken) == {row.name for row in ROWS if row.expected == "no-answer"}
+    assert all(
+        f"PeerAuthentication {app_namespace(docs)}/default accepts plaintext" in o.line() for o in broken.values()
+    )
+
+
+def test_http_without_redirect_serves_plain_http(rendered):
+    docs = rendered("dev")
+    find(docs, "Gateway", "public-gateway")["spec"]["servers"][0].pop("tls")
+    broken = failing(docs)
+    assert set(broken) == {row_named("plain HTTP")}
+    assert (
+        f"Gateway {app_namespace(docs)}/public-gateway server 1 serves plain HTTP"
+        in broken[row_named("plain HTTP")].line()
+    )
+
+
+def test_a_gateway_bound_to_another_host_routes_nothing(rendered):
+    docs = rendered("dev")
+    for server in find(docs, "Gateway", "public-gateway")["spec"]["servers"]:
+        server["hosts"] = ["other.example.org"]
+    broken = failing(docs)
+    assert {o.verdict.outcome for o in broken.values()} == {"no-route"}
+    assert len(broken) == sum(row.caller == "internet" for row in ROWS)
+
+
+def test_an_unmodelled_condition_makes_the_row_unknown_and_fail(rendered):
+    docs = rendered("dev")
+    backend_policy(docs)["spec"]["rules"][1]["when"] = [{"key": "request.headers[x-team]", "values": ["a"]}]
+    broken = failing(docs)
+    frontend_row = row_named("the frontend may call the backend")
+    assert broken[frontend_row].verdict.outcome == "unknown"
+    assert "has a 'when' condition" in broken[frontend_row].line()
+
+
+def test_the_command_prints_every_row_and_fails_on_a_mismatch(capsys, tmp_path):
+    assert contract.main(["dev"]) == 0
+    assert capsys.readouterr().out.count("HOLDS  dev") == len(ROWS)
+    rows = yaml.safe_load(contract.CONTRACT.read_text())["rows"]
+    frontend_to_backend = next(row for row in rows if row["name"] == row_named("the frontend may call the backend"))
+    wrong = tmp_path / "contract.yaml"
+    wrong.write_text(yaml.safe_dump({"rows": [frontend_to_backend | {"expect": "denied"}]}))
+    assert contract.main(["dev"], wrong) == 1
+    assert "FAILS  dev      the frontend may call the backend: expected denied, got reaches" in capsys.readouterr().out
+
+
+def test_an_unknown_overlay_is_named(capsys):
+    assert contract.main(["nowhere"]) == 2
+    assert "no such overlay: nowhere" in capsys.readouterr().err
