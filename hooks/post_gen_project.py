@@ -6,6 +6,8 @@ from pathlib import Path
 
 ANSWERS: dict = json.loads(r"""{{ cookiecutter | tojson }}""")
 GITOPS_TOOLS = ("argocd", "flux")
+# Files only one GitOps tool reads, besides its clusters/<tool> entry points.
+TOOL_ONLY_FILES = {"flux": ("infrastructure/kustomization.yaml", "infrastructure/flux")}
 
 
 def remove(*relative_paths: str) -> None:
@@ -24,7 +26,7 @@ def remove_database() -> None:
 def remove_other_gitops_tools() -> None:
     for tool in GITOPS_TOOLS:
         if tool != ANSWERS["gitops_tool"]:
-            remove(f"clusters/{tool}")
+            remove(f"clusters/{tool}", *TOOL_ONLY_FILES.get(tool, ()))
 
 
 def main() -> None:

@@ -20,6 +20,9 @@ HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$")
 ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
 KUBERNETES_VERSION = re.compile(r"^1\.(\d+)$")
+GIT_URL = re.compile(r"^(https://|ssh://)[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$|^git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+$")
+# A practical subset of git-check-ref-format: no spaces, no "..", no leading "-" or "/", no trailing "/" or ".lock".
+GIT_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!/)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
 
 # Image reference grammar of the OCI distribution spec: [host[:port]/]path[:tag][@digest].
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -151,6 +154,13 @@ def problems_with(answers: dict) -> list[str]:
     if not EMAIL.match(str(answers["acme_email"])):
         problems.append(f"acme_email: {answers['acme_email']!r} is not an e-mail address like 'platform@example.com'.")
     problems += check_versions(answers)
+    if not GIT_URL.match(str(answers["git_repo_url"])):
+        problems.append(
+            f"git_repo_url: {answers['git_repo_url']!r} is not a Git URL the GitOps agent can pull; write "
+            "https://host/org/repo.git, ssh://git@host/org/repo.git or git@host:org/repo.git."
+        )
+    if not GIT_BRANCH.match(str(answers["git_branch"])):
+        problems.append(f"git_branch: {answers['git_branch']!r} is not a valid branch name.")
     if not isinstance(answers["include_database"], bool):
         problems.append(f"include_database: {answers['include_database']!r} must be yes or no.")
     return problems

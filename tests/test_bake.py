@@ -124,3 +124,27 @@ def test_non_default_answers_leave_no_trace_of_the_defaults(cookies_session: Any
         and (value in defaults or (isinstance(value, str) and set(value.split("/")) & {"shop", "frontend", "backend"}))
     ]
     assert traces == []
+
+
+def text_files(project: Path) -> dict[str, str]:
+    return {str(path.relative_to(project)): path.read_text() for path in sorted(project.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("tool", ["argocd", "flux"])
+def test_another_istio_version_changes_every_chart_version_and_nothing_else(cookies_session: Any, tool: str):
+    default = bake(cookies_session, gitops_tool=tool)
+    older = bake(cookies_session, gitops_tool=tool, istio_version="1.29.3")
+    pinned = default.context["istio_version"]
+    default_files, older_files = text_files(default.project_path), text_files(older.project_path)
+    assert default_files.keys() == older_files.keys()
+    changed = {name for name in default_files if default_files[name] != older_files[name]}
+    assert all(default_files[name].replace(pinned, "1.29.3") == older_files[name] for name in changed)
+    charts = {
+        "infrastructure/istio-base/kustomization.yaml",
+        "infrastructure/istiod/kustomization.yaml",
+        "infrastructure/istio-gateway/kustomization.yaml",
+        "versions.env",
+    }
+    assert charts <= changed
+    if tool == "flux":
+        assert "infrastructure/flux/releases.yaml" in changed

@@ -64,6 +64,15 @@ REFUSED = {
     "an Istio version that is not a release": ({"istio_version": "latest"}, "istio_version: 'latest' must be"),
     "a Kubernetes version with a v": ({"kubernetes_version": "v1.34"}, "kubernetes_version: 'v1.34' must be"),
     "a Kubernetes version too old": ({"kubernetes_version": "1.28"}, "kubernetes_version: '1.28' must be"),
+    "a git URL that is a local path": (
+        {"git_repo_url": "/srv/git/shop"},
+        "git_repo_url: '/srv/git/shop' is not a Git URL",
+    ),
+    "a git URL over plain http": (
+        {"git_repo_url": "http://example.com/shop.git"},
+        "git_repo_url: 'http://example.com/shop.git'",
+    ),
+    "a branch with two dots": ({"git_branch": "main..dev"}, "git_branch: 'main..dev' is not a valid branch name"),
     "a repo name with a slash": ({"repo_name": "team/shop"}, "repo_name: 'team/shop' must be a directory name"),
     "a blank project name": ({"project_name": "   ", "repo_name": "shop-gitops"}, "project_name: must be non-empty"),
 }

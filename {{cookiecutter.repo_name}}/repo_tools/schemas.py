@@ -1,9 +1,10 @@
 """Validate rendered documents against schemas, offline.
 
 Built-in kinds use the Kubernetes OpenAPI schemas of kubernetes-validate in strict mode.
-Istio and cert-manager kinds use the typed models of cloudcoil; as those drop unknown fields
-silently, every field of the input is also checked to have survived parsing. A kind with no
-schema here is an error: extend CUSTOM_RESOURCE_MODELS rather than skip it.
+Istio, cert-manager and Flux kinds use the typed models of cloudcoil; as those drop unknown fields
+silently, every field of the input is also checked to have survived parsing. Argo CD kinds use the
+schemas in argocd_schema.py. A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS
+(or ARGOCD_SCHEMAS) rather than skip it.
 """
 
 import importlib
@@ -11,11 +12,13 @@ import json
 from functools import cache
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pydantic
 from cloudcoil.resources import Resource
 
 from repo_tools import KUBERNETES_VERSION
+from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 
 CUSTOM_RESOURCE_MODELS = {
     "networking.istio.io/v1": "cloudcoil.models.istio.networking.v1",
@@ -26,6 +29,9 @@ CUSTOM_RESOURCE_MODELS = {
     "telemetry.istio.io/v1": "cloudcoil.models.istio.telemetry.v1",
     "cert-manager.io/v1": "cloudcoil.models.cert_manager.v1",
     "acme.cert-manager.io/v1": "cloudcoil.models.cert_manager.acme.v1",
+    "helm.toolkit.fluxcd.io/v2": "cloudcoil.models.fluxcd.helm.v2",
+    "kustomize.toolkit.fluxcd.io/v1": "cloudcoil.models.fluxcd.kustomize.v1",
+    "source.toolkit.fluxcd.io/v1": "cloudcoil.models.fluxcd.source.v1",
 }
 
 
@@ -54,6 +60,13 @@ def _errors(doc_json: str) -> tuple[str, ...]:
 
 
 def _custom_resource_errors(doc: dict) -> list[str]:
+    argocd_schema = ARGOCD_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")))
+    if argocd_schema is not None:
+        validator = jsonschema.Draft202012Validator(argocd_schema)
+        return [
+            f"{'.'.join(str(part) for part in error.absolute_path) or '(document)'}: {error.message}"
+            for error in sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
+        ]
     model = _model(doc.get("apiVersion", ""), doc.get("kind", ""))
     if model is None:
         return [

@@ -1,0 +1,195 @@
+"""The Istio and cert-manager install (infrastructure/) and the GitOps entry points (clusters/), checked offline.
+
+The helmCharts kustomizations need chart downloads to build, so they are checked as files: every chart
+pinned to versions.env, its values file present, and the ingress gateway installed exactly where and as
+whom apps/base/ingress-gateway.env says. Everything that builds without Helm (the Flux HelmReleases,
+the Argo CD Applications) is built and validated like the apps layer.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from repo_tools import REPO_ROOT, read_env_file
+from repo_tools.layout import IngressGateway
+
+ISTIO_CHARTS = "https://istio-release.storage.googleapis.com/charts"
+PINNED_BY_REPOSITORY = {ISTIO_CHARTS: "ISTIO_VERSION", "https://charts.jetstack.io": "CERT_MANAGER_VERSION"}
+PINNED_BY_SOURCE = {"istio": "ISTIO_VERSION", "jetstack": "CERT_MANAGER_VERSION"}
+
+
+@dataclass(frozen=True)
+class Chart:
+    directory: Path
+    name: str
+    repo: str
+    version: str
+    release: str
+    namespace: str
+    values: dict
+
+    @property
+    def where(self) -> str:
+        return f"infrastructure/{self.directory.name}/kustomization.yaml chart {self.name}"
+
+
+def gitops_tool(root: Path = REPO_ROOT) -> str:
+    tools = sorted(path.name for path in (root / "clusters").iterdir() if path.is_dir())
+    if len(tools) != 1:
+        raise LookupError(f"expected one GitOps tool under clusters/, found {tools}")
+    return tools[0]
+
+
+def read_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def charts(root: Path = REPO_ROOT) -> list[Chart]:
+    found = []
+    for kustomization in sorted((root / "infrastructure").glob("*/kustomization.yaml")):
+        for entry in read_yaml(kustomization).get("helmCharts", []):
+            values_file = kustomization.parent / entry.get("valuesFile", "")
+            values = read_yaml(values_file) if values_file.is_file() else {}
+            found.append(
+                Chart(
+                    kustomization.parent,
+                    entry["name"],
+                    entry.get("repo", ""),
+                    str(entry.get("version", "")),
+                    entry.get("releaseName", ""),
+                    entry.get("namespace", ""),
+                    values,
+                )
+            )
+    return found
+
+
+def chart_problems(root: Path = REPO_ROOT) -> list[str]:
+    versions = read_env_file(root / "versions.env")
+    problems = []
+    for chart in charts(root):
+        pin = PINNED_BY_REPOSITORY.get(chart.repo)
+        if pin is None:
+            problems.append(f"{chart.where}: repository {chart.repo!r} has no version pin in versions.env")
+        elif chart.version != versions[pin]:
+            problems.append(f"{chart.where}: version {chart.version!r} is not {pin}={versions[pin]} (versions.env)")
+        entry = next(
+            e for e in read_yaml(chart.directory / "kustomization.yaml")["helmCharts"] if e["name"] == chart.name
+        )
+        if not (chart.directory / entry.get("valuesFile", "")).is_file():
+            problems.append(f"{chart.where}: valuesFile {entry.get('valuesFile')!r} does not exist")
+    return problems
+
+
+def gateway_identity_problems(gateway: IngressGateway, root: Path = REPO_ROOT) -> list[str]:
+    """The gateway chart installs the ServiceAccount, namespace and pod label the apps layer trusts."""
+    gateways = [chart for chart in charts(root) if chart.repo == ISTIO_CHARTS and chart.name == "gateway"]
+    if len(gateways) != 1:
+        return [f"infrastructure/: expected one Istio gateway chart, found {len(gateways)}"]
+    chart = gateways[0]
+    service_account = chart.values.get("serviceAccount", {}).get("name") or chart.release
+    label = chart.values.get("labels", {}).get("istio") or chart.release.removeprefix("istio-")
+    installed = IngressGateway(chart.namespace, service_account, label)
+    if installed != gateway:
+        return [
+            f"{chart.where}: installs the gateway as {installed}, but apps/base/ingress-gateway.env says {gateway}; "
+            "make them agree"
+        ]
+    return []
+
+
+def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path = REPO_ROOT) -> list[str]:
+    """Flux's HelmReleases pin the same versions, depend in install order and read generated values."""
+    versions = read_env_file(root / "versions.env")
+    releases = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "HelmRelease"}
+    config_maps = {
+        (doc["metadata"].get("namespace"), doc["metadata"]["name"]) for doc in docs if doc["kind"] == "ConfigMap"
+    }
+    problems = []
+    for name, release in releases.items():
+        spec = release["spec"]
+        chart = spec["chart"]["spec"]
+        pin = PINNED_BY_SOURCE.get(chart["sourceRef"]["name"])
+        if pin is None or str(chart.get("version")) != versions[pin]:
+            problems.append(f"HelmRelease {name}: chart version {chart.get('version')!r} is not pinned by versions.env")
+        for source in spec.get("valuesFrom", []):
+            if (release["metadata"].get("namespace"), source["name"]) not in config_maps:
+                problems.append(f"HelmRelease {name}: valuesFrom ConfigMap {source['name']} is not in the build")
+        for dependency in spec.get("dependsOn", []):
+            if dependency["name"] not in releases:
+                problems.append(f"HelmRelease {name}: dependsOn {dependency['name']}, which is not in the build")
+    order = {"istiod": "istio-base", gateway.service_account: "istiod"}
+    for name, needs in order.items():
+        if name in releases and needs not in [d["name"] for d in releases[name]["spec"].get("dependsOn", [])]:
+            problems.append(f"HelmRelease {name}: must dependOn {needs}")
+    base = releases.get("istio-base", {}).get("spec", {})
+    if base.get("install", {}).get("crds") != "Create" or base.get("upgrade", {}).get("crds") != "CreateReplace":
+        problems.append("HelmRelease istio-base: set install.crds Create and upgrade.crds CreateReplace")
+    gateway_release = releases.get(gateway.service_account)
+    if gateway_release is None or gateway_release["metadata"].get("namespace") != gateway.namespace:
+        problems.append(
+            f"HelmRelease {gateway.service_account} in {gateway.namespace} (apps/base/ingress-gateway.env) is missing"
+        )
+    return problems
+
+
+def entry_point_paths(docs: list[dict]) -> list[tuple[str, str]]:
+    """(resource, path in this repo) for every Argo CD Application and Flux Kustomization."""
+    paths = []
+    for doc in docs:
+        if doc["kind"] == "Application":
+            sources = doc["spec"].get("sources") or [doc["spec"].get("source", {})]
+            paths += [
+                (f"Application {doc['metadata']['name']}", source["path"]) for source in sources if "path" in source
+            ]
+        elif doc["kind"] == "Kustomization" and doc["apiVersion"].startswith("kustomize.toolkit.fluxcd.io/"):
+            paths.append((f"Kustomization {doc['metadata']['name']}", doc["spec"]["path"]))
+    return paths
+
+
+def entry_point_problems(docs: list[dict]) -> list[str]:
+    return [
+        f"{resource}: path {path} is not a kustomization in this repo"
+        for resource, path in entry_point_paths(docs)
+        if not (REPO_ROOT / path / "kustomization.yaml").is_file()
+    ]
+
+
+def flux_entry_points(environment: Path) -> list[dict]:
+    """The Flux objects of clusters/flux/<env>; Flux itself generates their kustomization.yaml."""
+    return [doc for path in sorted(environment.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
+    """Rewrite every chart version (helmCharts and Flux HelmReleases) to versions.env; returns the changed files."""
+    versions = read_env_file(root / "versions.env")
+    replacements: dict[Path, list[tuple[str, str]]] = {}
+    for chart in charts(root):
+        pinned = versions[PINNED_BY_REPOSITORY[chart.repo]]
+        if chart.version != pinned:
+            replacements.setdefault(chart.directory / "kustomization.yaml", []).append(
+                (f"version: {chart.version}\n", f"version: {pinned}\n")
+            )
+    releases = root / "infrastructure" / "flux" / "releases.yaml"
+    if releases.is_file():
+        for release in (doc for doc in yaml.safe_load_all(releases.read_text()) if doc):
+            chart = release["spec"]["chart"]["spec"]
+            pinned = versions[PINNED_BY_SOURCE[chart["sourceRef"]["name"]]]
+            if str(chart["version"]) != pinned:
+                replacements.setdefault(releases, []).append(
+                    (f'version: "{chart["version"]}"\n', f'version: "{pinned}"\n')
+                )
+    for path, pairs in replacements.items():
+        text = path.read_text()
+        for old, new in pairs:
+            text = text.replace(old, new)
+        path.write_text(text)
+    return sorted(replacements)
+
+
+if __name__ == "__main__":
+    changed = pin_versions()
+    for path in changed:
+        print(f"pinned {path.relative_to(REPO_ROOT)}")
+    print("every chart already matches versions.env" if not changed else "review and commit the change")

@@ -1,0 +1,221 @@
+"""The repo installs its own mesh in order, pinned to versions.env, and its GitOps entry points point at real paths."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repo_tools import REPO_ROOT, install, kustomize, layout
+from repo_tools.schemas import schema_errors
+
+TOOL = install.gitops_tool()
+ENVIRONMENTS = sorted(
+    path.name for path in (REPO_ROOT / "clusters" / TOOL).iterdir() if path.is_dir() and path.name != "project"
+)
+INFRASTRUCTURE_OVERLAYS = sorted(
+    path.parent.name for path in (REPO_ROOT / "infrastructure" / "overlays").glob("*/kustomization.yaml")
+)
+argocd_only = pytest.mark.skipif(TOOL != "argocd", reason="this repo syncs with Flux")
+flux_only = pytest.mark.skipif(TOOL != "flux", reason="this repo syncs with Argo CD")
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO_ROOT / "infrastructure", tmp_path / "infrastructure")
+    shutil.copy(REPO_ROOT / "versions.env", tmp_path)
+    return tmp_path
+
+
+def test_the_infrastructure_has_the_same_overlays_as_the_apps_layer():
+    apps = set(layout.app_kustomizations()) - {"base"}
+    assert set(INFRASTRUCTURE_OVERLAYS) == apps
+
+
+@pytest.mark.parametrize("overlay", INFRASTRUCTURE_OVERLAYS)
+def test_every_infrastructure_overlay_installs_istio_in_order_and_cert_manager(overlay):
+    resources = yaml.safe_load(
+        (REPO_ROOT / "infrastructure" / "overlays" / overlay / "kustomization.yaml").read_text()
+    )["resources"]
+    assert resources == ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
+
+
+def test_every_chart_is_pinned_to_versions_env():
+    assert install.chart_problems() == []
+    assert {chart.name for chart in install.charts()} == {"base", "istiod", "gateway", "cert-manager"}
+
+
+def test_a_chart_left_on_another_istio_version_is_named(repo_copy: Path):
+    kustomization = repo_copy / "infrastructure" / "istiod" / "kustomization.yaml"
+    pinned = install.read_env_file(repo_copy / "versions.env")["ISTIO_VERSION"]
+    kustomization.write_text(kustomization.read_text().replace(f"version: {pinned}", "version: 1.22.0"))
+    assert install.chart_problems(repo_copy) == [
+        f"infrastructure/istiod/kustomization.yaml chart istiod: version '1.22.0' is not ISTIO_VERSION={pinned} (versions.env)"
+    ]
+
+
+def test_the_gateway_is_installed_where_and_as_whom_the_policies_expect(gateway):
+    assert install.gateway_identity_problems(gateway) == []
+
+
+def test_a_gateway_installed_under_another_release_name_is_caught(repo_copy: Path, gateway):
+    kustomization = repo_copy / "infrastructure" / "istio-gateway" / "kustomization.yaml"
+    kustomization.write_text(
+        kustomization.read_text().replace("releaseName: istio-ingressgateway", "releaseName: istio-edge")
+    )
+    problems = install.gateway_identity_problems(gateway, repo_copy)
+    assert len(problems) == 1 and "make them agree" in problems[0]
+
+
+def test_only_the_e2e_overlay_exposes_the_gateway_on_fixed_node_ports():
+    patch = yaml.safe_load((REPO_ROOT / "infrastructure" / "overlays" / "e2e" / "gateway-nodeports.yaml").read_text())
+    assert patch["spec"]["type"] == "NodePort"
+    assert {port["port"]: port["nodePort"] for port in patch["spec"]["ports"]} == {80: 30080, 443: 30443}
+    for overlay in set(INFRASTRUCTURE_OVERLAYS) - {"e2e"}:
+        assert (
+            "NodePort" not in (REPO_ROOT / "infrastructure" / "overlays" / overlay / "kustomization.yaml").read_text()
+        )
+
+
+def test_the_gateway_namespace_does_not_opt_out_of_injection(gateway):
+    namespace = yaml.safe_load((REPO_ROOT / "infrastructure" / "istio-base" / "namespace.yaml").read_text())
+    assert namespace["metadata"]["name"] == gateway.namespace
+    assert namespace["metadata"].get("labels", {}).get("istio-injection") != "disabled"
+
+
+def test_no_file_of_the_other_gitops_tool_remains():
+    other = {"argocd": "flux", "flux": "argocd"}[TOOL]
+    assert not (REPO_ROOT / "clusters" / other).exists()
+    assert (REPO_ROOT / "infrastructure" / "flux").exists() == (TOOL == "flux")
+
+
+# --- Argo CD ----------------------------------------------------------------------------------
+
+
+def argocd_docs(environment: str) -> list[dict]:
+    directory = REPO_ROOT / "clusters" / "argocd" / environment
+    return kustomize.build(directory) + kustomize.build(directory / "applications")
+
+
+@argocd_only
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_argocd_entry_points_build_validate_and_point_at_real_paths(environment):
+    docs = argocd_docs(environment)
+    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert install.entry_point_problems(docs) == []
+    assert {path for _, path in install.entry_point_paths(docs)} == {
+        f"clusters/argocd/{environment}/applications",
+        f"infrastructure/overlays/{environment}",
+        f"apps/overlays/{environment}",
+    }
+
+
+@argocd_only
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
+    docs = argocd_docs(environment)
+    project = next(doc for doc in docs if doc["kind"] == "AppProject")
+    applications = {doc["spec"]["source"]["path"].split("/")[0]: doc for doc in docs if doc["kind"] == "Application"}
+    wave = {
+        name: int(app["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0"))
+        for name, app in applications.items()
+    }
+    assert wave["infrastructure"] < wave["apps"]
+    for app in applications.values():
+        assert app["spec"]["project"] == project["metadata"]["name"]
+        assert app["spec"]["source"]["repoURL"] in project["spec"]["sourceRepos"]
+        assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    ignored = applications["infrastructure"]["spec"]["ignoreDifferences"]
+    assert {
+        "group": "admissionregistration.k8s.io",
+        "kind": "ValidatingWebhookConfiguration",
+        "jqPathExpressions": [".webhooks[]?.failurePolicy"],
+    } in ignored
+
+
+@argocd_only
+def test_argocd_is_told_to_render_helm_charts():
+    settings = yaml.safe_load((REPO_ROOT / "clusters" / "argocd" / "argocd-cm.patch.yaml").read_text())["data"]
+    assert "--enable-helm" in settings["kustomize.buildOptions"]
+    assert "resource.customizations.health.argoproj.io_Application" in settings
+
+
+def test_the_argocd_schema_catches_unknown_sync_options_and_missing_fields():
+    application = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "app"},
+        "spec": {
+            "destination": {"server": "https://kubernetes.default.svc"},
+            "source": {"repoURL": "https://example.com/r.git", "path": "apps", "targetRevison": "main"},
+            "syncPolicy": {"syncOptions": ["ServerSideApply=yes"]},
+        },
+    }
+    errors = schema_errors(application)
+    assert any("'project' is a required property" in error for error in errors)
+    assert any("spec.source: Additional properties are not allowed ('targetRevison'" in error for error in errors)
+    assert any(error.startswith("Application app: spec.syncPolicy.syncOptions.0:") for error in errors)
+
+
+# --- Flux -------------------------------------------------------------------------------------
+
+
+@flux_only
+def test_flux_helm_releases_build_validate_and_follow_the_install_order(gateway):
+    docs = kustomize.build(REPO_ROOT / "infrastructure")
+    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert install.helm_release_problems(docs, gateway) == []
+
+
+@flux_only
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(environment):
+    docs = install.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert install.entry_point_problems(docs) == []
+    by_name = {doc["metadata"]["name"]: doc["spec"] for doc in docs}
+    assert by_name["apps"]["dependsOn"] == [{"name": "infrastructure"}]
+    assert by_name["infrastructure"]["wait"] and by_name["apps"]["wait"]
+    assert by_name["apps"]["path"] == f"./apps/overlays/{environment}"
+
+
+def test_flux_schemas_catch_an_unknown_field():
+    kustomization = {
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {"name": "apps", "namespace": "flux-system"},
+        "spec": {
+            "interval": "10m",
+            "path": "./apps",
+            "prune": True,
+            "sourceRef": {"kind": "GitRepository", "name": "x"},
+            "dependOn": [],
+        },
+    }
+    assert schema_errors(kustomization) == ["Kustomization flux-system/apps: spec.dependOn: unknown field"]
+
+
+def test_a_helm_release_that_skips_the_install_order_is_caught(gateway):
+    release = {
+        "kind": "HelmRelease",
+        "metadata": {"name": gateway.service_account, "namespace": gateway.namespace},
+        "spec": {"chart": {"spec": {"chart": "gateway", "version": "1.0.0", "sourceRef": {"name": "istio"}}}},
+    }
+    problems = install.helm_release_problems([release], gateway)
+    assert f"HelmRelease {gateway.service_account}: chart version '1.0.0' is not pinned by versions.env" in problems
+    assert f"HelmRelease {gateway.service_account}: must dependOn istiod" in problems
+    assert "HelmRelease istio-base: set install.crds Create and upgrade.crds CreateReplace" in problems
+
+
+def test_pinning_rewrites_every_chart_to_a_new_istio_version(repo_copy: Path):
+    versions = repo_copy / "versions.env"
+    old = install.read_env_file(versions)["ISTIO_VERSION"]
+    versions.write_text(versions.read_text().replace(f"ISTIO_VERSION={old}", "ISTIO_VERSION=1.31.0"))
+    assert len(install.chart_problems(repo_copy)) == 3
+    changed = install.pin_versions(repo_copy)
+    assert install.chart_problems(repo_copy) == []
+    assert {path.parent.name for path in changed} >= {"istio-base", "istiod", "istio-gateway"}
+    if (repo_copy / "infrastructure" / "flux").exists():
+        docs = kustomize.build(repo_copy / "infrastructure")
+        assert install.helm_release_problems(docs, layout.ingress_gateway(), repo_copy) == []
+    assert install.pin_versions(repo_copy) == []
