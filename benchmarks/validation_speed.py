@@ -52,7 +52,9 @@ def main() -> int:
             "    return time.perf_counter() - started\n"
             f"print(json.dumps([statistics.median(once() for _ in range({ROUNDS})), len(rows), len(built)]))"
         )
-        answer = subprocess.run([sys.executable, "-c", time_contract], cwd=repo, check=True, capture_output=True, text=True)
+        answer = subprocess.run(
+            [sys.executable, "-c", time_contract], cwd=repo, check=True, capture_output=True, text=True
+        )
         verifier, rows, overlays = json.loads(answer.stdout)
 
     print(f"kustomizations validated:              {len(directories)} ({', '.join(Path(d).name for d in directories)})")
@@ -61,7 +63,9 @@ def main() -> int:
         f"full validation, python -m repo_tools:  {full:6.2f} s   ({full / bare:.1f}x the bare builds; goal: <= 3 s, <= 10x)"
     )
     print(f"generated repo's offline test suite:    {suite:6.2f} s")
-    print(f"contract verifier, {rows} rows x {overlays} overlays: {verifier * 1000:6.1f} ms (builds excluded; goal: < 1 s)")
+    print(
+        f"contract verifier, {rows} rows x {overlays} overlays: {verifier * 1000:6.1f} ms (builds excluded; goal: < 1 s)"
+    )
     return 0
 
 

@@ -20,7 +20,9 @@ HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$")
 ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
 KUBERNETES_VERSION = re.compile(r"^1\.(\d+)$")
-GIT_URL = re.compile(r"^(https://|ssh://)[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$|^git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+$")
+GIT_URL = re.compile(
+    r"^(https://|ssh://)[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$|^git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+$"
+)
 # A practical subset of git-check-ref-format: no spaces, no "..", no leading "-" or "/", no trailing "/" or ".lock".
 GIT_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!/)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
 
