@@ -7,7 +7,7 @@ import nox
 
 TEMPLATE = Path(__file__).parent
 GENERATED = TEMPLATE / "{{cookiecutter.repo_name}}"
-PYTHON_TOOLING = ["hooks", "tests", "benchmarks", "noxfile.py"]
+PYTHON_TOOLING = ["hooks", "tests", "e2e", "benchmarks", "noxfile.py"]
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.error_on_missing_interpreters = True
@@ -42,6 +42,13 @@ def lint(session: nox.Session) -> None:
         baked = bake(session, output_dir, include_database="yes")
         session.run("ruff", "check", str(baked))
         session.run("ruff", "format", "--check", str(baked))
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """Bake the defaults and one non-default answer set, and run each baked repo's e2e suite on kind."""
+    install_test_requirements(session)
+    session.run("pytest", "-rs", "e2e", *session.posargs)
 
 
 @nox.session

@@ -27,6 +27,13 @@ def contract(session: nox.Session) -> None:
 
 
 @nox.session
+def e2e(session: nox.Session) -> None:
+    """Create a kind cluster, install Istio and the e2e overlay, and run the contract over real traffic."""
+    install(session)
+    session.run("pytest", "-rs", "e2e", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Lint and format-check the repo's Python."""
     session.install("ruff")

@@ -1,0 +1,150 @@
+"""The e2e suite: one kind cluster per session, set up from this repo; skipped with the reason when it cannot run.
+
+    pytest e2e [--keep-cluster] [--reuse-cluster] [--kind-bin PATH] [--kind-kubectl-bin PATH] [--helm-bin PATH]
+               [--istioctl-bin PATH] [--cluster-name NAME] [--diagnostics-dir DIR]
+
+Options --cluster-name, --keep-cluster, --kind-bin and --kind-kubectl-bin come from pytest-kind-ng; the
+binaries default to the ones on PATH. Nothing is downloaded.
+"""
+
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_kind import KindCluster
+
+from e2e.harness import bringup, diagnostics, kind, settings
+from e2e.harness.commands import Tools
+from repo_tools import contract
+
+ROWS = contract.load()
+log = logging.getLogger("e2e")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("e2e")
+    group.addoption("--reuse-cluster", action="store_true", help="use the kind cluster of that name if it exists")
+    group.addoption("--helm-bin", default=None, help="helm binary (default: helm on PATH)")
+    group.addoption("--istioctl-bin", default=None, help="istioctl binary, used for diagnostics only")
+    group.addoption("--diagnostics-dir", default="e2e-diagnostics", help="where failure diagnostics are written")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("cluster_name") == "pytest-kind":  # pytest-kind-ng's default: give ours a telling name
+        config.option.cluster_name = settings.default_cluster_name()
+
+
+def docker_info() -> tuple[int, str]:
+    try:
+        result = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return 1, str(error)
+    return result.returncode, result.stderr or result.stdout
+
+
+@pytest.fixture(scope="session")
+def tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Tools:
+    given = {
+        "kind": request.config.getoption("kind_bin"),
+        "kubectl": request.config.getoption("kind_kubectl_bin"),
+        "helm": request.config.getoption("helm_bin"),
+    }
+    reason = bringup.missing_prerequisites(shutil.which, docker_info, given)
+    if reason:
+        pytest.skip(reason)
+    return Tools(
+        kind=given["kind"] or shutil.which("kind"),
+        kubectl=given["kubectl"] or shutil.which("kubectl"),
+        helm=given["helm"] or shutil.which("helm"),
+        istioctl=request.config.getoption("istioctl_bin") or shutil.which("istioctl"),
+        kubeconfig=tmp_path_factory.mktemp("kind") / "kubeconfig",
+    )
+
+
+@pytest.fixture(scope="session")
+def harness(
+    request: pytest.FixtureRequest, tools: Tools, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[bringup.Bringup]:
+    """A kind cluster with Istio, cert-manager, the e2e overlay and the contract's clients, ready for traffic."""
+    config = request.config
+    e2e_settings = settings.load(config.getoption("cluster_name"))
+    mismatch = bringup.version_mismatch(
+        subprocess.run([tools.kind, "version"], capture_output=True, text=True).stdout, e2e_settings.kind_version
+    )
+    if mismatch:
+        log.warning("%s; results may differ from CI", mismatch)
+    cluster = KindCluster(
+        e2e_settings.cluster_name,
+        tools.kubeconfig,
+        image=e2e_settings.node_image,
+        kind_path=Path(tools.kind),
+        kubectl_path=Path(tools.kubectl),
+    )
+    run = bringup.Bringup(tools, e2e_settings, ROWS)
+    started = time.perf_counter()
+    existing = subprocess.run([tools.kind, "get", "clusters"], capture_output=True, text=True).stdout.split()
+    try:
+        with run.phase("create the kind cluster"):
+            reuse = config.getoption("reuse_cluster") and e2e_settings.cluster_name in existing
+            if e2e_settings.cluster_name in existing and not reuse:
+                cluster.delete()
+            if not reuse:
+                kind_config = kind.write_kind_config(e2e_settings, tmp_path_factory.mktemp("kind-config"))
+                kind.create_cluster(tools.kind, e2e_settings, kind_config, tools.kubeconfig)
+            cluster.create()  # attaches pytest-kind-ng to the cluster (it exists now) and its kubeconfig
+        run.install_infrastructure()
+        run.install_test_ca()
+        run.install_apps()
+        run.wait_for_workloads()
+    except Exception:
+        write_diagnostics(request, run, cluster)
+        raise
+    finally:
+        log.info(
+            "e2e bring-up took %.0fs: %s",
+            time.perf_counter() - started,
+            ", ".join(f"{name} {seconds:.0f}s" for name, seconds in run.timings),
+        )
+    yield run
+    if request.session.testsfailed:
+        write_diagnostics(request, run, cluster)
+    if not config.getoption("keep_cluster"):
+        cluster.delete()
+
+
+def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:
+    bundle = Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S")
+    namespaces = [run.settings.app_namespace, run.settings.gateway.namespace, "cert-manager"]
+    pods = []
+    for namespace in namespaces:
+        result = subprocess.run(
+            [
+                run.tools.kubectl,
+                f"--kubeconfig={run.tools.kubeconfig}",
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}{' '}{.spec.containers[*].name}{' '}{.spec.initContainers[*].name}{'\\n'}{end}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in result.stdout.splitlines():
+            name, *containers = line.split()
+            pods.append((namespace, name, containers))
+    planned = diagnostics.captures(run.tools, namespaces, pods, run.settings.gateway.namespace)
+    kind_export = [run.tools.kind, "export", "logs", f"--name={cluster.name}"]
+    diagnostics.collect(bundle, planned, kind_export)
+    print(f"\ne2e diagnostics written to {bundle.resolve()}")
+
+
+@pytest.fixture(scope="session")
+def ca_file(harness: bringup.Bringup, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return harness.ca_file(tmp_path_factory.mktemp("ca"))

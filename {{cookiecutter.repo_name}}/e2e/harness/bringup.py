@@ -1,0 +1,194 @@
+"""Bring a kind cluster to the state the repo declares, phase by phase, each phase timed and logged."""
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+import yaml
+
+from e2e.harness import commands, scenarios, tls
+from e2e.harness.commands import Tools
+from e2e.harness.retry import Check, eventually
+from e2e.harness.settings import CLIENT_LABEL, INFRASTRUCTURE_OVERLAY, Settings
+from repo_tools import REPO_ROOT, kustomize
+from repo_tools.contract import Row
+
+log = logging.getLogger("e2e")
+WEBHOOK_NOT_READY = ("failed calling webhook", "no endpoints available for service", "connection refused")
+CERT_MANAGER_DEPLOYMENTS = ("cert-manager", "cert-manager-webhook", "cert-manager-cainjector")
+
+
+def missing_prerequisites(
+    which: Callable[[str], str | None], docker_info: Callable[[], tuple[int, str]], tools: dict[str, str | None]
+) -> str:
+    """Why the e2e suite cannot run here, or "" when it can. tools: name -> path given by flag (or None)."""
+    if which("docker") is None:
+        return "e2e needs Docker: no `docker` on PATH"
+    exit_code, output = docker_info()
+    if exit_code != 0:
+        return f"e2e needs a running Docker engine: `docker info` failed: {output.strip().splitlines()[-1] if output.strip() else exit_code}"
+    for name in ("kind", "kubectl", "helm"):
+        if not (tools.get(name) or which(name)):
+            return f"e2e needs `{name}` on PATH (or --{name}-bin); see README.md for the pinned versions"
+    return ""
+
+
+def version_mismatch(kind_version_output: str, pinned: str) -> str:
+    """ "" when `kind version` reports the pinned minor release, else a sentence saying what differs."""
+    found = re.search(r"kind v?(\d+\.\d+)\.\d+", kind_version_output)
+    wanted = pinned.lstrip("v").rsplit(".", 1)[0]
+    if found and found.group(1) == wanted:
+        return ""
+    return f"kind {found.group(0) if found else 'of unknown version'} is not the pinned {pinned} (versions.env)"
+
+
+@dataclass
+class Bringup:
+    tools: Tools
+    settings: Settings
+    rows: list[Row]
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    test_ca: trustme.CA = field(default_factory=trustme.CA)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        log.info("e2e phase %s ...", name)
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self.timings.append((name, seconds))
+            log.info("e2e phase %s took %.1fs", name, seconds)
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        return commands.run_checked(commands.kubectl(self.tools, *args), stdin=stdin)
+
+    def apply(self, manifests: str, retry_for: float = 60.0) -> None:
+        """kubectl apply, retried while Istio's or cert-manager's webhook is not serving yet."""
+        deadline = time.monotonic() + retry_for
+        while True:
+            result = commands.run(commands.apply_stdin(self.tools), stdin=manifests)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline or not any(message in result.stderr for message in WEBHOOK_NOT_READY):
+                raise RuntimeError(f"kubectl apply failed:\n{result.stderr.strip()}")
+            time.sleep(3)
+
+    def install_infrastructure(self) -> None:
+        with self.phase("install Istio and cert-manager (infrastructure/overlays/e2e)"):
+            rendered = commands.run_checked(commands.render_with_helm(self.tools, INFRASTRUCTURE_OVERLAY))
+            self.apply(rendered)
+            for deployment in ("istiod", self.settings.gateway.service_account):
+                commands.run_checked(commands.rollout_status(self.tools, "istio-system", deployment))
+            for deployment in CERT_MANAGER_DEPLOYMENTS:
+                commands.run_checked(commands.rollout_status(self.tools, "cert-manager", deployment))
+
+    def install_test_ca(self) -> None:
+        with self.phase("create the test CA secret"):
+            self.apply(
+                tls.ca_secret_manifest(self.test_ca, self.settings.test_ca_secret, self.settings.gateway.namespace)
+            )
+
+    def install_apps(self) -> None:
+        with self.phase("apply the apps e2e overlay and the test clients"):
+            self.apply(kustomize.render(REPO_ROOT / "apps" / "overlays" / "e2e"))
+            existing = self.service_accounts()
+            clients = {client for row in self.rows if (client := scenarios.client_for(row, self.settings))}
+            extras = scenarios.client_manifests(clients, self.settings, existing) + scenarios.newcomer_manifests(
+                self.rows, self.settings
+            )
+            self.apply(yaml.safe_dump_all(extras))
+
+    def wait_for_workloads(self) -> None:
+        with self.phase("wait for rollouts, clients and the certificate"):
+            deployments = json.loads(
+                self.kubectl("-n", self.settings.app_namespace, "get", "deployments", "-o", "json")
+            )["items"]
+            for deployment in deployments:
+                commands.run_checked(
+                    commands.rollout_status(self.tools, self.settings.app_namespace, deployment["metadata"]["name"])
+                )
+            self.kubectl("wait", "pods", "-A", "-l", f"{CLIENT_LABEL}=true", "--for=condition=Ready", "--timeout=300s")
+            self.kubectl(
+                "-n",
+                self.settings.gateway.namespace,
+                "wait",
+                f"certificate/{self.settings.certificate}",
+                "--for=condition=Ready",
+                "--timeout=180s",
+            )
+
+    def service_accounts(self) -> set[tuple[str, str]]:
+        items = json.loads(self.kubectl("get", "serviceaccounts", "-A", "-o", "json"))["items"]
+        return {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
+
+    def pods_without_sidecar(self, namespace: str, selector: str = "") -> list[str]:
+        args = ["-n", namespace, "get", "pods", "-o", "json"] + (["-l", selector] if selector else [])
+        return pods_missing_proxy(json.loads(self.kubectl(*args))["items"])
+
+    def ca_file(self, directory: Path) -> str:
+        path = directory / "e2e-test-ca.pem"
+        self.test_ca.cert_pem.write_to_path(str(path))
+        return str(path)
+
+
+def pods_missing_proxy(pods: list[dict]) -> list[str]:
+    """Names of pods with no istio-proxy container (native sidecars sit in initContainers)."""
+    missing = []
+    for pod in pods:
+        spec = pod["spec"]
+        names = {c["name"] for c in spec.get("containers", [])} | {c["name"] for c in spec.get("initContainers", [])}
+        if "istio-proxy" not in names:
+            missing.append(pod["metadata"]["name"])
+    return missing
+
+
+def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
+    """Send one row's request and judge it."""
+    settings = bringup.settings
+    if probe.client is None:
+        port = settings.https_node_port if probe.scheme == "https" else settings.http_node_port
+        try:
+            response = tls.get(probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file)
+        except Exception as error:  # noqa: BLE001 - any transport error is an answer to judge, not a crash
+            return Check(False, f"{type(error).__name__}: {error}")
+        answer = scenarios.Answer(0, response.status_code, response.text, response.headers.get("location", ""))
+    else:
+        command = commands.exec_in(
+            bringup.tools, probe.client.namespace, probe.client.name, "curl", scenarios.client_command(probe)
+        )
+        result = commands.run(command, timeout=30)
+        answer = (
+            scenarios.parse_curl(result.returncode, result.stdout)
+            if not probe.tcp
+            else scenarios.Answer(result.returncode, None, result.stdout)
+        )
+    holds, seen = scenarios.judge(probe, answer, settings)
+    return Check(holds, seen)
+
+
+def positive_control(bringup: Bringup, client: scenarios.Client) -> Check:
+    """A plaintext request that must work from this client, so that exit 56 elsewhere means mTLS, not a broken pod."""
+    command = commands.exec_in(
+        bringup.tools,
+        client.namespace,
+        client.name,
+        "curl",
+        ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", scenarios.PLAINTEXT_CONTROL],
+    )
+    result = commands.run(command, timeout=30)
+    return Check(
+        result.returncode == 0 and result.stdout.strip() == "200",
+        f"control: exit {result.returncode}, {result.stdout.strip()!r}",
+    )
+
+
+def eventually_holds(check: Callable[[], Check]) -> Check:
+    return eventually(check, timeout=120, interval=1, consecutive=3)

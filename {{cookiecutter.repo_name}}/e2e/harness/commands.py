@@ -1,0 +1,48 @@
+"""Command lines the harness runs, built in one place so they can be checked without a cluster."""
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repo_tools import kustomize
+
+
+@dataclass
+class Tools:
+    kind: str
+    kubectl: str
+    helm: str
+    istioctl: str | None = None
+    kubeconfig: Path = field(default_factory=Path)
+
+
+def kubectl(tools: Tools, *args: str) -> list[str]:
+    return [tools.kubectl, f"--kubeconfig={tools.kubeconfig}", *args]
+
+
+def render_with_helm(tools: Tools, directory: Path) -> list[str]:
+    """Render a kustomization whose helmCharts need Helm: kustomize's own flags for it."""
+    return [*kustomize.kustomize_command(), "--enable-helm", f"--helm-command={tools.helm}", str(directory)]
+
+
+def apply_stdin(tools: Tools) -> list[str]:
+    return kubectl(tools, "apply", "--server-side", "--force-conflicts", "-f", "-")
+
+
+def rollout_status(tools: Tools, namespace: str, deployment: str, timeout: str = "300s") -> list[str]:
+    return kubectl(tools, "-n", namespace, "rollout", "status", f"deployment/{deployment}", f"--timeout={timeout}")
+
+
+def exec_in(tools: Tools, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:
+    return kubectl(tools, "-n", namespace, "exec", pod, "-c", container, "--", *command)
+
+
+def run(command: list[str], stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_checked(command: list[str], stdin: str | None = None, timeout: float = 600) -> str:
+    result = run(command, stdin, timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr.strip()}")
+    return result.stdout

@@ -1,0 +1,209 @@
+"""contract.yaml rows -> what the e2e run does: client pods to create, the request each row makes, how to judge it."""
+
+import re
+from dataclasses import dataclass
+
+from e2e.harness.settings import CLIENT_LABEL, CURL_IMAGE, Settings
+from repo_tools.contract import Row
+
+PLAINTEXT_CONTROL_NAMESPACE = "e2e-plaintext"
+PLAINTEXT_CONTROL = f"http://echo.{PLAINTEXT_CONTROL_NAMESPACE}.svc.cluster.local/"
+SERVED_BY = re.compile(r"^Request served by (\S+)$", re.MULTILINE)
+# The 8-byte SSLRequest of the PostgreSQL protocol: a real database answers "S" or "N".
+POSTGRES_SSL_REQUEST = r"\000\000\000\010\004\322\026\057"
+CURL_NO_ANSWER = 56
+
+
+@dataclass(frozen=True)
+class Client:
+    namespace: str
+    service_account: str
+    sidecar: bool
+
+    @property
+    def name(self) -> str:
+        return f"client-{self.service_account}-{'mesh' if self.sidecar else 'plain'}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One row as a request: from the test process (client None) or from a client pod."""
+
+    row: Row
+    client: Client | None
+    scheme: str = "https"
+    path: str = "/"
+    url: str = ""
+    tcp: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    exit_code: int
+    status: int | None
+    body: str
+    location: str = ""
+
+
+def client_for(row: Row, settings: Settings) -> Client | None:
+    if row.caller == "internet":
+        return None
+    if row.caller == "ingress-gateway":
+        return Client(settings.gateway.namespace, settings.gateway.service_account, sidecar=True)
+    return Client(row.caller["namespace"], row.caller["serviceAccount"], row.caller.get("sidecar", True))
+
+
+def service_port(services: dict[str, dict], to: str) -> tuple[str, int, bool]:
+    """(cluster DNS name, port, is TCP) of a "name.namespace" target."""
+    service = services[to]
+    port = service["spec"]["ports"][0]
+    return f"{to}.svc.cluster.local", port["port"], port.get("appProtocol") == "tcp"
+
+
+def probe_for(row: Row, settings: Settings, services: dict[str, dict]) -> Probe:
+    client = client_for(row, settings)
+    request = row.request
+    if client is None:
+        return Probe(row, None, scheme=request.get("scheme", "https"), path=request.get("path", "/"))
+    target = request["to"]
+    if isinstance(target, dict):
+        target = f"{newcomer_name(target)}.{target['namespace']}"
+    host, port, tcp = service_port(services, target)
+    if tcp:
+        return Probe(row, client, tcp=(host, port))
+    return Probe(row, client, url=f"http://{host}:{port}{request.get('path', '/')}")
+
+
+def newcomer_name(target: dict) -> str:
+    """A pod the repo does not have (to test default-deny): named after its labels."""
+    return "-".join(str(value) for value in target.get("labels", {}).values()) or "newcomer"
+
+
+def client_command(probe: Probe) -> list[str]:
+    if probe.tcp:
+        host, port = probe.tcp
+        return ["sh", "-c", f"printf '{POSTGRES_SSL_REQUEST}' | nc -w 3 {host} {port} | head -c 1"]
+    return ["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", probe.url]
+
+
+def parse_curl(exit_code: int, output: str) -> Answer:
+    """curl -w '\\n%{http_code}' puts the status on the last line."""
+    body, _, status = output.rpartition("\n")
+    return Answer(exit_code, int(status) if status.strip().isdigit() and int(status) else None, body)
+
+
+def judge(probe: Probe, answer: Answer, settings: Settings) -> tuple[bool, str]:
+    """Does the answer show the row's expected outcome? Returns (holds, what was seen)."""
+    expected = probe.row.expected
+    seen = f"exit {answer.exit_code}, status {answer.status}, body {answer.body[:120]!r}"
+    if probe.tcp:
+        reached = answer.exit_code == 0 and answer.body[:1] in ("S", "N")
+        holds = reached if expected.startswith("reaches ") else (expected == "denied" and not reached)
+        return holds, seen
+    if expected.startswith("reaches "):
+        workload = expected.removeprefix("reaches ")
+        served_by = SERVED_BY.search(answer.body)
+        holds = answer.status == 200 and bool(served_by) and served_by.group(1).startswith(f"{workload}-")
+        if holds and probe.client is None:
+            # Routed from the gateway: the workload's sidecar saw the gateway's mTLS identity.
+            holds = f"URI=spiffe://{settings.gateway.principal}" in answer.body
+        return holds, seen
+    if expected == "denied":
+        return answer.status == 403 and "RBAC: access denied" in answer.body, seen
+    if expected == "redirect https":
+        return answer.status == 301 and answer.location.startswith(f"https://{settings.host}"), seen
+    if expected == "no-answer":
+        return answer.exit_code == CURL_NO_ANSWER, seen
+    return False, f"the e2e suite cannot check the outcome {expected!r}"
+
+
+def client_manifests(
+    clients: set[Client], settings: Settings, existing_service_accounts: set[tuple[str, str]]
+) -> list[dict]:
+    """Namespaces, ServiceAccounts and sleeping curl pods for every caller, plus the plaintext control server."""
+    docs: list[dict] = []
+    known_namespaces = {settings.app_namespace, settings.gateway.namespace}
+    for namespace in sorted({client.namespace for client in clients} - known_namespaces):
+        docs.append(namespace_manifest(namespace, injected=True))
+    for client in sorted(clients, key=lambda c: (c.namespace, c.name)):
+        if (
+            client.namespace,
+            client.service_account,
+        ) not in existing_service_accounts and client.service_account != "default":
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": client.service_account, "namespace": client.namespace},
+                }
+            )
+            existing_service_accounts = existing_service_accounts | {(client.namespace, client.service_account)}
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": client.name,
+                    "namespace": client.namespace,
+                    "labels": {CLIENT_LABEL: "true", "sidecar.istio.io/inject": str(client.sidecar).lower()},
+                },
+                "spec": {
+                    "serviceAccountName": client.service_account,
+                    "containers": [{"name": "curl", "image": CURL_IMAGE, "command": ["sleep", "infinity"]}],
+                },
+            }
+        )
+    docs.append(namespace_manifest(PLAINTEXT_CONTROL_NAMESPACE, injected=False))
+    docs += echo_workload("echo", PLAINTEXT_CONTROL_NAMESPACE, {"app": "echo"}, 80, settings.echo_image)
+    return docs
+
+
+def newcomer_manifests(rows: list[Row], settings: Settings) -> list[dict]:
+    """Echo workloads for rows that call a pod the repo does not define."""
+    docs: list[dict] = []
+    for row in rows:
+        target = row.request.get("to")
+        if isinstance(target, dict):
+            namespace = target.get("namespace", settings.app_namespace)
+            docs += echo_workload(newcomer_name(target), namespace, target.get("labels", {}), 80, settings.echo_image)
+    return docs
+
+
+def namespace_manifest(name: str, injected: bool) -> dict:
+    labels = {"istio-injection": "enabled" if injected else "disabled"}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def echo_workload(name: str, namespace: str, labels: dict, port: int, echo_image: str) -> list[dict]:
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "echo",
+                                "image": echo_image,
+                                "env": [{"name": "PORT", "value": "8080"}],
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "http", "port": port, "targetPort": "http", "appProtocol": "http"}],
+            },
+        },
+    ]

@@ -1,0 +1,65 @@
+"""What the e2e run needs to know, read from the repo itself: versions, node ports, host, names."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from repo_tools import REPO_ROOT, VERSIONS, kustomize, layout
+
+E2E_OVERLAY = REPO_ROOT / "apps" / "overlays" / "e2e"
+INFRASTRUCTURE_OVERLAY = REPO_ROOT / "infrastructure" / "overlays" / "e2e"
+GATEWAY_NODE_PORTS = INFRASTRUCTURE_OVERLAY / "gateway-nodeports.yaml"
+CURL_IMAGE = "curlimages/curl:8.16.0"
+CLIENT_LABEL = "e2e.client"
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster_name: str
+    node_image: str
+    kind_version: str
+    http_node_port: int
+    https_node_port: int
+    host: str
+    app_namespace: str
+    gateway: layout.IngressGateway
+    test_ca_secret: str
+    certificate: str
+    echo_image: str
+
+
+def default_cluster_name() -> str:
+    """<repo directory>-e2e, as a DNS label kind accepts."""
+    name = re.sub(r"[^a-z0-9-]+", "-", REPO_ROOT.name.lower()).strip("-")[:40]
+    return f"{name or 'gitops'}-e2e"
+
+
+def node_ports(patch: Path = GATEWAY_NODE_PORTS) -> dict[int, int]:
+    """Service port -> nodePort of the ingress gateway in the e2e overlay."""
+    service = yaml.safe_load(patch.read_text())
+    return {port["port"]: port["nodePort"] for port in service["spec"]["ports"]}
+
+
+def load(cluster_name: str) -> Settings:
+    docs = kustomize.build(E2E_OVERLAY)
+    issuer = next(doc for doc in docs if doc["kind"] == "Issuer" and "ca" in doc["spec"])
+    certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))
+    ports = node_ports()
+    return Settings(
+        cluster_name=cluster_name,
+        node_image=VERSIONS["KIND_NODE_IMAGE"],
+        kind_version=VERSIONS["KIND_VERSION"],
+        http_node_port=ports[80],
+        https_node_port=ports[443],
+        host=layout.public_host(E2E_OVERLAY),
+        app_namespace=next(doc["metadata"]["name"] for doc in docs if doc["kind"] == "Namespace"),
+        gateway=layout.ingress_gateway(),
+        test_ca_secret=issuer["spec"]["ca"]["secretName"],
+        certificate=certificate["metadata"]["name"],
+        # The test double the e2e overlay runs in place of the app's images.
+        echo_image=next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+            0
+        ]["image"],
+    )

@@ -1,0 +1,55 @@
+"""HTTPS to the gateway on 127.0.0.1 with the public host as SNI, verified against the test CA."""
+
+import base64
+
+import requests
+import trustme
+import yaml
+from requests.adapters import HTTPAdapter
+
+
+class HostnameAdapter(HTTPAdapter):
+    """Connects wherever the URL says but sends `server_hostname` as SNI and checks the certificate for it.
+
+    urllib3 sends no SNI for an IP address; setting server_hostname in the pool manager fixes both the
+    SNI and the name the certificate is verified against.
+    """
+
+    def __init__(self, server_hostname: str, **kwargs) -> None:
+        self.server_hostname = server_hostname
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs["server_hostname"] = self.server_hostname
+        super().init_poolmanager(*args, **kwargs)
+
+
+def get(
+    scheme: str, address: str, port: int, host: str, path: str, ca_file: str | None, timeout: float = 5.0
+) -> requests.Response:
+    """GET scheme://host{path}, sent to address:port; never follows redirects."""
+    session = requests.Session()
+    if scheme == "https":
+        session.mount(f"https://{address}:{port}", HostnameAdapter(host))
+    return session.get(
+        f"{scheme}://{address}:{port}{path}",
+        headers={"Host": host},
+        verify=ca_file if scheme == "https" else True,
+        allow_redirects=False,
+        timeout=timeout,
+    )
+
+
+def ca_secret_manifest(ca: trustme.CA, name: str, namespace: str) -> str:
+    """The kubernetes.io/tls secret a cert-manager CA Issuer signs with."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "tls.crt": base64.b64encode(ca.cert_pem.bytes()).decode(),
+            "tls.key": base64.b64encode(ca.private_key_pem.bytes()).decode(),
+        },
+    }
+    return yaml.safe_dump(secret)

@@ -1,0 +1,25 @@
+"""contract.yaml over real traffic: one test per row, each retried until it holds three times in a row."""
+
+import json
+
+import pytest
+
+from e2e.harness import bringup, scenarios
+from repo_tools import contract
+
+ROWS = contract.load()
+
+
+@pytest.fixture(scope="session")
+def services(harness) -> dict[str, dict]:
+    """Every Service in the cluster by "name.namespace", the way rows name their targets."""
+    items = json.loads(harness.kubectl("get", "services", "-A", "-o", "json"))["items"]
+    return {f"{item['metadata']['name']}.{item['metadata']['namespace']}": item for item in items}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_row(row, harness, services, ca_file):
+    probe = scenarios.probe_for(row, harness.settings, services)
+    if row.expected == "no-answer":
+        bringup.eventually_holds(lambda: bringup.positive_control(harness, probe.client))
+    bringup.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))

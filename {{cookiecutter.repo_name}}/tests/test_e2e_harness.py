@@ -1,0 +1,369 @@
+"""The e2e harness's parts that need no cluster, tested for real: TLS with SNI on 127.0.0.1, retries,
+the kind config, command lines, contract rows -> requests, judging answers, diagnostics and skip reasons."""
+
+import dataclasses
+import http.server
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import trustme
+import yaml
+
+from e2e.harness import bringup, commands, diagnostics, kind, scenarios, settings, tls
+from e2e.harness.retry import Check, eventually
+from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, kustomize
+
+HOST = "e2e.shop.example.com"
+
+
+# --- HTTPS with SNI and verification against a local server ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def https_server(server_ca: trustme.CA) -> Iterator[tuple[int, list[str]]]:
+    """An HTTPS server on 127.0.0.1 with a certificate for HOST only; records the SNI names it is sent."""
+    seen_sni: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ca.issue_cert(HOST).configure_cert(context)
+    context.sni_callback = lambda _socket, name, _context: seen_sni.append(name)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            body = f"Request served by frontend-1\n\nHost: {self.headers['Host']}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], seen_sni
+    server.shutdown()
+
+
+def ca_file(ca: trustme.CA, directory: Path) -> str:
+    path = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def test_the_right_ca_and_host_pass_and_the_host_is_sent_as_sni(https_server, server_ca, tmp_path):
+    port, seen_sni = https_server
+    response = tls.get("https", "127.0.0.1", port, HOST, "/", ca_file(server_ca, tmp_path))
+    assert response.status_code == 200
+    assert f"Host: {HOST}" in response.text
+    assert seen_sni[-1] == HOST
+
+
+def test_a_client_trusting_another_ca_fails(https_server, tmp_path):
+    port, _ = https_server
+    with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        tls.get("https", "127.0.0.1", port, HOST, "/", ca_file(trustme.CA(), tmp_path))
+
+
+def test_a_host_the_certificate_does_not_name_fails(https_server, server_ca, tmp_path):
+    port, _ = https_server
+    with pytest.raises(requests.exceptions.SSLError, match="match|mismatch"):
+        tls.get("https", "127.0.0.1", port, "other.example.com", "/", ca_file(server_ca, tmp_path))
+
+
+def test_the_ca_secret_is_what_a_cert_manager_ca_issuer_reads(server_ca):
+    secret = yaml.safe_load(tls.ca_secret_manifest(server_ca, "shop-e2e-ca", "istio-system"))
+    assert secret["type"] == "kubernetes.io/tls"
+    assert set(secret["data"]) == {"tls.crt", "tls.key"}
+    assert secret["metadata"] == {"name": "shop-e2e-ca", "namespace": "istio-system"}
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_eventually_waits_for_consecutive_successes():
+    answers = iter([True, False, True, True, True])
+    clock = FakeClock()
+    result = eventually(lambda: Check(next(answers), "x"), timeout=60, consecutive=3, clock=clock, sleep=clock.sleep)
+    assert result.holds and clock.now == 4.0
+
+
+def test_eventually_gives_up_with_the_last_detail():
+    clock = FakeClock()
+    calls = iter(range(1000))
+    with pytest.raises(AssertionError, match=r"within 10s \(11 attempts\); last: attempt 10"):
+        eventually(lambda: Check(False, f"attempt {next(calls)}"), timeout=10, clock=clock, sleep=clock.sleep)
+
+
+# --- kind config and commands -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e2e_settings() -> settings.Settings:
+    return settings.load("shop-gitops-e2e")
+
+
+def test_the_kind_config_maps_the_gateways_node_ports_to_localhost_only(e2e_settings):
+    config = kind.kind_config(e2e_settings)
+    mappings = config["nodes"][0]["extraPortMappings"]
+    assert {m["containerPort"] for m in mappings} == set(settings.node_ports().values())
+    assert all(m["listenAddress"] == "127.0.0.1" and m["hostPort"] == m["containerPort"] for m in mappings)
+
+
+def test_the_node_image_is_pinned_to_the_repos_kubernetes_version(e2e_settings):
+    assert kind.kind_config(e2e_settings)["nodes"][0]["image"] == VERSIONS["KIND_NODE_IMAGE"]
+    assert VERSIONS["KIND_NODE_IMAGE"].startswith(f"kindest/node:v{KUBERNETES_VERSION}.")
+
+
+def test_cluster_creation_is_retried_only_on_known_transient_failures():
+    assert kind.is_transient("ERROR: failed to create cluster: could not find a log line that matches ...")
+    assert not kind.is_transient("ERROR: failed to create cluster: node(s) already exist for a cluster with the name")
+
+
+def test_the_commands_name_the_kubeconfig_and_let_kustomize_run_helm(tmp_path):
+    tools = commands.Tools("kind", "kubectl", "/opt/helm", kubeconfig=tmp_path / "kubeconfig")
+    assert commands.kubectl(tools, "get", "pods")[:2] == ["kubectl", f"--kubeconfig={tmp_path / 'kubeconfig'}"]
+    render = commands.render_with_helm(tools, Path("infrastructure/overlays/e2e"))
+    assert render[-3:] == ["--enable-helm", "--helm-command=/opt/helm", "infrastructure/overlays/e2e"]
+    assert render[: len(kustomize.kustomize_command())] == kustomize.kustomize_command()
+    assert "--server-side" in commands.apply_stdin(tools)
+
+
+def test_kind_create_uses_the_written_config(tmp_path, e2e_settings):
+    config = kind.write_kind_config(e2e_settings, tmp_path)
+    assert yaml.safe_load(config.read_text()) == kind.kind_config(e2e_settings)
+    command = kind.create_command("kind", e2e_settings, config, tmp_path / "kubeconfig")
+    assert f"--config={config}" in command and f"--name={e2e_settings.cluster_name}" in command
+
+
+# --- contract rows -> requests and judgements --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def services(e2e_settings) -> dict[str, dict]:
+    docs = kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+    docs += scenarios.newcomer_manifests(contract.load(), e2e_settings)
+    return {f"{d['metadata']['name']}.{d['metadata']['namespace']}": d for d in docs if d["kind"] == "Service"}
+
+
+def test_every_contract_row_becomes_a_request(e2e_settings, services):
+    for row in contract.load():
+        probe = scenarios.probe_for(row, e2e_settings, services)
+        if row.caller == "internet":
+            assert probe.client is None and probe.scheme in ("http", "https") and probe.path.startswith("/")
+        else:
+            assert probe.client is not None
+            assert probe.tcp or probe.url.startswith("http://") and ".svc.cluster.local:" in probe.url
+
+
+def test_the_gateway_row_runs_from_a_pod_with_the_gateways_identity(e2e_settings, services):
+    row = next(row for row in contract.load() if row.caller == "ingress-gateway")
+    client = scenarios.probe_for(row, e2e_settings, services).client
+    assert (client.namespace, client.service_account, client.sidecar) == (
+        e2e_settings.gateway.namespace,
+        e2e_settings.gateway.service_account,
+        True,
+    )
+
+
+def test_clients_get_namespaces_service_accounts_and_the_right_injection(e2e_settings):
+    clients = {
+        scenarios.Client(e2e_settings.app_namespace, "intruder", True),
+        scenarios.Client(e2e_settings.app_namespace, "default", True),
+        scenarios.Client("elsewhere", "web", True),
+        scenarios.Client(e2e_settings.app_namespace, "web", False),
+    }
+    docs = scenarios.client_manifests(clients, e2e_settings, {(e2e_settings.app_namespace, "web")})
+    namespaces = {
+        d["metadata"]["name"]: d["metadata"]["labels"]["istio-injection"] for d in docs if d["kind"] == "Namespace"
+    }
+    assert namespaces == {"elsewhere": "enabled", scenarios.PLAINTEXT_CONTROL_NAMESPACE: "disabled"}
+    accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"}
+    assert accounts == {(e2e_settings.app_namespace, "intruder"), ("elsewhere", "web")}
+    pods = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Pod"}
+    assert pods["client-web-plain"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert pods["client-intruder-mesh"]["spec"]["serviceAccountName"] == "intruder"
+
+
+def probe(expected: str, client: bool = True, tcp: bool = False) -> scenarios.Probe:
+    row = contract.Row("r", "internet" if not client else {}, {}, expected)
+    who = scenarios.Client("shop", "web", True) if client else None
+    return scenarios.Probe(row, who, tcp=("db.shop.svc.cluster.local", 5432) if tcp else None)
+
+
+@pytest.mark.parametrize(
+    ("expected", "client", "answer", "holds"),
+    [
+        (
+            "reaches backend",
+            True,
+            scenarios.Answer(0, 200, "Request served by backend-7d9f-x\n\nGET /api HTTP/1.1"),
+            True,
+        ),
+        ("reaches backend", True, scenarios.Answer(0, 200, "Request served by frontend-7d9f-x\n"), False),
+        ("reaches backend", False, scenarios.Answer(0, 200, "Request served by backend-1\n"), False),
+        ("denied", True, scenarios.Answer(0, 403, "RBAC: access denied"), True),
+        ("denied", True, scenarios.Answer(0, 200, "Request served by backend-1"), False),
+        ("no-answer", True, scenarios.Answer(56, None, ""), True),
+        ("no-answer", True, scenarios.Answer(6, None, "Could not resolve host"), False),
+        ("redirect https", False, scenarios.Answer(0, 301, "", "https://{host}/api"), True),
+    ],
+)
+def test_answers_are_judged_as_the_contract_means(e2e_settings, expected, client, answer, holds):
+    answer = dataclasses.replace(answer, location=answer.location.format(host=e2e_settings.host))
+    assert scenarios.judge(probe(expected, client), answer, e2e_settings)[0] is holds
+
+
+def test_a_routed_request_must_show_the_gateways_identity(e2e_settings):
+    body = (
+        f"Request served by backend-1\n\nX-Forwarded-Client-Cert: By=x;URI=spiffe://{e2e_settings.gateway.principal}\n"
+    )
+    assert scenarios.judge(probe("reaches backend", client=False), scenarios.Answer(0, 200, body), e2e_settings)[0]
+
+
+def test_tcp_rows_are_judged_by_the_database_answer(e2e_settings):
+    assert scenarios.judge(probe("reaches database", tcp=True), scenarios.Answer(0, None, "N"), e2e_settings)[0]
+    assert scenarios.judge(probe("denied", tcp=True), scenarios.Answer(0, None, ""), e2e_settings)[0]
+
+
+def test_curl_output_splits_into_body_and_status():
+    assert scenarios.parse_curl(0, "Request served by a\n\nGET /\n403") == scenarios.Answer(
+        0, 403, "Request served by a\n\nGET /"
+    )
+    assert scenarios.parse_curl(56, "\n000").status is None
+
+
+# --- bring-up helpers, diagnostics, skip reasons ------------------------------------------------
+
+
+def test_a_native_sidecar_counts_as_the_istio_proxy():
+    pods = [
+        {"metadata": {"name": "a"}, "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]}},
+        {
+            "metadata": {"name": "b"},
+            "spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "istio-proxy"}]},
+        },
+        {"metadata": {"name": "c"}, "spec": {"containers": [{"name": "app"}]}},
+    ]
+    assert bringup.pods_missing_proxy(pods) == ["c"]
+
+
+def test_the_diagnostics_bundle_has_one_file_per_capture_and_an_index(tmp_path):
+    tools = commands.Tools("kind", "kubectl", "helm", istioctl="istioctl", kubeconfig=tmp_path / "kubeconfig")
+    planned = diagnostics.captures(tools, ["shop"], [("shop", "backend-1", ["backend", "istio-proxy"])], "istio-system")
+    ran: list[list[str]] = []
+
+    def runner(command: list[str]) -> tuple[int, str]:
+        ran.append(command)
+        return (1 if "analyze" in command else 0), f"output of {command[1]}"
+
+    bundle = diagnostics.collect(tmp_path / "bundle", planned, ["kind", "export", "logs", "--name=x"], runner)
+    files = {str(path.relative_to(bundle)) for path in bundle.rglob("*") if path.is_file()}
+    assert {
+        "INDEX.txt",
+        "cluster/pods-services-events.txt",
+        "cluster/istio-resources.yaml",
+        "cluster/cert-manager-resources.yaml",
+        "describe/shop.txt",
+        "logs/istiod.txt",
+        "logs/ingress-gateway.txt",
+        "logs/shop/backend-1/istio-proxy.txt",
+        "istioctl/analyze.txt",
+        "istioctl/proxy-status.txt",
+    } <= files
+    assert ran[-1] == ["kind", "export", "logs", "--name=x", str(bundle / "kind")]
+    assert "  1  istioctl/analyze.txt" in (bundle / "INDEX.txt").read_text()
+
+
+def test_the_skip_reason_says_what_is_missing():
+    def which(found: set[str]):
+        return lambda name: f"/usr/bin/{name}" if name in found else None
+
+    engine_down = lambda: (1, "Cannot connect to the Docker daemon at unix:///var/run/docker.sock")  # noqa: E731
+    engine_up = lambda: (0, "Server Version: 27")  # noqa: E731
+    none_given = {"kind": None, "kubectl": None, "helm": None}
+    assert bringup.missing_prerequisites(which(set()), engine_up, none_given) == "e2e needs Docker: no `docker` on PATH"
+    assert "Cannot connect to the Docker daemon" in bringup.missing_prerequisites(
+        which({"docker"}), engine_down, none_given
+    )
+    assert "`helm`" in bringup.missing_prerequisites(which({"docker", "kind", "kubectl"}), engine_up, none_given)
+    assert (
+        bringup.missing_prerequisites(which({"docker", "kind", "kubectl"}), engine_up, none_given | {"helm": "/h"})
+        == ""
+    )
+
+
+def test_a_kind_release_other_than_the_pinned_one_is_named():
+    assert bringup.version_mismatch("kind v0.33.1 go1.24 linux/amd64", "v0.33.0") == ""
+    assert "is not the pinned v0.33.0" in bringup.version_mismatch("kind v0.29.0 go1.24 linux/amd64", "v0.33.0")
+
+
+# --- the suite as pytest sees it -------------------------------------------------------------------
+
+
+def run_pytest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_check():
+    result = run_pytest("--collect-only", "-q", "e2e")
+    collected = [line for line in result.stdout.splitlines() if "::" in line]
+    rows = [line for line in collected if "test_contract.py::test_row[" in line]
+    assert len(rows) == len(contract.load())
+    assert len(collected) - len(rows) == 5
+
+
+def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
+    result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "e2e needs Docker: no `docker` on PATH" in result.stdout
+    assert " passed" not in result.stdout and "failed" not in result.stdout
+
+
+def test_the_ci_workflow_matches_the_github_workflow_schema():
+    workflow = REPO_ROOT / ".github" / "workflows" / "ci.yml"
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(workflow)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_ci_workflow_runs_the_e2e_session_and_keeps_its_diagnostics():
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = workflow["jobs"]["e2e"]["steps"]
+    assert any("nox -s e2e" in step.get("run", "") for step in steps)
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "failure()" and upload["with"]["path"] == "e2e-diagnostics/"
