@@ -5,16 +5,16 @@ import requests
 import trustme
 
 from e2e.harness import tls
-from e2e.harness.settings import CLIENT_LABEL
+from e2e.harness.settings import HARNESS_LABEL
 
 
 def test_every_app_pod_has_its_istio_proxy(harness):
-    assert harness.pods_without_sidecar(harness.settings.app_namespace) == []
+    assert harness.pods_without_sidecar(harness.settings.app_namespace, f"!{HARNESS_LABEL}") == []
 
 
 def test_every_mesh_client_has_its_istio_proxy(harness):
     for namespace in {harness.settings.app_namespace, harness.settings.gateway.namespace}:
-        assert harness.pods_without_sidecar(namespace, f"{CLIENT_LABEL}=true,sidecar.istio.io/inject=true") == []
+        assert harness.pods_without_sidecar(namespace, f"{HARNESS_LABEL}=true,sidecar.istio.io/inject=true") == []
 
 
 def test_https_on_the_e2e_host_verifies_against_the_test_ca(harness, ca_file):

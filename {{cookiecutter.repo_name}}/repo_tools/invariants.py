@@ -331,6 +331,39 @@ def service_ports_reach_container_ports(docs: Docs, gateway: IngressGateway) -> 
     return problems
 
 
+def network_policies_fence_the_namespace(docs: Docs, gateway: IngressGateway) -> list[str]:
+    """Default-deny in both directions, while the gateway can connect and pods reach DNS and istiod."""
+    problems = []
+    for namespace in app_namespaces(docs):
+        policies = [np["spec"] for np in of_kind(docs, "NetworkPolicy") if namespace_of(np) == namespace]
+        if not any(
+            p.get("podSelector") == {}
+            and set(p.get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not p.get("ingress")
+            and not p.get("egress")
+            for p in policies
+        ):
+            problems.append(f"Namespace {namespace}: add a default-deny NetworkPolicy for Ingress and Egress")
+        sources = [peer for p in policies for rule in p.get("ingress", []) for peer in rule.get("from", [])]
+        gateway_namespace = {"kubernetes.io/metadata.name": gateway.namespace}
+        if not any(peer.get("namespaceSelector", {}).get("matchLabels") == gateway_namespace for peer in sources):
+            problems.append(
+                f"Namespace {namespace}: no NetworkPolicy lets the ingress gateway ({gateway.namespace}) connect"
+            )
+        egress_ports = {
+            (port.get("protocol", "TCP"), port.get("port"))
+            for p in policies
+            for rule in p.get("egress", [])
+            for port in rule.get("ports", [])
+        }
+        for needed, why in (((("UDP", 53)), "DNS"), ((("TCP", 15012)), "istiod")):
+            if needed not in egress_ports:
+                problems.append(
+                    f"Namespace {namespace}: no NetworkPolicy lets pods reach {why} ({needed[0]} {needed[1]})"
+                )
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -350,6 +383,7 @@ CHECKS: dict[str, Check] = {
         disruption_budgets_fit_replicas,
         service_ports_declare_protocol,
         service_ports_reach_container_ports,
+        network_policies_fence_the_namespace,
     )
 }
 # The base is not deployed on its own: each overlay adds the Issuer for its environment.

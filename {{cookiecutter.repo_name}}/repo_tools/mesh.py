@@ -8,6 +8,10 @@ principals, namespaces, paths, methods, ports, hosts and their wildcard forms).
 
 Anything else that could change the answer (a `when` condition, JWT principals, IP blocks,
 CUSTOM policies, fault injection, ...) raises Unmodelled: the verdict is "unknown", never a guess.
+
+NetworkPolicies sit below all this and are not modelled: the repo's own admit the app's namespace,
+meshed namespaces and the gateway's (invariants.network_policies_fence_the_namespace keeps them so),
+which every row's caller is in; the e2e suite exercises them for real.
 """
 
 import re

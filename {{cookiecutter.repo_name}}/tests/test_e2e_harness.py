@@ -200,7 +200,12 @@ def test_clients_get_namespaces_service_accounts_and_the_right_injection(e2e_set
     namespaces = {
         d["metadata"]["name"]: d["metadata"]["labels"]["istio-injection"] for d in docs if d["kind"] == "Namespace"
     }
-    assert namespaces == {"elsewhere": "enabled", scenarios.PLAINTEXT_CONTROL_NAMESPACE: "disabled"}
+    assert namespaces == {"elsewhere": "enabled"}
+    control = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == scenarios.PLAINTEXT_CONTROL
+    )
+    assert control["metadata"]["namespace"] == e2e_settings.app_namespace
+    assert control["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
     accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"}
     assert accounts == {(e2e_settings.app_namespace, "intruder"), ("elsewhere", "web")}
     pods = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Pod"}

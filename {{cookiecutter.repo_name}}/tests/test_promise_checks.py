@@ -169,3 +169,18 @@ def test_a_service_whose_target_port_no_container_declares_is_refused(rendered):
         f"Service {app_namespace(docs)}/{service['metadata']['name']} port {service['spec']['ports'][0]['port']}: "
         "targetPort metrics is not a container port"
     ]
+
+
+def test_a_namespace_without_default_deny_network_policy_is_refused(rendered):
+    docs = [doc for doc in rendered("dev") if doc["metadata"]["name"] != "default-deny"]
+    assert invariants.network_policies_fence_the_namespace(docs, ingress_gateway()) == [
+        f"Namespace {app_namespace(docs)}: add a default-deny NetworkPolicy for Ingress and Egress"
+    ]
+
+
+def test_network_policies_that_cut_off_istiod_are_refused(rendered):
+    docs = rendered("dev")
+    egress = next(doc for doc in docs if doc["kind"] == "NetworkPolicy" and doc["spec"].get("egress"))
+    egress["spec"]["egress"] = egress["spec"]["egress"][:2]
+    problems = invariants.network_policies_fence_the_namespace(docs, ingress_gateway())
+    assert problems == [f"Namespace {app_namespace(docs)}: no NetworkPolicy lets pods reach istiod (TCP 15012)"]

@@ -15,7 +15,7 @@ import yaml
 from e2e.harness import commands, scenarios, tls
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
-from e2e.harness.settings import CLIENT_LABEL, INFRASTRUCTURE_OVERLAY, Settings
+from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
 from repo_tools import REPO_ROOT, kustomize
 from repo_tools.contract import Row
 
@@ -115,7 +115,7 @@ class Bringup:
                 commands.run_checked(
                     commands.rollout_status(self.tools, self.settings.app_namespace, deployment["metadata"]["name"])
                 )
-            self.kubectl("wait", "pods", "-A", "-l", f"{CLIENT_LABEL}=true", "--for=condition=Ready", "--timeout=300s")
+            self.kubectl("wait", "pods", "-A", "-l", f"{HARNESS_LABEL}=true", "--for=condition=Ready", "--timeout=300s")
             self.kubectl(
                 "-n",
                 self.settings.gateway.namespace,
@@ -181,7 +181,17 @@ def positive_control(bringup: Bringup, client: scenarios.Client) -> Check:
         client.namespace,
         client.name,
         "curl",
-        ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", scenarios.PLAINTEXT_CONTROL],
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            scenarios.plaintext_control_url(bringup.settings),
+        ],
     )
     result = commands.run(command, timeout=30)
     return Check(

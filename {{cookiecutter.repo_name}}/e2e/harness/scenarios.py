@@ -3,11 +3,12 @@
 import re
 from dataclasses import dataclass
 
-from e2e.harness.settings import CLIENT_LABEL, CURL_IMAGE, Settings
+from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, Settings
 from repo_tools.contract import Row
 
-PLAINTEXT_CONTROL_NAMESPACE = "e2e-plaintext"
-PLAINTEXT_CONTROL = f"http://echo.{PLAINTEXT_CONTROL_NAMESPACE}.svc.cluster.local/"
+# A server without a sidecar next to the app: a plaintext client must reach it before "no answer" from
+# the app can be blamed on mutual TLS.
+PLAINTEXT_CONTROL = "plaintext-control"
 SERVED_BY = re.compile(r"^Request served by (\S+)$", re.MULTILINE)
 # The 8-byte SSLRequest of the PostgreSQL protocol: a real database answers "S" or "N".
 POSTGRES_SSL_REQUEST = r"\000\000\000\010\004\322\026\057"
@@ -124,7 +125,8 @@ def client_manifests(
     docs: list[dict] = []
     known_namespaces = {settings.app_namespace, settings.gateway.namespace}
     for namespace in sorted({client.namespace for client in clients} - known_namespaces):
-        docs.append(namespace_manifest(namespace, injected=True))
+        labels = {"istio-injection": "enabled"}
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
     for client in sorted(clients, key=lambda c: (c.namespace, c.name)):
         if (
             client.namespace,
@@ -145,17 +147,22 @@ def client_manifests(
                 "metadata": {
                     "name": client.name,
                     "namespace": client.namespace,
-                    "labels": {CLIENT_LABEL: "true", "sidecar.istio.io/inject": str(client.sidecar).lower()},
+                    "labels": {HARNESS_LABEL: "true", "sidecar.istio.io/inject": str(client.sidecar).lower()},
                 },
                 "spec": {
                     "serviceAccountName": client.service_account,
-                    "containers": [{"name": "curl", "image": CURL_IMAGE, "command": ["sleep", "infinity"]}],
+                    "containers": [{"name": "curl", "image": CURL_IMAGE, "command": ["sleep", "365d"]}],
                 },
             }
         )
-    docs.append(namespace_manifest(PLAINTEXT_CONTROL_NAMESPACE, injected=False))
-    docs += echo_workload("echo", PLAINTEXT_CONTROL_NAMESPACE, {"app": "echo"}, 80, settings.echo_image)
+    docs += echo_workload(
+        PLAINTEXT_CONTROL, settings.app_namespace, {"app": PLAINTEXT_CONTROL}, 80, settings.echo_image, sidecar=False
+    )
     return docs
+
+
+def plaintext_control_url(settings: Settings) -> str:
+    return f"http://{PLAINTEXT_CONTROL}.{settings.app_namespace}.svc.cluster.local/"
 
 
 def newcomer_manifests(rows: list[Row], settings: Settings) -> list[dict]:
@@ -169,12 +176,10 @@ def newcomer_manifests(rows: list[Row], settings: Settings) -> list[dict]:
     return docs
 
 
-def namespace_manifest(name: str, injected: bool) -> dict:
-    labels = {"istio-injection": "enabled" if injected else "disabled"}
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-
-
-def echo_workload(name: str, namespace: str, labels: dict, port: int, echo_image: str) -> list[dict]:
+def echo_workload(
+    name: str, namespace: str, labels: dict, port: int, echo_image: str, sidecar: bool = True
+) -> list[dict]:
+    pod_labels = labels | {HARNESS_LABEL: "true", "sidecar.istio.io/inject": str(sidecar).lower()}
     return [
         {
             "apiVersion": "apps/v1",
@@ -183,7 +188,7 @@ def echo_workload(name: str, namespace: str, labels: dict, port: int, echo_image
             "spec": {
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {"labels": pod_labels},
                     "spec": {
                         "containers": [
                             {

@@ -12,7 +12,7 @@ E2E_OVERLAY = REPO_ROOT / "apps" / "overlays" / "e2e"
 INFRASTRUCTURE_OVERLAY = REPO_ROOT / "infrastructure" / "overlays" / "e2e"
 GATEWAY_NODE_PORTS = INFRASTRUCTURE_OVERLAY / "gateway-nodeports.yaml"
 CURL_IMAGE = "curlimages/curl:8.16.0"
-CLIENT_LABEL = "e2e.client"
+HARNESS_LABEL = "e2e.harness"  # on every pod the harness adds: clients, the plaintext control, newcomers
 
 
 @dataclass(frozen=True)
