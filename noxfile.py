@@ -7,7 +7,7 @@ import nox
 
 TEMPLATE = Path(__file__).parent
 GENERATED = TEMPLATE / "{{cookiecutter.repo_name}}"
-PYTHON_TOOLING = ["hooks", "tests", "e2e", "benchmarks", "noxfile.py"]
+PYTHON_TOOLING = ["hooks", "local_extensions", "tests", "e2e", "benchmarks", "noxfile.py"]
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.error_on_missing_interpreters = True

@@ -61,3 +61,11 @@ def build_overlays(project: Path) -> dict[str, list[dict]]:
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many hostile answers the property test tried, and how each ended."""
+    module = sys.modules.get("test_hostile_answers")
+    if module is not None and sum(module.OUTCOMES.values()):
+        outcomes = ", ".join(f"{count} {outcome}" for outcome, count in module.OUTCOMES.items())
+        terminalreporter.write_line(f"hostile answers tried: {sum(module.OUTCOMES.values())} ({outcomes})")
