@@ -1,4 +1,4 @@
-"""Sessions of the template repo. `nox` alone runs the offline defaults: lint and tests."""
+"""Sessions of the template repo. `nox` alone runs the offline defaults: lint, tests and security."""
 
 import tempfile
 from pathlib import Path
@@ -9,7 +9,7 @@ TEMPLATE = Path(__file__).parent
 GENERATED = TEMPLATE / "{{cookiecutter.repo_name}}"
 PYTHON_TOOLING = ["hooks", "local_extensions", "tests", "e2e", "benchmarks", "noxfile.py"]
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "security"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -49,6 +49,17 @@ def e2e(session: nox.Session) -> None:
     """Bake the defaults and one non-default answer set, and run each baked repo's e2e suite on kind."""
     install_test_requirements(session)
     session.run("pytest", "-rs", "e2e", *session.posargs)
+
+
+@nox.session
+def security(session: nox.Session) -> None:
+    """Bake a repo with every option's files and run its checkov scan: zero findings beyond its waivers."""
+    session.install("checkov", "pyyaml", "cookiecutter==2.7.1")
+    session.run("python", str(GENERATED / "repo_tools" / "toolchain.py"), session.bin)
+    with tempfile.TemporaryDirectory() as output_dir:
+        baked = bake(session, output_dir, include_database="yes")
+        with session.chdir(baked):
+            session.run("python", "-m", "repo_tools.security")
 
 
 @nox.session

@@ -34,6 +34,15 @@ def e2e(session: nox.Session) -> None:
 
 
 @nox.session
+def security(session: nox.Session) -> None:
+    """Scan every rendered overlay with checkov, offline; fail on findings not waived in security/."""
+    # checkov pins its own dependencies, so it gets this session's venv to itself.
+    session.install("checkov", "pyyaml")
+    session.run("python", "repo_tools/toolchain.py", session.bin)
+    session.run("python", "-m", "repo_tools.security", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Lint and format-check the repo's Python."""
     session.install("ruff")
