@@ -1,9 +1,10 @@
-"""python -m repo_tools: build every kustomization of the apps layer, validate it, check its promises."""
+"""python -m repo_tools: build every kustomization of the apps layer, validate it, check its promises,
+and check that the install (infrastructure/) pins every chart and installs the gateway the policies trust."""
 
 import sys
 import time
 
-from repo_tools import invariants, kustomize, layout, schemas
+from repo_tools import install, invariants, kustomize, layout, schemas
 
 
 def validate_all() -> list[str]:
@@ -22,7 +23,9 @@ def validate_all() -> list[str]:
         problems += [f"{name}: {problem}" for problem in found]
         verdict = "FAIL" if found else "ok  "
         print(f"{verdict} {name:<10} {len(docs):>3} documents  {time.perf_counter() - started:.2f}s")
-    return problems
+    install_problems = install.chart_problems() + install.gateway_identity_problems(gateway)
+    print(f"{'FAIL' if install_problems else 'ok  '} {'install':<10} {len(install.charts()):>3} charts")
+    return problems + [f"install: {problem}" for problem in install_problems]
 
 
 def main() -> int:
