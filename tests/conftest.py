@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 TEMPLATE = Path(__file__).resolve().parent.parent
@@ -46,11 +45,6 @@ def run_generated_tests(project: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
-
-
-@pytest.fixture(scope="session")
-def template() -> Path:
-    return TEMPLATE
 
 
 def build_overlays(project: Path) -> dict[str, list[dict]]:

@@ -102,68 +102,54 @@ _IGNORE_DIFFERENCE = {
     ],
 }
 
-APPLICATION = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["project", "destination"],
-            "properties": {
-                "project": {"type": "string", "minLength": 1},
-                "source": _SOURCE,
-                "sources": {"type": "array", "items": _SOURCE, "minItems": 1},
-                "destination": _DESTINATION,
-                "syncPolicy": _SYNC_POLICY,
-                "ignoreDifferences": {"type": "array", "items": _IGNORE_DIFFERENCE},
-                "revisionHistoryLimit": {"type": "integer"},
-                "info": {"type": "array"},
-            },
-            "oneOf": [{"required": ["source"]}, {"required": ["sources"]}],
-        },
-    },
-}
 
-APP_PROJECT = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "description": {"type": "string"},
-                "sourceRepos": _STRINGS,
-                "sourceNamespaces": _STRINGS,
-                "destinations": {"type": "array", "items": _DESTINATION},
-                "clusterResourceWhitelist": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["group", "kind"]},
-                },
-                "clusterResourceBlacklist": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["group", "kind"]},
-                },
-                "namespaceResourceWhitelist": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["group", "kind"]},
-                },
-                "namespaceResourceBlacklist": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["group", "kind"]},
-                },
-                "roles": {"type": "array"},
-                "syncWindows": {"type": "array"},
-                "orphanedResources": {"type": "object"},
-                "signatureKeys": {"type": "array"},
-                "destinationServiceAccounts": {"type": "array"},
-                "permitOnlyProjectScopedClusters": {"type": "boolean"},
-            },
+def _resource(spec: dict) -> dict:
+    """A top-level Argo CD object: named metadata and a spec with no unknown keys."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": _METADATA, "spec": {"type": "object", "additionalProperties": False, **spec}},
+    }
+
+
+_GROUP_KINDS = {"type": "array", "items": {"type": "object", "required": ["group", "kind"]}}
+
+APPLICATION = _resource(
+    {
+        "required": ["project", "destination"],
+        "properties": {
+            "project": {"type": "string", "minLength": 1},
+            "source": _SOURCE,
+            "sources": {"type": "array", "items": _SOURCE, "minItems": 1},
+            "destination": _DESTINATION,
+            "syncPolicy": _SYNC_POLICY,
+            "ignoreDifferences": {"type": "array", "items": _IGNORE_DIFFERENCE},
+            "revisionHistoryLimit": {"type": "integer"},
+            "info": {"type": "array"},
         },
-    },
-}
+        "oneOf": [{"required": ["source"]}, {"required": ["sources"]}],
+    }
+)
+
+APP_PROJECT = _resource(
+    {
+        "properties": {
+            "description": {"type": "string"},
+            "sourceRepos": _STRINGS,
+            "sourceNamespaces": _STRINGS,
+            "destinations": {"type": "array", "items": _DESTINATION},
+            "clusterResourceWhitelist": _GROUP_KINDS,
+            "clusterResourceBlacklist": _GROUP_KINDS,
+            "namespaceResourceWhitelist": _GROUP_KINDS,
+            "namespaceResourceBlacklist": _GROUP_KINDS,
+            "roles": {"type": "array"},
+            "syncWindows": {"type": "array"},
+            "orphanedResources": {"type": "object"},
+            "signatureKeys": {"type": "array"},
+            "destinationServiceAccounts": {"type": "array"},
+            "permitOnlyProjectScopedClusters": {"type": "boolean"},
+        },
+    }
+)
 
 SCHEMAS = {("argoproj.io/v1alpha1", "Application"): APPLICATION, ("argoproj.io/v1alpha1", "AppProject"): APP_PROJECT}

@@ -16,7 +16,7 @@ which every row's caller is in; the e2e suite exercises them for real.
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from repo_tools.layout import TRUST_DOMAIN, IngressGateway
 from repo_tools.schemas import describe
@@ -55,7 +55,6 @@ class Workload:
     name: str
     namespace: str
     labels: dict[str, str]
-    container_ports: dict[int, int] = field(default_factory=dict)  # service port -> container port
     protocol: str = "http"
 
 
