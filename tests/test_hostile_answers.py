@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ANSWER_NAMES, TEMPLATE
-from cookiecutter.exceptions import CookiecutterException, FailedHookException
+from cookiecutter.exceptions import FailedHookException, UndefinedVariableInTemplate
 from cookiecutter.main import cookiecutter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jinja2 import TemplateError
 
 FREE_TEXT_ANSWERS = [
     "project_name", "repo_name", "namespace", "domain", "frontend_name", "backend_name", "frontend_image",
@@ -28,6 +27,8 @@ PAYLOADS = [
     f"{{{{ cycler.__init__.__globals__.os.system('touch {MARKER}') }}}}",
     "{{ cookiecutter.namespace }}",
     "{% raw %}",
+    "{{",
+    "{% if %}",
     "x\ny: 1",
     "a: b # c",
     "\u202eevil",
@@ -71,8 +72,9 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(field, value, tmp_p
         assert all(line.split(":")[1].strip() in ANSWER_NAMES for line in errors), errors
         assert [path for path in files_under(output)] == []
         OUTCOMES["refused by the hook"] += 1
-    except (TemplateError, CookiecutterException) as error:
-        # Jinja inside an answer is rendered by cookiecutter itself, before any hook or file.
+    except UndefinedVariableInTemplate as error:
+        # Jinja inside an answer is rendered by cookiecutter itself (in the sandbox), before any hook or file.
+        assert error.message.startswith("Unable to render variable '"), error.message
         assert files_under(output) == [], f"{field}={value!r} failed with {error!r} and left files"
         OUTCOMES["refused by cookiecutter"] += 1
     else:
@@ -89,10 +91,18 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(field, value, tmp_p
 @pytest.mark.parametrize("field", ["project_name", "namespace", "api_prefix", "git_repo_url"])
 def test_an_answer_cannot_run_code(field, payload, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with contextlib.suppress(FailedHookException, TemplateError, CookiecutterException):
+    with contextlib.suppress(FailedHookException, UndefinedVariableInTemplate):
         cookiecutter(str(TEMPLATE), no_input=True, extra_context={field: payload}, output_dir=str(tmp_path / "out"))
     assert not any(path.name == MARKER for path in tmp_path.rglob("*"))
     assert not (TEMPLATE / MARKER).exists()
+
+
+@pytest.mark.parametrize("payload", ["{{", "{% if %}", PAYLOADS[4]], ids=["unclosed", "bad-if", "template-injection"])
+def test_jinja_in_an_answer_is_refused_naming_the_answer(payload, tmp_path):
+    with pytest.raises(UndefinedVariableInTemplate) as refused:
+        cookiecutter(str(TEMPLATE), no_input=True, extra_context={"namespace": payload}, output_dir=str(tmp_path))
+    assert refused.value.message == "Unable to render variable 'namespace'"
+    assert files_under(tmp_path) == []
 
 
 def test_the_property_covered_both_outcomes():
