@@ -30,7 +30,7 @@ def contract(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """Create a kind cluster, install Istio and the e2e overlay, and run the contract over real traffic."""
     install(session)
-    session.run("pytest", "-rs", "e2e", *session.posargs)
+    session.run("pytest", "-rs", "--log-cli-level=INFO", "e2e", *session.posargs)
 
 
 @nox.session

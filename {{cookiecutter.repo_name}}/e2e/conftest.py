@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pytest_kind import KindCluster
 
-from e2e.harness import bringup, diagnostics, kind, settings
+from e2e.harness import bringup, commands, diagnostics, kind, settings
 from e2e.harness.commands import Tools
 from repo_tools import contract
 
@@ -87,32 +87,34 @@ def harness(
     run = bringup.Bringup(tools, e2e_settings, ROWS)
     started = time.perf_counter()
     existing = subprocess.run([tools.kind, "get", "clusters"], capture_output=True, text=True).stdout.split()
+    keep = config.getoption("keep_cluster")
     try:
         with run.phase("create the kind cluster"):
             reuse = config.getoption("reuse_cluster") and e2e_settings.cluster_name in existing
             if e2e_settings.cluster_name in existing and not reuse:
                 cluster.delete()
-            if not reuse:
+            if reuse:
+                commands.run_checked(kind.export_kubeconfig_command(tools.kind, e2e_settings, tools.kubeconfig))
+            else:
                 kind_config = kind.write_kind_config(e2e_settings, tmp_path_factory.mktemp("kind-config"))
                 kind.create_cluster(tools.kind, e2e_settings, kind_config, tools.kubeconfig)
-            cluster.create()  # attaches pytest-kind-ng to the cluster (it exists now) and its kubeconfig
+            cluster.create()  # attaches pytest-kind-ng to the running cluster and its kubeconfig
         run.install_infrastructure()
         run.install_test_ca()
         run.install_apps()
         run.wait_for_workloads()
     except Exception:
         write_diagnostics(request, run, cluster)
+        if not keep:
+            cluster.delete()
         raise
     finally:
-        log.info(
-            "e2e bring-up took %.0fs: %s",
-            time.perf_counter() - started,
-            ", ".join(f"{name} {seconds:.0f}s" for name, seconds in run.timings),
-        )
+        phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in run.timings)
+        log.info("e2e bring-up took %.0fs: %s", time.perf_counter() - started, phases)
     yield run
     if request.session.testsfailed:
         write_diagnostics(request, run, cluster)
-    if not config.getoption("keep_cluster"):
+    if not keep:
         cluster.delete()
 
 

@@ -157,6 +157,8 @@ def test_kind_create_uses_the_written_config(tmp_path, e2e_settings):
     assert yaml.safe_load(config.read_text()) == kind.kind_config(e2e_settings)
     command = kind.create_command("kind", e2e_settings, config, tmp_path / "kubeconfig")
     assert f"--config={config}" in command and f"--name={e2e_settings.cluster_name}" in command
+    reuse = kind.export_kubeconfig_command("kind", e2e_settings, tmp_path / "kubeconfig")
+    assert reuse[:3] == ["kind", "export", "kubeconfig"] and f"--kubeconfig={tmp_path / 'kubeconfig'}" in reuse
 
 
 # --- contract rows -> requests and judgements --------------------------------------------------

@@ -58,6 +58,10 @@ def create_command(kind: str, settings: Settings, config: Path, kubeconfig: Path
     ]
 
 
+def export_kubeconfig_command(kind: str, settings: Settings, kubeconfig: Path) -> list[str]:
+    return [kind, "export", "kubeconfig", f"--name={settings.cluster_name}", f"--kubeconfig={kubeconfig}"]
+
+
 def delete_command(kind: str, settings: Settings, kubeconfig: Path) -> list[str]:
     return [kind, "delete", "cluster", f"--name={settings.cluster_name}", f"--kubeconfig={kubeconfig}"]
 
