@@ -50,7 +50,7 @@ def check_workload_names(answers: dict) -> list[str]:
         f"{field}: {answers[field]!r} cannot name a Service: use a DNS-1035 label, at most 63 lowercase "
         "letters, digits and '-', starting with a letter and ending with a letter or digit."
         for field in fields
-        if not DNS1035_LABEL.match(str(answers[field]))
+        if not DNS1035_LABEL.fullmatch(str(answers[field]))
     ]
     seen: dict[str, str] = {}
     for field in fields:
@@ -62,7 +62,7 @@ def check_workload_names(answers: dict) -> list[str]:
 
 
 def check_namespace(namespace: str) -> list[str]:
-    if not DNS1123_LABEL.match(namespace):
+    if not DNS1123_LABEL.fullmatch(namespace):
         return [
             f"namespace: {namespace!r} is not a DNS-1123 label: use at most 63 lowercase letters, digits "
             "and '-', starting and ending with a letter or digit."
@@ -77,7 +77,7 @@ def check_domain(domain: str) -> list[str]:
         return [f"domain: {domain!r} is a wildcard; the gateway must serve one exact host name."]
     labels = domain.split(".")
     longest = max(len(prefix) for prefix in ENVIRONMENT_PREFIXES) + len(domain)
-    if len(labels) < 2 or not all(DNS1123_LABEL.match(label) for label in labels) or longest > 253:
+    if len(labels) < 2 or not all(DNS1123_LABEL.fullmatch(label) for label in labels) or longest > 253:
         return [
             f"domain: {domain!r} is not a valid DNS name: use two or more dot-separated labels of lowercase "
             "letters, digits and '-' (at most 63 each, and at most 245 in all so that 'staging.' fits in front)."
@@ -95,7 +95,7 @@ def check_port(field: str, value: object) -> list[str]:
 
 
 def check_api_prefix(prefix: str) -> list[str]:
-    if not URL_PATH.match(prefix):
+    if not URL_PATH.fullmatch(prefix):
         return [
             f"api_prefix: {prefix!r} must be a path like '/api' or '/v1/api': it starts with '/', is not '/' "
             "alone, has no trailing '/' and uses only letters, digits and '.', '_', '~', '-'."
@@ -104,13 +104,13 @@ def check_api_prefix(prefix: str) -> list[str]:
 
 
 def check_health_path(field: str, path: str) -> list[str]:
-    if not HEALTH_PATH.match(path):
+    if not HEALTH_PATH.fullmatch(path):
         return [f"{field}: {path!r} must be a URL path starting with '/' (letters, digits, '/', '.', '_', '~', '-')."]
     return []
 
 
 def check_image(field: str, image: str) -> list[str]:
-    if len(image) > 255 or not IMAGE.match(image):
+    if len(image) > 255 or not IMAGE.fullmatch(image):
         return [
             f"{field}: {image!r} is not a valid image reference; write [registry/]repository[:tag][@sha256:digest] "
             "with a lowercase repository, e.g. 'ghcr.io/myorg/frontend:v1'."
@@ -120,13 +120,13 @@ def check_image(field: str, image: str) -> list[str]:
 
 def check_versions(answers: dict) -> list[str]:
     problems = []
-    istio = ISTIO_VERSION.match(str(answers["istio_version"]))
+    istio = ISTIO_VERSION.fullmatch(str(answers["istio_version"]))
     if not istio or int(istio.group(1)) < OLDEST_ISTIO_MINOR:
         problems.append(
             f"istio_version: {answers['istio_version']!r} must be a full Istio release 1.{OLDEST_ISTIO_MINOR}.0 "
             "or newer, such as '1.30.4'."
         )
-    kubernetes = KUBERNETES_VERSION.match(str(answers["kubernetes_version"]))
+    kubernetes = KUBERNETES_VERSION.fullmatch(str(answers["kubernetes_version"]))
     if not kubernetes or int(kubernetes.group(1)) < OLDEST_KUBERNETES_MINOR:
         problems.append(
             f"kubernetes_version: {answers['kubernetes_version']!r} must be a Kubernetes minor version "
@@ -139,7 +139,7 @@ def problems_with(answers: dict) -> list[str]:
     problems: list[str] = []
     if not str(answers["project_name"]).strip() or not str(answers["project_name"]).isprintable():
         problems.append("project_name: must be non-empty printable text.")
-    if not REPO_NAME.match(str(answers["repo_name"])):
+    if not REPO_NAME.fullmatch(str(answers["repo_name"])):
         problems.append(
             f"repo_name: {answers['repo_name']!r} must be a directory name of at most 100 letters, digits, "
             "'.', '_' and '-', starting with a letter or digit."
@@ -153,15 +153,15 @@ def problems_with(answers: dict) -> list[str]:
     for role in ("frontend", "backend"):
         problems += check_health_path(f"{role}_health_path", str(answers[f"{role}_health_path"]))
     problems += check_api_prefix(str(answers["api_prefix"]))
-    if not EMAIL.match(str(answers["acme_email"])):
+    if not EMAIL.fullmatch(str(answers["acme_email"])):
         problems.append(f"acme_email: {answers['acme_email']!r} is not an e-mail address like 'platform@example.com'.")
     problems += check_versions(answers)
-    if not GIT_URL.match(str(answers["git_repo_url"])):
+    if not GIT_URL.fullmatch(str(answers["git_repo_url"])):
         problems.append(
             f"git_repo_url: {answers['git_repo_url']!r} is not a Git URL the GitOps agent can pull; write "
             "https://host/org/repo.git, ssh://git@host/org/repo.git or git@host:org/repo.git."
         )
-    if not GIT_BRANCH.match(str(answers["git_branch"])):
+    if not GIT_BRANCH.fullmatch(str(answers["git_branch"])):
         problems.append(f"git_branch: {answers['git_branch']!r} is not a valid branch name.")
     if not isinstance(answers["include_database"], bool):
         problems.append(f"include_database: {answers['include_database']!r} must be yes or no.")

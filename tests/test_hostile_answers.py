@@ -38,12 +38,13 @@ PAYLOADS = [
     "",
     " ",
 ]
-ODD_CHARACTERS = list("aZ09-._/:@ \t'\"\\`$(){}%#;|&<>*?!~^[]=,+") + ["é", "中", "🙂", "\u00a0"]
+ODD_CHARACTERS = list("aZ09-._/:@ \t\n'\"\\`$(){}%#;|&<>*?!~^[]=,+") + ["é", "中", "🙂", "\u00a0"]
 PLAUSIBLE = st.from_regex(r"[a-z][a-z0-9-]{0,12}[a-z0-9]", fullmatch=True)
 ANSWERS = st.one_of(
     st.text(alphabet=st.sampled_from(ODD_CHARACTERS), max_size=40),
     st.sampled_from(PAYLOADS),
     st.tuples(PLAUSIBLE, st.sampled_from(PAYLOADS)).map("".join),
+    PLAUSIBLE.map(lambda value: value + "\n"),
     PLAUSIBLE,
 )
 OUTCOMES: dict[str, int] = {"baked and validated": 0, "refused by the hook": 0, "refused by cookiecutter": 0}

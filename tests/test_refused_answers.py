@@ -9,6 +9,7 @@ from cookiecutter.exceptions import FailedHookException
 
 REFUSED = {
     "a namespace with an underscore": ({"namespace": "shop_1"}, "namespace: 'shop_1' is not a DNS-1123 label"),
+    "a namespace with a trailing newline": ({"namespace": "shop\n"}, "namespace: 'shop\\n' is not a DNS-1123 label"),
     "a namespace with capitals": ({"namespace": "Shop"}, "namespace: 'Shop' is not a DNS-1123 label"),
     "a namespace of 64 characters": ({"namespace": "n" * 64}, "is not a DNS-1123 label: use at most 63"),
     "the istio-system namespace": (
