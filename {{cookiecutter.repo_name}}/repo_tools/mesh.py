@@ -86,6 +86,7 @@ class Mesh:
         if isinstance(route, Verdict):
             return route
         vs, rule_name, destination, path_at_destination = route
+        self.refuse_destination_rules(destination["host"], vs["metadata"].get("namespace", ""))
         routed = f"routed by {describe(vs)} route {rule_name}"
         if scheme == "http":
             routed = f"{where} serves plain HTTP (no httpsRedirect); {routed}"
@@ -181,8 +182,26 @@ class Mesh:
             )
             target = port or 80
         else:
+            self.refuse_mesh_traffic_rules(to, caller.namespace)
             workload, target = self.workload_for(to, port, None, caller.namespace)
         return self.call(caller, workload, target, path, "GET", to if isinstance(to, str) else workload.name)
+
+    def refuse_mesh_traffic_rules(self, to: str, namespace: str) -> None:
+        """Sidecar-to-sidecar routing is not modelled: a mesh VirtualService for the target makes the row unknown."""
+        for vs in self.of_kind("VirtualService"):
+            gateways = vs.get("spec", {}).get("gateways") or ["mesh"]
+            vs_namespace = vs["metadata"].get("namespace", "")
+            if "mesh" in gateways and any(
+                same_service(h, vs_namespace, to, namespace) for h in vs["spec"].get("hosts", [])
+            ):
+                raise Unmodelled(f"{describe(vs)} routes mesh traffic to {to}")
+        self.refuse_destination_rules(to, namespace)
+
+    def refuse_destination_rules(self, to: str, namespace: str) -> None:
+        """Client-side traffic policy (TLS mode, subsets, ...) is not modelled either."""
+        for rule in self.of_kind("DestinationRule"):
+            if same_service(rule.get("spec", {}).get("host", ""), rule["metadata"].get("namespace", ""), to, namespace):
+                raise Unmodelled(f"{describe(rule)} sets traffic policy for {to}")
 
     def call(self, caller: Caller, workload: Workload, port: int, path: str, method: str, host: str) -> Verdict:
         mode, decided_by = self.mtls_mode(workload, port)
@@ -297,6 +316,16 @@ class Mesh:
                     )
                     return Workload(doc["metadata"]["name"], service_namespace, labels, protocol=protocol), target
         raise Unmodelled(f"{describe(service)} selects no workload in this build")
+
+
+def same_service(host: str, host_namespace: str, other: str, other_namespace: str) -> bool:
+    """Do two service host names (short, name.namespace or FQDN, each read in its own namespace) agree?"""
+
+    def fqdn(name: str, namespace: str) -> str:
+        short, _, rest = name.partition(".")
+        return f"{short}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
+
+    return fqdn(host, host_namespace) == fqdn(other, other_namespace)
 
 
 def container_port(pod_spec: dict, target: int | str) -> int:

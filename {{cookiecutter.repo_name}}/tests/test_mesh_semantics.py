@@ -348,3 +348,34 @@ def test_two_peer_authentications_at_one_level_are_not_guessed():
     ]
     with pytest.raises(Unmodelled, match="2 PeerAuthentications"):
         mesh(workload("api"), docs).from_pod(PLAINTEXT, "api.app")
+
+
+def test_mesh_routing_and_destination_rules_for_the_target_are_not_guessed():
+    mesh_route = {
+        "kind": "VirtualService",
+        "metadata": {"name": "api", "namespace": "app"},
+        "spec": {"hosts": ["api"], "http": [to("api")]},
+    }
+    with pytest.raises(Unmodelled, match="routes mesh traffic"):
+        mesh(workload("api"), mesh_route).from_pod(WEB, "api.app")
+    tls_off = {
+        "kind": "DestinationRule",
+        "metadata": {"name": "api", "namespace": "app"},
+        "spec": {"host": "api.app.svc.cluster.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
+    }
+    with pytest.raises(Unmodelled, match="sets traffic policy"):
+        mesh(workload("api"), tls_off).from_pod(WEB, "api.app")
+
+
+def test_a_virtualservice_bound_only_to_the_gateway_leaves_mesh_traffic_alone():
+    assert mesh(edge([to("api")]), workload("api")).from_pod(WEB, "api.app").outcome == "reaches api"
+
+
+def test_a_destination_rule_for_a_routed_service_is_not_guessed():
+    tls_off = {
+        "kind": "DestinationRule",
+        "metadata": {"name": "api", "namespace": "app"},
+        "spec": {"host": "api", "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
+    }
+    with pytest.raises(Unmodelled, match="sets traffic policy"):
+        mesh(edge([to("api")]), workload("api"), tls_off).from_internet("https", HOST, "/")
