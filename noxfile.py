@@ -34,14 +34,17 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint the template's Python and the Python of a baked repo (the template directory itself is skipped)."""
-    session.install("ruff", "cookiecutter==2.7.1")
+    """Lint the template's Python and lint and type-check a baked repo's (the template directory itself is skipped)."""
+    session.install("ruff", "mypy", "types-PyYAML", "types-requests", "cookiecutter==2.7.1")
+    session.install("-r", str(GENERATED / "requirements.txt"))
     session.run("ruff", "check", *PYTHON_TOOLING)
     session.run("ruff", "format", "--check", *PYTHON_TOOLING)
     with tempfile.TemporaryDirectory() as output_dir:
         baked = bake(session, output_dir, include_database="yes")
         session.run("ruff", "check", str(baked))
         session.run("ruff", "format", "--check", str(baked))
+        with session.chdir(baked):
+            session.run("mypy", "--ignore-missing-imports", "repo_tools", "e2e")
 
 
 @nox.session

@@ -44,7 +44,8 @@ def security(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint and format-check the repo's Python."""
-    session.install("ruff")
+    """Lint, format-check and type-check the repo's Python."""
+    session.install("ruff", "mypy", "types-PyYAML", "types-requests", "-r", "requirements.txt")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "--ignore-missing-imports", "repo_tools", "e2e")

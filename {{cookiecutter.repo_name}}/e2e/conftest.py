@@ -56,10 +56,11 @@ def tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     reason = bringup.missing_prerequisites(shutil.which, docker_info, given)
     if reason:
         pytest.skip(reason)
+    found = {name: str(path or shutil.which(name)) for name, path in given.items()}  # all present: checked above
     return Tools(
-        kind=given["kind"] or shutil.which("kind"),
-        kubectl=given["kubectl"] or shutil.which("kubectl"),
-        helm=given["helm"] or shutil.which("helm"),
+        kind=found["kind"],
+        kubectl=found["kubectl"],
+        helm=found["helm"],
         istioctl=request.config.getoption("istioctl_bin") or shutil.which("istioctl"),
         kubeconfig=tmp_path_factory.mktemp("kind") / "kubeconfig",
     )

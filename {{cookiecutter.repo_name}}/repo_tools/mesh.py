@@ -240,7 +240,7 @@ class Mesh:
         spec = resource.get("spec") or {}
         if "targetRef" in spec or "targetRefs" in spec:
             raise Unmodelled(f"{describe(resource)} uses targetRef")
-        selector = (spec.get("selector") or {}).get("matchLabels")
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
         return bool(selector) and all(workload.labels.get(k) == v for k, v in selector.items())
 
     def authorize(self, caller: Caller, workload: Workload, port: int, path: str, method: str, host: str) -> Verdict:

@@ -60,7 +60,7 @@ def _errors(doc_json: str) -> tuple[str, ...]:
 
 
 def _custom_resource_errors(doc: dict) -> list[str]:
-    argocd_schema = ARGOCD_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")))
+    argocd_schema = ARGOCD_SCHEMAS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if argocd_schema is not None:
         validator = jsonschema.Draft202012Validator(argocd_schema)
         return [
@@ -91,7 +91,7 @@ def _model(api_version: str, kind: str) -> Any:
 
 def _dropped_fields(given: Any, kept: Any, path: str) -> list[str]:
     if isinstance(given, dict) and isinstance(kept, dict):
-        dropped = []
+        dropped: list[str] = []
         for key, value in given.items():
             where = f"{path}.{key}" if path else key
             dropped += _dropped_fields(value, kept[key], where) if key in kept else [where]

@@ -49,7 +49,7 @@ class Answer:
 def client_for(row: Row, settings: Settings) -> Client | None:
     if row.caller == "internet":
         return None
-    if row.caller == "ingress-gateway":
+    if not isinstance(row.caller, dict):  # "ingress-gateway"
         return Client(settings.gateway.namespace, settings.gateway.service_account, sidecar=True)
     return Client(row.caller["namespace"], row.caller["serviceAccount"], row.caller.get("sidecar", True))
 
@@ -104,7 +104,7 @@ def judge(probe: Probe, answer: Answer, settings: Settings) -> tuple[bool, str]:
     if expected.startswith("reaches "):
         workload = expected.removeprefix("reaches ")
         served_by = SERVED_BY.search(answer.body)
-        holds = answer.status == 200 and bool(served_by) and served_by.group(1).startswith(f"{workload}-")
+        holds = answer.status == 200 and served_by is not None and served_by.group(1).startswith(f"{workload}-")
         if holds and probe.client is None:
             # Routed from the gateway: the workload's sidecar saw the gateway's mTLS identity.
             holds = f"URI=spiffe://{settings.gateway.principal}" in answer.body
