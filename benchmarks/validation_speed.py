@@ -45,7 +45,7 @@ def main() -> int:
             "import json, statistics, time; from repo_tools import contract, kustomize, layout\n"
             "rows, gateway = contract.load(), layout.ingress_gateway()\n"
             "built = {name: (kustomize.build(path), layout.public_host(path))"
-            " for name, path in contract.deployable_overlays().items()}\n"
+            " for name, path in layout.overlays().items()}\n"
             "def once():\n"
             "    started = time.perf_counter()\n"
             "    for name, (docs, host) in built.items(): contract.check(name, docs, rows, gateway, host)\n"

@@ -81,12 +81,8 @@ def check(overlay: str, docs: list[dict], rows: list[Row], gateway: layout.Ingre
     return [Outcome(overlay, row, evaluate(row, mesh, host)) for row in rows]
 
 
-def deployable_overlays() -> dict[str, Path]:
-    return {name: path for name, path in layout.app_kustomizations().items() if name != "base"}
-
-
 def main(argv: list[str], contract_file: Path = CONTRACT) -> int:
-    overlays = deployable_overlays()
+    overlays = layout.overlays()
     chosen = argv or sorted(overlays)
     unknown = sorted(set(chosen) - set(overlays))
     if unknown:

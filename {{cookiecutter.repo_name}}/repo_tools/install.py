@@ -27,6 +27,7 @@ class Chart:
     version: str
     release: str
     namespace: str
+    values_file: Path
     values: dict
 
     @property
@@ -59,6 +60,7 @@ def charts(root: Path = REPO_ROOT) -> list[Chart]:
                     str(entry.get("version", "")),
                     entry.get("releaseName", ""),
                     entry.get("namespace", ""),
+                    values_file,
                     values,
                 )
             )
@@ -74,11 +76,8 @@ def chart_problems(root: Path = REPO_ROOT) -> list[str]:
             problems.append(f"{chart.where}: repository {chart.repo!r} has no version pin in versions.env")
         elif chart.version != versions[pin]:
             problems.append(f"{chart.where}: version {chart.version!r} is not {pin}={versions[pin]} (versions.env)")
-        entry = next(
-            e for e in read_yaml(chart.directory / "kustomization.yaml")["helmCharts"] if e["name"] == chart.name
-        )
-        if not (chart.directory / entry.get("valuesFile", "")).is_file():
-            problems.append(f"{chart.where}: valuesFile {entry.get('valuesFile')!r} does not exist")
+        if not chart.values_file.is_file():
+            problems.append(f"{chart.where}: valuesFile {chart.values_file.name!r} does not exist")
     return problems
 
 

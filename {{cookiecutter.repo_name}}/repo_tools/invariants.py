@@ -6,7 +6,7 @@ and returns one sentence per violation that names the resource to fix.
 
 from collections.abc import Callable, Iterator
 
-from repo_tools.layout import TRUST_DOMAIN, IngressGateway
+from repo_tools.layout import TRUST_DOMAIN, IngressGateway, service_fqdn
 from repo_tools.schemas import describe
 
 Docs = list[dict]
@@ -233,9 +233,7 @@ def gateway_routes_reach_admitting_workloads(docs: Docs, gateway: IngressGateway
             continue
         for route in vs["spec"].get("http", []):
             for destination in route.get("route", []):
-                host = destination["destination"]["host"]
-                if "." not in host:
-                    host = f"{host}.{namespace_of(vs)}.svc.cluster.local"
+                host = service_fqdn(destination["destination"]["host"], namespace_of(vs))
                 service = services.get(host)
                 if service is None:
                     problems.append(f"{describe(vs)} route {route.get('name', '?')}: no Service {host} in this build")

@@ -31,10 +31,20 @@ def ingress_gateway(settings: Path = INGRESS_GATEWAY_SETTINGS) -> IngressGateway
     )
 
 
+def overlays() -> dict[str, Path]:
+    """The apps layer's deployable overlays by name ("dev", "e2e", ...)."""
+    return {path.parent.name: path.parent for path in sorted((APPS / "overlays").glob("*/kustomization.yaml"))}
+
+
 def app_kustomizations() -> dict[str, Path]:
     """The apps layer's base and every overlay, by name ("base", "dev", ...)."""
-    overlays = sorted(path.parent for path in (APPS / "overlays").glob("*/kustomization.yaml"))
-    return {"base": APPS / "base"} | {overlay.name: overlay for overlay in overlays}
+    return {"base": APPS / "base"} | overlays()
+
+
+def service_fqdn(host: str, namespace: str) -> str:
+    """A Service host as Istio reads it: short names and name.namespace resolve from `namespace`."""
+    name, _, rest = host.partition(".")
+    return f"{name}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
 
 
 def public_host(kustomization_dir: Path) -> str:

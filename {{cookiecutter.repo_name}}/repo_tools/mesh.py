@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from repo_tools.layout import TRUST_DOMAIN, IngressGateway
+from repo_tools.layout import TRUST_DOMAIN, IngressGateway, service_fqdn
 from repo_tools.schemas import describe
 
 ROOT_NAMESPACE = "istio-system"
@@ -283,8 +283,7 @@ class Mesh:
 
     def workload_for(self, host: str, port: int | None, vs: dict | None, namespace: str = "") -> tuple[Workload, int]:
         namespace = namespace or (vs["metadata"].get("namespace", "") if vs else "")
-        name, _, rest = host.partition(".")
-        service_namespace = rest.split(".")[0] if rest else namespace
+        name, service_namespace = service_fqdn(host, namespace).split(".")[:2]
         service = next(
             (
                 svc
@@ -320,12 +319,7 @@ class Mesh:
 
 def same_service(host: str, host_namespace: str, other: str, other_namespace: str) -> bool:
     """Do two service host names (short, name.namespace or FQDN, each read in its own namespace) agree?"""
-
-    def fqdn(name: str, namespace: str) -> str:
-        short, _, rest = name.partition(".")
-        return f"{short}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
-
-    return fqdn(host, host_namespace) == fqdn(other, other_namespace)
+    return service_fqdn(host, host_namespace) == service_fqdn(other, other_namespace)
 
 
 def container_port(pod_spec: dict, target: int | str) -> int:

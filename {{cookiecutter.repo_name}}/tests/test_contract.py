@@ -6,7 +6,7 @@ from conftest import KUSTOMIZATIONS, app_namespace, backend_policy, find
 
 from repo_tools import contract, layout
 
-OVERLAYS = sorted(set(KUSTOMIZATIONS) - {"base"})
+OVERLAYS = sorted(layout.overlays())
 ROWS = contract.load()
 
 

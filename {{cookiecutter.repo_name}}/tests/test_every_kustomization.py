@@ -3,7 +3,7 @@
 import pytest
 from conftest import KUSTOMIZATIONS
 
-from repo_tools import invariants, schemas
+from repo_tools import invariants, layout, schemas
 
 PROMISES = [
     (kustomization, check)
@@ -28,7 +28,7 @@ def test_promise_holds(overlay, check, rendered, gateway):
     assert invariants.CHECKS[check](rendered(overlay), gateway) == []
 
 
-@pytest.mark.parametrize("overlay", sorted(set(KUSTOMIZATIONS) - {"base"}))
+@pytest.mark.parametrize("overlay", sorted(layout.overlays()))
 def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(overlay, rendered):
     docs = rendered(overlay)
     hosts = {
@@ -50,6 +50,6 @@ def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(o
 def test_no_two_overlays_share_a_host(rendered):
     hosts = {
         overlay: next(doc for doc in rendered(overlay) if doc["kind"] == "VirtualService")["spec"]["hosts"][0]
-        for overlay in set(KUSTOMIZATIONS) - {"base"}
+        for overlay in layout.overlays()
     }
     assert len(set(hosts.values())) == len(hosts), hosts

@@ -28,7 +28,7 @@ def repo_copy(tmp_path: Path) -> Path:
 
 
 def test_the_infrastructure_has_the_same_overlays_as_the_apps_layer():
-    apps = set(layout.app_kustomizations()) - {"base"}
+    apps = set(layout.overlays())
     assert set(INFRASTRUCTURE_OVERLAYS) == apps
 
 
