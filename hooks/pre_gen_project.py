@@ -19,7 +19,6 @@ URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$")
 ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
-KUBERNETES_VERSION = re.compile(r"^1\.(\d+)$")
 GIT_URL = re.compile(
     r"^(https://|ssh://)[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$|^git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+$"
 )
@@ -41,7 +40,6 @@ ISTIO_PROXY_PORTS = {15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 150
 RESERVED_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", "istio-system"}
 ENVIRONMENT_PREFIXES = ("dev.", "staging.", "e2e.")
 OLDEST_ISTIO_MINOR = 22  # networking.istio.io/v1 and security.istio.io/v1 are served from 1.22 on
-OLDEST_KUBERNETES_MINOR = 29
 
 
 def check_workload_names(answers: dict) -> list[str]:
@@ -124,13 +122,13 @@ def check_versions(answers: dict) -> list[str]:
     if not istio or int(istio.group(1)) < OLDEST_ISTIO_MINOR:
         problems.append(
             f"istio_version: {answers['istio_version']!r} must be a full Istio release 1.{OLDEST_ISTIO_MINOR}.0 "
-            "or newer, such as '1.30.4'."
+            "or newer, such as '1.30.8'."
         )
-    kubernetes = KUBERNETES_VERSION.fullmatch(str(answers["kubernetes_version"]))
-    if not kubernetes or int(kubernetes.group(1)) < OLDEST_KUBERNETES_MINOR:
+    node_images = answers["_kind_node_images"]
+    if str(answers["kubernetes_version"]) not in node_images:
         problems.append(
-            f"kubernetes_version: {answers['kubernetes_version']!r} must be a Kubernetes minor version "
-            f"1.{OLDEST_KUBERNETES_MINOR} or newer, written like '1.34'."
+            f"kubernetes_version: {answers['kubernetes_version']!r} must be a Kubernetes minor version the pinned "
+            f"kind release has a node image for, written like '1.34': one of {', '.join(sorted(node_images))}."
         )
     return problems
 

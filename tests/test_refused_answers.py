@@ -64,7 +64,10 @@ REFUSED = {
     ),
     "an Istio version that is not a release": ({"istio_version": "latest"}, "istio_version: 'latest' must be"),
     "a Kubernetes version with a v": ({"kubernetes_version": "v1.34"}, "kubernetes_version: 'v1.34' must be"),
-    "a Kubernetes version too old": ({"kubernetes_version": "1.28"}, "kubernetes_version: '1.28' must be"),
+    "a Kubernetes version kind has no node image for": (
+        {"kubernetes_version": "1.28"},
+        "kubernetes_version: '1.28' must be",
+    ),
     "a git URL that is a local path": (
         {"git_repo_url": "/srv/git/shop"},
         "git_repo_url: '/srv/git/shop' is not a Git URL",

@@ -8,6 +8,7 @@ binaries default to the ones on PATH. Nothing is downloaded.
 """
 
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -55,7 +56,10 @@ def tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     }
     reason = bringup.missing_prerequisites(shutil.which, docker_info, given)
     if reason:
-        pytest.skip(reason)
+        outcome, message = bringup.unavailable(reason, dict(os.environ))
+        if outcome == "fail":
+            pytest.fail(f"{message} (CI is set, so the e2e run must not be skipped)", pytrace=False)
+        pytest.skip(message)
     found = {name: str(path or shutil.which(name)) for name, path in given.items()}  # all present: checked above
     return Tools(
         kind=found["kind"],
@@ -104,6 +108,7 @@ def harness(
         run.install_test_ca()
         run.install_apps()
         run.wait_for_workloads()
+        run.log_node_cpu()
     except Exception:
         write_diagnostics(request, run, cluster)
         if not keep:
@@ -121,7 +126,9 @@ def harness(
 
 def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:
     bundle = Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S")
-    namespaces = [run.settings.app_namespace, run.settings.gateway.namespace, "cert-manager"]
+    namespaces = sorted(
+        {run.settings.app_namespace, run.settings.gateway.namespace, *(stage.namespace for stage in run.stages)}
+    )
     pods = []
     for namespace in namespaces:
         result = subprocess.run(
@@ -142,7 +149,9 @@ def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, clus
         for line in result.stdout.splitlines():
             name, *containers = line.split()
             pods.append((namespace, name, containers))
-    planned = diagnostics.captures(run.tools, namespaces, pods, run.settings.gateway.namespace)
+    planned = diagnostics.captures(
+        run.tools, namespaces, pods, run.settings.gateway, run.settings.control_plane_namespace
+    )
     kind_export = [run.tools.kind, "export", "logs", f"--name={cluster.name}"]
     diagnostics.collect(bundle, planned, kind_export)
     print(f"\ne2e diagnostics written to {bundle.resolve()}")

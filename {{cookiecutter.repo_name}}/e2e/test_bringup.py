@@ -22,16 +22,20 @@ def test_https_on_the_e2e_host_verifies_against_the_test_ca(harness, ca_file):
     assert tls.get("https", "127.0.0.1", s.https_node_port, s.host, "/", ca_file).status_code == 200
 
 
-def test_a_client_trusting_another_ca_refuses_the_gateway(harness, tmp_path):
+def test_a_client_trusting_another_ca_refuses_the_gateway(harness, ca_file, tmp_path):
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     s = harness.settings
+    # The same request with the right CA is answered, so the refusal below is about trust, not a dead listener.
+    assert tls.get("https", "127.0.0.1", s.https_node_port, s.host, "/", ca_file).status_code == 200
     with pytest.raises(requests.exceptions.SSLError):
         tls.get("https", "127.0.0.1", s.https_node_port, s.host, "/", str(other_ca))
 
 
 def test_the_certificate_does_not_cover_another_host(harness, ca_file):
     s = harness.settings
-    # No server for that name: the handshake fails, or the certificate does not match it.
-    with pytest.raises(requests.exceptions.ConnectionError):
+    assert tls.get("https", "127.0.0.1", s.https_node_port, s.host, "/", ca_file).status_code == 200
+    # No server for that name: the handshake fails, or the certificate does not match it. Both are TLS
+    # errors; a refused connection would be a plain ConnectionError and fail this test.
+    with pytest.raises(requests.exceptions.SSLError):
         tls.get("https", "127.0.0.1", s.https_node_port, f"other.{s.host}", "/", ca_file)

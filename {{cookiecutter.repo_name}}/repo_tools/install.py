@@ -67,6 +67,14 @@ def charts(root: Path = REPO_ROOT) -> list[Chart]:
     return found
 
 
+def chart(name: str, root: Path = REPO_ROOT) -> Chart:
+    """The one chart of that name (base, istiod, gateway, cert-manager) the install layer installs."""
+    found = [chart for chart in charts(root) if chart.name == name]
+    if len(found) != 1:
+        raise LookupError(f"infrastructure/: expected one {name} chart, found {len(found)}")
+    return found[0]
+
+
 def chart_problems(root: Path = REPO_ROOT) -> list[str]:
     versions = read_env_file(root / "versions.env")
     problems = []

@@ -17,7 +17,7 @@ import yaml
 
 from e2e.harness import bringup, commands, diagnostics, kind, scenarios, settings, tls
 from e2e.harness.retry import Check, eventually
-from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, kustomize
+from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, kustomize, layout
 
 HOST = "e2e.shop.example.com"
 
@@ -280,7 +280,10 @@ def test_a_native_sidecar_counts_as_the_istio_proxy():
 
 def test_the_diagnostics_bundle_has_one_file_per_capture_and_an_index(tmp_path):
     tools = commands.Tools("kind", "kubectl", "helm", istioctl="istioctl", kubeconfig=tmp_path / "kubeconfig")
-    planned = diagnostics.captures(tools, ["shop"], [("shop", "backend-1", ["backend", "istio-proxy"])], "istio-system")
+    gateway = layout.IngressGateway("edge", "edge-gateway", "edge-gateway")
+    planned = diagnostics.captures(
+        tools, ["shop"], [("shop", "backend-1", ["backend", "istio-proxy"])], gateway, "mesh"
+    )
     ran: list[list[str]] = []
 
     def runner(command: list[str]) -> tuple[int, str]:
@@ -302,25 +305,44 @@ def test_the_diagnostics_bundle_has_one_file_per_capture_and_an_index(tmp_path):
         "istioctl/proxy-status.txt",
     } <= files
     assert ran[-1] == ["kind", "export", "logs", "--name=x", str(bundle / "kind")]
+    assert any(command[-4:] == ["-l", "istio=edge-gateway", "--tail=2000", "--prefix"] for command in ran)
+    assert next(c for c in ran if "--prefix" in c)[2:5] == ["-n", "edge", "logs"]
+    assert next(c for c in ran if "deployment/istiod" in c)[2:6] == ["-n", "mesh", "logs", "deployment/istiod"]
     assert "  1  istioctl/analyze.txt" in (bundle / "INDEX.txt").read_text()
 
 
-def test_the_skip_reason_says_what_is_missing():
+def test_the_skip_reason_names_every_missing_tool_and_a_stopped_engine():
     def which(found: set[str]):
         return lambda name: f"/usr/bin/{name}" if name in found else None
 
     engine_down = lambda: (1, "Cannot connect to the Docker daemon at unix:///var/run/docker.sock")  # noqa: E731
     engine_up = lambda: (0, "Server Version: 27")  # noqa: E731
     none_given = {"kind": None, "kubectl": None, "helm": None}
-    assert bringup.missing_prerequisites(which(set()), engine_up, none_given) == "e2e needs Docker: no `docker` on PATH"
+    everything = {"docker", "kind", "kubectl", "helm"}
+    assert bringup.missing_prerequisites(which(everything), engine_up, none_given) == ""
+    assert bringup.missing_prerequisites(which(set()), engine_up, none_given).startswith(
+        "e2e needs `docker`, `kind`, `kubectl`, `helm` on PATH"
+    )
     assert "Cannot connect to the Docker daemon" in bringup.missing_prerequisites(
-        which({"docker"}), engine_down, none_given
+        which(everything), engine_down, none_given
     )
-    assert "`helm`" in bringup.missing_prerequisites(which({"docker", "kind", "kubectl"}), engine_up, none_given)
-    assert (
-        bringup.missing_prerequisites(which({"docker", "kind", "kubectl"}), engine_up, none_given | {"helm": "/h"})
-        == ""
+    assert bringup.missing_prerequisites(which(everything - {"helm"}), engine_up, none_given).startswith(
+        "e2e needs `helm` on PATH"
     )
+    assert bringup.missing_prerequisites(which(everything - {"helm"}), engine_up, none_given | {"helm": "/h"}) == ""
+
+
+def test_on_ci_a_missing_tool_fails_the_run_and_elsewhere_skips_it():
+    assert bringup.unavailable("e2e needs `kind`", {}) == ("skip", "e2e needs `kind`")
+    assert bringup.unavailable("e2e needs `kind`", {"CI": "true"}) == ("fail", "e2e needs `kind`")
+
+
+def test_a_hung_probe_is_a_failed_answer_never_a_denial_nor_a_crash(e2e_settings):
+    result = commands.run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    assert result.returncode == commands.TIMED_OUT and "timed out after" in result.stderr
+    denied = probe("denied", tcp=True)
+    assert scenarios.judge(denied, scenarios.Answer(7, None, ""), e2e_settings)[0]  # refused: a denial
+    assert not scenarios.judge(denied, scenarios.Answer(result.returncode, None, result.stdout), e2e_settings)[0]
 
 
 def test_a_kind_release_other_than_the_pinned_one_is_named():
@@ -353,8 +375,16 @@ def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_check
 def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
     result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "e2e needs Docker: no `docker` on PATH" in result.stdout
+    assert "e2e needs `docker`, `kind`, `kubectl`, `helm` on PATH" in result.stdout
     assert " passed" not in result.stdout and "failed" not in result.stdout
+
+
+def test_with_ci_set_and_no_docker_the_e2e_run_fails_naming_the_tool(tmp_path):
+    result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path), "CI": "true"})
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "e2e needs `docker`, `kind`, `kubectl`, `helm` on PATH" in result.stdout
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "error" in summary and "skipped" not in summary, summary
 
 
 def test_the_ci_workflow_matches_the_github_workflow_schema():

@@ -16,26 +16,90 @@ from e2e.harness import commands, scenarios, tls
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
-from repo_tools import REPO_ROOT, kustomize
+from repo_tools import REPO_ROOT, install, kustomize, rendered_install
 from repo_tools.contract import Row
 
 log = logging.getLogger("e2e")
 WEBHOOK_NOT_READY = ("failed calling webhook", "no endpoints available for service", "connection refused")
-CERT_MANAGER_DEPLOYMENTS = ("cert-manager", "cert-manager-webhook", "cert-manager-cainjector")
+RELEASE_LABELS = ("app.kubernetes.io/instance", "release")  # Helm charts mark what they render with one of these
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the install: the Helm releases it applies and the Deployments it waits for."""
+
+    name: str
+    releases: tuple[str, ...]
+    namespace: str
+    deployments: tuple[str, ...]
+
+
+def install_stages(settings: Settings) -> list[Stage]:
+    """Istio base and istiod (then wait for istiod), the gateway, then cert-manager and its webhook.
+
+    Deployment names follow each chart: istiod's is `istiod`, the gateway's is its release name, and
+    cert-manager's are the release name with -webhook and -cainjector (checked against the rendered charts).
+    """
+    base, istiod, certs = install.chart("base"), install.chart("istiod"), install.chart("cert-manager")
+    gateway = install.chart("gateway")
+    return [
+        Stage("Istio base and istiod", (base.release, istiod.release), istiod.namespace, ("istiod",)),
+        Stage("the ingress gateway", (gateway.release,), settings.gateway.namespace, (gateway.release,)),
+        Stage(
+            "cert-manager and its webhook",
+            (certs.release,),
+            certs.namespace,
+            (certs.release, f"{certs.release}-webhook", f"{certs.release}-cainjector"),
+        ),
+    ]
+
+
+def split_by_stage(docs: list[dict], stages: list[Stage]) -> list[list[dict]]:
+    """The rendered install, one list per stage; Namespaces and other unlabelled objects go first."""
+    split: list[list[dict]] = [[] for _ in stages]
+    for doc in docs:
+        labels = doc.get("metadata", {}).get("labels") or {}
+        release = next((labels[key] for key in RELEASE_LABELS if key in labels), None)
+        index = next((i for i, stage in enumerate(stages) if release in stage.releases), None)
+        if release is not None and index is None:
+            raise ValueError(
+                f"{doc['kind']} {doc['metadata']['name']}: release {release!r} belongs to no install stage"
+            )
+        split[index or 0].append(doc)
+    return split
+
+
+def node_port_mismatch(live: list[dict], settings: Settings) -> str:
+    """ "" when the live gateway Service has the node ports kind maps, else what differs and what to fix."""
+    mapped = {80: settings.http_node_port, 443: settings.https_node_port}
+    problems = rendered_install.node_ports_match_the_kind_mappings(live, settings.gateway, mapped)
+    if not problems:
+        return ""
+    return (
+        "the gateway Service does not listen on the node ports kind maps to 127.0.0.1, so no request from the "
+        "host can reach it: " + "; ".join(problems) + " (fix infrastructure/overlays/e2e/gateway-nodeports.yaml)"
+    )
+
+
+def unavailable(reason: str, environ: dict[str, str]) -> tuple[str, str]:
+    """("skip" | "fail", reason): on CI (CI set) a missing tool fails the run instead of skipping it."""
+    return ("fail" if environ.get("CI") else "skip", reason)
 
 
 def missing_prerequisites(
     which: Callable[[str], str | None], docker_info: Callable[[], tuple[int, str]], tools: dict[str, str | None]
 ) -> str:
-    """Why the e2e suite cannot run here, or "" when it can. tools: name -> path given by flag (or None)."""
-    if which("docker") is None:
-        return "e2e needs Docker: no `docker` on PATH"
+    """Why the e2e suite cannot run here, naming every missing tool, or "" when it can.
+
+    tools: name -> path given by flag (or None).
+    """
+    missing = [name for name in ("docker", "kind", "kubectl", "helm") if not (tools.get(name) or which(name))]
+    if missing:
+        return f"e2e needs {', '.join(f'`{name}`' for name in missing)} on PATH; see README.md for the pinned versions"
     exit_code, output = docker_info()
     if exit_code != 0:
-        return f"e2e needs a running Docker engine: `docker info` failed: {output.strip().splitlines()[-1] if output.strip() else exit_code}"
-    for name in ("kind", "kubectl", "helm"):
-        if not (tools.get(name) or which(name)):
-            return f"e2e needs `{name}` on PATH (or --{name}-bin); see README.md for the pinned versions"
+        last_line = output.strip().splitlines()[-1] if output.strip() else f"exit {exit_code}"
+        return f"e2e needs a running Docker engine: `docker info` failed: {last_line}"
     return ""
 
 
@@ -81,14 +145,35 @@ class Bringup:
                 raise RuntimeError(f"kubectl apply failed:\n{result.stderr.strip()}")
             time.sleep(3)
 
+    @property
+    def stages(self) -> list[Stage]:
+        return install_stages(self.settings)
+
     def install_infrastructure(self) -> None:
-        with self.phase("install Istio and cert-manager (infrastructure/overlays/e2e)"):
+        with self.phase("render infrastructure/overlays/e2e with helm"):
             rendered = commands.run_checked(commands.render_with_helm(self.tools, INFRASTRUCTURE_OVERLAY))
-            self.apply(rendered)
-            for deployment in ("istiod", self.settings.gateway.service_account):
-                commands.run_checked(commands.rollout_status(self.tools, "istio-system", deployment))
-            for deployment in CERT_MANAGER_DEPLOYMENTS:
-                commands.run_checked(commands.rollout_status(self.tools, "cert-manager", deployment))
+        docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+        for stage, stage_docs in zip(self.stages, split_by_stage(docs, self.stages), strict=True):
+            with self.phase(f"install {stage.name}"):
+                self.apply(yaml.safe_dump_all(stage_docs))
+                for deployment in stage.deployments:
+                    commands.run_checked(commands.rollout_status(self.tools, stage.namespace, deployment))
+            if stage.releases == (install.chart("gateway").release,):
+                self.check_node_ports()
+
+    def check_node_ports(self) -> None:
+        live = json.loads(
+            self.kubectl("-n", self.settings.gateway.namespace, "get", "deployments,services", "-o", "json")
+        )
+        mismatch = node_port_mismatch(live["items"], self.settings)
+        if mismatch:
+            raise RuntimeError(mismatch)
+
+    def log_node_cpu(self) -> None:
+        """The scheduler's view of the node after bring-up, to compare with the capacity test's sum."""
+        described = commands.run(commands.kubectl(self.tools, "describe", "nodes"), timeout=60).stdout
+        allocated = described.split("Allocated resources:", 1)[-1].split("Events:", 1)[0]
+        log.info("e2e node after bring-up:%s", allocated.rstrip())
 
     def install_test_ca(self) -> None:
         with self.phase("create the test CA secret"):

@@ -37,8 +37,16 @@ def exec_in(tools: Tools, namespace: str, pod: str, container: str, command: lis
     return kubectl(tools, "-n", namespace, "exec", pod, "-c", container, "--", *command)
 
 
+TIMED_OUT = 124  # the exit status timeout(1) gives a command it stopped
+
+
 def run(command: list[str], stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    """Run a command; one that hangs past `timeout` is stopped and reported as exit 124, never raised."""
+    try:
+        return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as expired:
+        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        return subprocess.CompletedProcess(command, TIMED_OUT, stdout, f"timed out after {timeout:.0f}s")
 
 
 def run_checked(command: list[str], stdin: str | None = None, timeout: float = 600) -> str:

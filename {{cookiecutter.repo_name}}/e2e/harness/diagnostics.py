@@ -7,6 +7,7 @@ from pathlib import Path
 
 from e2e.harness import commands
 from e2e.harness.commands import Tools
+from repo_tools.layout import IngressGateway
 
 ISTIO_KINDS = "gateways,virtualservices,destinationrules,authorizationpolicies,peerauthentications"
 CERT_MANAGER_KINDS = "certificates,certificaterequests,issuers,clusterissuers"
@@ -25,7 +26,11 @@ def run_command(command: list[str]) -> tuple[int, str]:
 
 
 def captures(
-    tools: Tools, namespaces: list[str], pods: list[tuple[str, str, list[str]]], gateway_namespace: str
+    tools: Tools,
+    namespaces: list[str],
+    pods: list[tuple[str, str, list[str]]],
+    gateway: IngressGateway,
+    control_plane_namespace: str,
 ) -> list[Capture]:
     """What to collect. pods: (namespace, name, container names) of every pod worth its logs."""
     kubectl = lambda *args: commands.kubectl(tools, *args)  # noqa: E731
@@ -33,10 +38,10 @@ def captures(
         Capture("cluster/pods-services-events.txt", kubectl("get", "pods,svc,events", "-A", "-o", "wide")),
         Capture("cluster/istio-resources.yaml", kubectl("get", ISTIO_KINDS, "-A", "-o", "yaml")),
         Capture("cluster/cert-manager-resources.yaml", kubectl("get", CERT_MANAGER_KINDS, "-A", "-o", "yaml")),
-        Capture("logs/istiod.txt", kubectl("-n", "istio-system", "logs", "deployment/istiod", "--tail=2000")),
+        Capture("logs/istiod.txt", kubectl("-n", control_plane_namespace, "logs", "deployment/istiod", "--tail=2000")),
         Capture(
             "logs/ingress-gateway.txt",
-            kubectl("-n", gateway_namespace, "logs", "-l", "istio=ingressgateway", "--tail=2000", "--prefix"),
+            kubectl("-n", gateway.namespace, "logs", "-l", f"istio={gateway.istio_label}", "--tail=2000", "--prefix"),
         ),
     ]
     found += [

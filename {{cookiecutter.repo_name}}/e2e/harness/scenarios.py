@@ -3,7 +3,8 @@
 import re
 from dataclasses import dataclass
 
-from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, Settings
+from e2e.harness.commands import TIMED_OUT
+from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
 from repo_tools.contract import Row
 
 # A server without a sidecar next to the app: a plaintext client must reach it before "no answer" from
@@ -97,6 +98,8 @@ def judge(probe: Probe, answer: Answer, settings: Settings) -> tuple[bool, str]:
     """Does the answer show the row's expected outcome? Returns (holds, what was seen)."""
     expected = probe.row.expected
     seen = f"exit {answer.exit_code}, status {answer.status}, body {answer.body[:120]!r}"
+    if answer.exit_code == TIMED_OUT:
+        return False, f"the probe hung and was stopped ({seen}): not an answer, retried"
     if probe.tcp:
         reached = answer.exit_code == 0 and answer.body[:1] in ("S", "N")
         holds = reached if expected.startswith("reaches ") else (expected == "denied" and not reached)
@@ -148,6 +151,7 @@ def client_manifests(
                     "name": client.name,
                     "namespace": client.namespace,
                     "labels": {HARNESS_LABEL: "true", "sidecar.istio.io/inject": str(client.sidecar).lower()},
+                    "annotations": {PROXY_CPU_ANNOTATION: settings.proxy_cpu},
                 },
                 "spec": {
                     "serviceAccountName": client.service_account,
@@ -156,7 +160,7 @@ def client_manifests(
             }
         )
     docs += echo_workload(
-        PLAINTEXT_CONTROL, settings.app_namespace, {"app": PLAINTEXT_CONTROL}, 80, settings.echo_image, sidecar=False
+        PLAINTEXT_CONTROL, settings.app_namespace, {"app": PLAINTEXT_CONTROL}, 80, settings, sidecar=False
     )
     return docs
 
@@ -172,12 +176,12 @@ def newcomer_manifests(rows: list[Row], settings: Settings) -> list[dict]:
         target = row.request.get("to")
         if isinstance(target, dict):
             namespace = target.get("namespace", settings.app_namespace)
-            docs += echo_workload(newcomer_name(target), namespace, target.get("labels", {}), 80, settings.echo_image)
+            docs += echo_workload(newcomer_name(target), namespace, target.get("labels", {}), 80, settings)
     return docs
 
 
 def echo_workload(
-    name: str, namespace: str, labels: dict, port: int, echo_image: str, sidecar: bool = True
+    name: str, namespace: str, labels: dict, port: int, settings: Settings, sidecar: bool = True
 ) -> list[dict]:
     pod_labels = labels | {HARNESS_LABEL: "true", "sidecar.istio.io/inject": str(sidecar).lower()}
     return [
@@ -188,12 +192,12 @@ def echo_workload(
             "spec": {
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": pod_labels},
+                    "metadata": {"labels": pod_labels, "annotations": {PROXY_CPU_ANNOTATION: settings.proxy_cpu}},
                     "spec": {
                         "containers": [
                             {
                                 "name": "echo",
-                                "image": echo_image,
+                                "image": settings.echo_image,
                                 "env": [{"name": "PORT", "value": "8080"}],
                                 "ports": [{"name": "http", "containerPort": 8080}],
                             }

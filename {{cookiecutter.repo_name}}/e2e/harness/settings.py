@@ -6,12 +6,13 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, VERSIONS, kustomize, layout
+from repo_tools import REPO_ROOT, VERSIONS, install, kustomize, layout
 
 E2E_OVERLAY = REPO_ROOT / "apps" / "overlays" / "e2e"
 INFRASTRUCTURE_OVERLAY = REPO_ROOT / "infrastructure" / "overlays" / "e2e"
 GATEWAY_NODE_PORTS = INFRASTRUCTURE_OVERLAY / "gateway-nodeports.yaml"
 CURL_IMAGE = "curlimages/curl:8.16.0"
+PROXY_CPU_ANNOTATION = "sidecar.istio.io/proxyCPU"
 HARNESS_LABEL = "e2e.harness"  # on every pod the harness adds: clients, the plaintext control, newcomers
 
 
@@ -25,9 +26,11 @@ class Settings:
     host: str
     app_namespace: str
     gateway: layout.IngressGateway
+    control_plane_namespace: str
     test_ca_secret: str
     certificate: str
     echo_image: str
+    proxy_cpu: str
 
 
 def default_cluster_name() -> str:
@@ -44,6 +47,7 @@ def node_ports(patch: Path = GATEWAY_NODE_PORTS) -> dict[int, int]:
 
 def load(cluster_name: str) -> Settings:
     docs = kustomize.build(E2E_OVERLAY)
+    first_workload = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]
     issuer = next(doc for doc in docs if doc["kind"] == "Issuer" and "ca" in doc["spec"])
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))
     ports = node_ports()
@@ -56,10 +60,11 @@ def load(cluster_name: str) -> Settings:
         host=layout.public_host(E2E_OVERLAY),
         app_namespace=next(doc["metadata"]["name"] for doc in docs if doc["kind"] == "Namespace"),
         gateway=layout.ingress_gateway(),
+        control_plane_namespace=install.chart("istiod").namespace,
         test_ca_secret=issuer["spec"]["ca"]["secretName"],
         certificate=certificate["metadata"]["name"],
         # The test double the e2e overlay runs in place of the app's images.
-        echo_image=next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
-            0
-        ]["image"],
+        echo_image=first_workload["spec"]["containers"][0]["image"],
+        # The sidecar CPU request the e2e overlay gives its pods; the harness's pods ask for the same.
+        proxy_cpu=first_workload["metadata"]["annotations"][PROXY_CPU_ANNOTATION],
     )

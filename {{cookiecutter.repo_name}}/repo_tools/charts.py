@@ -1,0 +1,176 @@
+"""Render the install layer (infrastructure/overlays/<env>) with its Helm charts, for real or from recorded renders.
+
+kustomize renders `helmCharts` by calling a `helm` executable (`--helm-command`): `version`, `pull`, then
+`template RELEASE CHART_DIR --namespace NS -f VALUES [--include-crds]`. Two executables answer those calls:
+
+- real Helm, which downloads the charts (a laptop, the GitHub workflow);
+- the recorder's stand-in below, which answers `template` with the chart's real output recorded by Helm for this
+  repo's releases, namespaces and values, from a folder named by $RECORDED_FIXTURES (`charts/rendered/...`,
+  `charts/chart-values/...`, `crds/...`). It refuses a chart, version, release or namespace it has no recording of,
+  so a build never silently renders something other than what the repo asks for.
+
+    python -m repo_tools.charts template RELEASE CHART_DIR --namespace NS -f VALUES [--include-crds]
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from repo_tools import REPO_ROOT, kustomize
+
+RECORDED_FIXTURES = "RECORDED_FIXTURES"
+ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
+# (release, namespace) each recording was made with: see the fixtures' README.
+RECORDED_RELEASES = {
+    "base": ("istio-base", "istio-system"),
+    "istiod": ("istiod", "istio-system"),
+    "gateway": ("istio-ingressgateway", "istio-system"),
+    "cert-manager": ("cert-manager", "cert-manager"),
+}
+
+
+class ChartsUnavailable(RuntimeError):
+    """Neither recorded renders nor a working Helm with network access: the install layer cannot be rendered."""
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """The folder of recorded upstream output ($RECORDED_FIXTURES)."""
+
+    root: Path
+
+    def render(self, chart: str, version: str) -> Path:
+        if chart in ISTIO_CHARTS:
+            minor = ".".join(version.split(".")[:2])
+            return self.root / "charts" / "rendered" / f"istio-{minor}" / f"{ISTIO_CHARTS[chart]}.yaml"
+        return self.root / "charts" / "rendered" / f"{chart}-{version}.yaml"
+
+    def default_values(self, chart: str, version: str) -> Path:
+        if chart in ISTIO_CHARTS:
+            minor = ".".join(version.split(".")[:2])
+            return self.root / "charts" / "chart-values" / f"istio-{minor}" / f"{ISTIO_CHARTS[chart]}.values.yaml"
+        return self.root / "charts" / "chart-values" / f"{chart}-{version}.values.yaml"
+
+    def values_schema(self, chart: str, version: str) -> Path:
+        return self.default_values(chart, version).with_suffix("").with_suffix(".schema.json")
+
+    def crds(self) -> list[Path]:
+        return sorted((self.root / "crds").glob("*.yaml"))
+
+
+def recordings() -> Recordings | None:
+    """The recorded renders named by $RECORDED_FIXTURES, or None when the variable is unset."""
+    folder = os.environ.get(RECORDED_FIXTURES)
+    if not folder:
+        return None
+    root = Path(folder).resolve()
+    if not (root / "charts" / "rendered").is_dir():
+        raise ChartsUnavailable(f"{RECORDED_FIXTURES}={folder} has no charts/rendered/ folder of recorded renders")
+    return Recordings(root)
+
+
+def unavailable_reason() -> str:
+    """Why the install layer cannot be rendered here, or "" when it can."""
+    try:
+        if recordings() is not None:
+            return ""
+    except ChartsUnavailable as error:
+        return str(error)
+    if shutil.which("helm") is None:
+        return (
+            f"the install layer needs its Helm charts: set {RECORDED_FIXTURES} to a folder of recorded renders "
+            "(charts/rendered/...) or put helm on PATH with network access to the chart repositories"
+        )
+    return ""
+
+
+def _template(arguments: list[str], recorded: Recordings) -> str:
+    release, chart_dir = arguments[0], Path(arguments[1])
+    namespace = arguments[arguments.index("--namespace") + 1] if "--namespace" in arguments else "default"
+    chart = chart_dir.name
+    version = chart_dir.parent.name.removeprefix(f"{chart}-")
+    source = recorded.render(chart, version)
+    if not source.is_file():
+        raise ChartsUnavailable(f"no recorded render of chart {chart} {version} (looked for {source})")
+    if RECORDED_RELEASES.get(chart) != (release, namespace):
+        raise ChartsUnavailable(
+            f"chart {chart} is recorded as release {RECORDED_RELEASES.get(chart)}, "
+            f"not ({release!r}, {namespace!r}): record it again for the new release name or namespace"
+        )
+    text = source.read_text()
+    if "--include-crds" in arguments or "\nkind: CustomResourceDefinition" not in text:
+        return text
+    documents = [doc for doc in yaml.safe_load_all(text) if doc and doc.get("kind") != "CustomResourceDefinition"]
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+def recorded_helm(arguments: list[str], recorded: Recordings) -> str:
+    """What the stand-in prints for one helm call."""
+    command, rest = arguments[0], arguments[1:]
+    if command == "version":
+        return "v3.17.0+recorded\n"
+    if command == "pull":
+        untar_dir = Path(rest[rest.index("--untardir") + 1])
+        (untar_dir / rest[rest.index("--repo") + 2]).mkdir(parents=True, exist_ok=True)
+        return ""
+    if command == "template":
+        return _template(rest, recorded)
+    raise ChartsUnavailable(f"the recorded-render stand-in for helm does not answer `helm {command}`")
+
+
+@contextmanager
+def helm_command() -> Iterator[str]:
+    """An executable kustomize can call as helm: the stand-in when recordings are given, else helm on PATH."""
+    reason = unavailable_reason()
+    if reason:
+        raise ChartsUnavailable(reason)
+    recorded = recordings()
+    if recorded is None:
+        yield str(shutil.which("helm"))
+        return
+    with tempfile.TemporaryDirectory(prefix="recorded-helm-") as folder:
+        script = Path(folder) / "helm"
+        script.write_text(
+            f'#!/bin/sh\nexport PYTHONPATH="{REPO_ROOT}" {RECORDED_FIXTURES}="{recorded.root}"\n'
+            f'exec "{sys.executable}" -m repo_tools.charts "$@"\n'
+        )
+        script.chmod(0o755)
+        yield str(script)
+
+
+def render(overlay: Path) -> list[dict]:
+    """The documents of one infrastructure overlay with its charts rendered.
+
+    kustomize pulls charts into a charts/ folder beside each kustomization, so it renders a copy of
+    infrastructure/ and the repo stays clean.
+    """
+    relative = overlay.resolve().relative_to(REPO_ROOT)
+    with helm_command() as helm, tempfile.TemporaryDirectory(prefix="infrastructure-") as copy:
+        shutil.copytree(
+            REPO_ROOT / "infrastructure", Path(copy) / "infrastructure", ignore=shutil.ignore_patterns("charts")
+        )
+        return kustomize.build(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
+
+
+def main(arguments: list[str]) -> int:
+    recorded = recordings()
+    if recorded is None:
+        print(f"set {RECORDED_FIXTURES} to the folder of recorded renders", file=sys.stderr)
+        return 1
+    try:
+        sys.stdout.write(recorded_helm(arguments, recorded))
+    except ChartsUnavailable as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""Rules over the install layer as the charts really render it (repo_tools.charts), beside the apps layer.
+
+Each rule takes the rendered documents of one infrastructure overlay (and, where it compares the two layers,
+the matching apps overlay) and returns sentences naming the resource and what to change.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repo_tools.charts import Recordings
+from repo_tools.install import Chart
+from repo_tools.invariants import pod_labels, selects
+from repo_tools.layout import IngressGateway
+from repo_tools.schemas import describe
+
+HIGH_AVAILABILITY_COMPONENT = "components/gateway-high-availability"
+# Values that are whole upstream APIs rather than chart keys: istiod passes meshConfig through as Istio's
+# MeshConfig, whose fields the chart's defaults list only in part.
+FREE_FORM_VALUES = {"istiod": ("meshConfig.", "pilot.meshConfig.")}
+
+
+def of_kind(docs: list[dict], kind: str) -> Iterator[dict]:
+    return (doc for doc in docs if doc.get("kind") == kind)
+
+
+def gateway_deployment(infrastructure: list[dict], gateway: IngressGateway) -> dict | None:
+    return next(
+        (
+            doc
+            for doc in of_kind(infrastructure, "Deployment")
+            if doc["metadata"].get("namespace") == gateway.namespace
+            and doc["spec"]["template"]["spec"].get("serviceAccountName") == gateway.service_account
+        ),
+        None,
+    )
+
+
+def the_gateway_is_installed_as_the_apps_layer_expects(
+    infrastructure: list[dict], gateway: IngressGateway
+) -> list[str]:
+    deployment = gateway_deployment(infrastructure, gateway)
+    if deployment is None:
+        return [
+            f"no Deployment in {gateway.namespace} runs as ServiceAccount {gateway.service_account} "
+            "(apps/base/ingress-gateway.env): the gateway chart installs it elsewhere or under another name"
+        ]
+    labels = pod_labels(deployment)
+    if labels.get("istio") != gateway.istio_label:
+        return [f"{describe(deployment)}: its pods carry istio={labels.get('istio')!r}, not {gateway.istio_label!r}"]
+    return []
+
+
+def selectors_select_the_gateway_pods(
+    infrastructure: list[dict], apps: list[dict], gateway: IngressGateway
+) -> list[str]:
+    """Gateways, the gateway's PDBs and AuthorizationPolicies, and NetworkPolicies admitting it select its real pods."""
+    deployment = gateway_deployment(infrastructure, gateway)
+    if deployment is None:
+        return []
+    labels = pod_labels(deployment)
+    namespace = deployment["metadata"]["namespace"]
+    problems = [
+        f"{describe(gw)}: selector {gw['spec'].get('selector')} does not select the gateway pods {labels}"
+        for gw in of_kind(apps, "Gateway")
+        if gw["apiVersion"].startswith("networking.istio.io/") and not selects(gw["spec"].get("selector", {}), labels)
+    ]
+    for doc in [
+        *of_kind(infrastructure, "PodDisruptionBudget"),
+        *of_kind(infrastructure + apps, "AuthorizationPolicy"),
+    ]:
+        selector = doc["spec"].get("selector", {}).get("matchLabels") or {}
+        if doc["metadata"].get("namespace") == namespace and selector and not selects(selector, labels):
+            problems.append(f"{describe(doc)}: selector {selector} does not select the gateway pods {labels}")
+    admitted = {
+        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        for policy in of_kind(apps, "NetworkPolicy")
+        for rule in policy["spec"].get("ingress", [])
+        for peer in rule.get("from", [])
+    }
+    if any(of_kind(apps, "NetworkPolicy")) and namespace not in admitted:
+        problems.append(f"no NetworkPolicy admits connections from {namespace!r}, where the gateway pods run")
+    return problems
+
+
+def node_ports_match_the_kind_mappings(
+    infrastructure: list[dict], gateway: IngressGateway, mapped: dict[int, int]
+) -> list[str]:
+    """The rendered gateway Service has exactly the node ports kind maps: Service port -> nodePort."""
+    deployment = gateway_deployment(infrastructure, gateway)
+    if deployment is None:
+        return []
+    services = [
+        svc
+        for svc in of_kind(infrastructure, "Service")
+        if svc["metadata"].get("namespace") == gateway.namespace
+        and selects(svc["spec"].get("selector") or {"": ""}, pod_labels(deployment))
+    ]
+    if len(services) != 1:
+        return [f"expected one Service in front of the gateway pods in {gateway.namespace}, found {len(services)}"]
+    service = services[0]
+    rendered = {port["port"]: port.get("nodePort") for port in service["spec"].get("ports", [])}
+    problems = [] if service["spec"].get("type") == "NodePort" else [f"{describe(service)}: type is not NodePort"]
+    problems += [
+        f"{describe(service)}: port {port} has nodePort {rendered.get(port)}, but kind maps {node_port} "
+        "(a patch entry without `protocol: TCP` does not merge with the chart's port)"
+        for port, node_port in sorted(mapped.items())
+        if rendered.get(port) != node_port
+    ]
+    return problems
+
+
+def lists_high_availability(overlay: Path) -> bool:
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    return any(component.endswith(HIGH_AVAILABILITY_COMPONENT) for component in kustomization.get("components", []))
+
+
+def high_availability_holds(infrastructure: list[dict], gateway: IngressGateway) -> list[str]:
+    """At least two gateway pods, and a disruption budget over the real pods that keeps one of them up."""
+    deployment = gateway_deployment(infrastructure, gateway)
+    if deployment is None:
+        return []
+    name = deployment["metadata"]["name"]
+    autoscalers = [
+        hpa
+        for hpa in of_kind(infrastructure, "HorizontalPodAutoscaler")
+        if hpa["spec"]["scaleTargetRef"]["name"] == name and hpa["metadata"].get("namespace") == gateway.namespace
+    ]
+    minimum = min(
+        (hpa["spec"].get("minReplicas", 1) for hpa in autoscalers), default=deployment["spec"].get("replicas", 1)
+    )
+    problems = [] if minimum >= 2 else [f"{describe(deployment)}: runs {minimum} pod at minimum, not 2"]
+    budgets = [
+        pdb
+        for pdb in of_kind(infrastructure, "PodDisruptionBudget")
+        if pdb["metadata"].get("namespace") == gateway.namespace
+        and selects(pdb["spec"].get("selector", {}).get("matchLabels") or {"": ""}, pod_labels(deployment))
+    ]
+    if not budgets:
+        problems.append(f"{describe(deployment)}: no PodDisruptionBudget selects its pods")
+    for pdb in budgets:
+        if pdb["spec"].get("maxUnavailable", minimum) >= minimum:
+            problems.append(f"{describe(pdb)}: maxUnavailable lets a drain take down every gateway pod")
+    return problems
+
+
+def waited_for_deployments_exist(infrastructure: list[dict], waits: list[tuple[str, str]]) -> list[str]:
+    present = {
+        (doc["metadata"].get("namespace"), doc["metadata"]["name"]) for doc in of_kind(infrastructure, "Deployment")
+    }
+    return [
+        f"the e2e bring-up waits for Deployment {namespace}/{name}, which the install does not create"
+        for namespace, name in waits
+        if (namespace, name) not in present
+    ]
+
+
+def key_paths(values: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(values, dict) and values:
+        for key, value in values.items():
+            yield from key_paths(value, f"{prefix}.{key}" if prefix else str(key))
+    elif prefix:
+        yield prefix
+
+
+def known_in_defaults(path: str, defaults: Any) -> bool:
+    """A key path exists in the chart's defaults, or sits below a map or list the defaults leave open."""
+    node = defaults
+    for key in path.split("."):
+        if not isinstance(node, dict) or not node:
+            return True  # below an empty map, a list or a scalar default: free-form
+        if key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def known_in_schema(path: str, schema: dict) -> bool:
+    node = schema.get("$defs", {}).get("values", schema)
+    for key in path.split("."):
+        properties = node.get("properties", {})
+        if key not in properties:
+            return node.get("additionalProperties") is not False
+        node = properties[key]
+    return True
+
+
+def chart_defaults(chart: Chart, recordings: Recordings) -> dict:
+    """The chart's default values; Istio's charts keep them under _internal_defaults_do_not_set."""
+    values: dict = yaml.safe_load(recordings.default_values(chart.name, chart.version).read_text()) or {}
+    defaults: dict = values.get("_internal_defaults_do_not_set", values)
+    if chart.name == "istiod":
+        # The istiod chart reads `pilot.*` as its top level (zzz_profile.yaml flattens it; the recorded
+        # render shows pilot.resources applied), so both spellings are known keys.
+        defaults = defaults | {"pilot": defaults}
+    return defaults
+
+
+def values_keys_exist(chart: Chart, recordings: Recordings) -> list[str]:
+    """Every key a values file sets exists in the chart's default values or its values schema."""
+    defaults_file = recordings.default_values(chart.name, chart.version)
+    if not defaults_file.is_file():
+        return [f"{chart.where}: no recorded default values for {chart.name} {chart.version} ({defaults_file})"]
+    defaults = chart_defaults(chart, recordings)
+    schema_file = recordings.values_schema(chart.name, chart.version)
+    schema = yaml.safe_load(schema_file.read_text()) if schema_file.is_file() else None
+    return [
+        f"{chart.values_file.relative_to(chart.directory.parent.parent)}: {path} is not a value of chart "
+        f"{chart.name} {chart.version} (a typo is silently ignored by Helm)"
+        for path in key_paths(chart.values)
+        if not path.startswith(FREE_FORM_VALUES.get(chart.name, ()))
+        and not known_in_defaults(path, defaults)
+        and not (schema is not None and known_in_schema(path, schema))
+    ]

@@ -1,0 +1,155 @@
+"""The install layer as its Helm charts really render it: what the e2e run and the apps layer rely on holds.
+
+Renders every infrastructure overlay with real Helm, or offline from recorded renders ($RECORDED_FIXTURES);
+without either these tests skip and say why.
+"""
+
+import copy
+import os
+import shutil
+
+import pytest
+import yaml
+
+from e2e.harness import bringup, capacity, kind, scenarios, settings
+from repo_tools import REPO_ROOT, charts, contract, install, kustomize, layout, rendered_install
+from repo_tools.schemas import schema_errors
+
+UNAVAILABLE = charts.unavailable_reason()
+pytestmark = pytest.mark.skipif(bool(UNAVAILABLE), reason=UNAVAILABLE or "charts available")
+OVERLAYS = sorted(layout.overlays())
+_rendered: dict[str, list[dict]] = {}
+
+
+def infrastructure(overlay: str) -> list[dict]:
+    if overlay not in _rendered:
+        _rendered[overlay] = charts.render(REPO_ROOT / "infrastructure" / "overlays" / overlay)
+    return copy.deepcopy(_rendered[overlay])
+
+
+def apps(overlay: str) -> list[dict]:
+    return kustomize.build(REPO_ROOT / "apps" / "overlays" / overlay)
+
+
+@pytest.fixture(scope="module")
+def e2e_settings() -> settings.Settings:
+    return settings.load("rendered-install-test")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_infrastructure_overlay_renders_and_validates(overlay):
+    docs = infrastructure(overlay)
+    assert {doc["kind"] for doc in docs} >= {"CustomResourceDefinition", "Deployment", "Service"}
+    assert [error for doc in docs for error in schema_errors(doc)] == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_runs_where_and_as_whom_the_apps_layer_trusts(overlay, gateway):
+    assert rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(infrastructure(overlay), gateway) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_gateway_selector_selects_the_real_gateway_pods(overlay, gateway):
+    assert rendered_install.selectors_select_the_gateway_pods(infrastructure(overlay), apps(overlay), gateway) == []
+
+
+def test_a_gateway_selecting_another_label_is_caught(gateway):
+    docs = apps("e2e")
+    assert rendered_install.selectors_select_the_gateway_pods(infrastructure("e2e"), docs, gateway) == []
+    next(doc for doc in docs if doc["kind"] == "Gateway")["spec"]["selector"] = {"istio": "ingress"}
+    problems = rendered_install.selectors_select_the_gateway_pods(infrastructure("e2e"), docs, gateway)
+    assert len(problems) == 1 and "does not select the gateway pods" in problems[0]
+
+
+def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_settings, gateway):
+    mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
+    config = kind.kind_config(e2e_settings)
+    assert {m["containerPort"] for m in config["nodes"][0]["extraPortMappings"]} == set(mapped.values())
+    assert rendered_install.node_ports_match_the_kind_mappings(infrastructure("e2e"), gateway, mapped) == []
+    assert bringup.node_port_mismatch(infrastructure("e2e"), e2e_settings) == ""
+
+
+def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp_path, monkeypatch):
+    """kustomize merges Service ports on port + protocol: without `protocol: TCP` the node ports are dropped."""
+    patch = REPO_ROOT / "infrastructure" / "overlays" / "e2e" / "gateway-nodeports.yaml"
+    service = yaml.safe_load(patch.read_text())
+    for port in service["spec"]["ports"]:
+        del port["protocol"]
+    copy_root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "infrastructure", copy_root / "infrastructure", ignore=shutil.ignore_patterns("charts"))
+    (copy_root / "infrastructure" / "overlays" / "e2e" / "gateway-nodeports.yaml").write_text(yaml.safe_dump(service))
+    monkeypatch.setattr(charts, "REPO_ROOT", copy_root)
+    broken = charts.render(copy_root / "infrastructure" / "overlays" / "e2e")
+    mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
+    problems = rendered_install.node_ports_match_the_kind_mappings(broken, gateway, mapped)
+    assert len(problems) == 2 and all("nodePort None" in problem for problem in problems)
+    assert "fix infrastructure/overlays/e2e/gateway-nodeports.yaml" in bringup.node_port_mismatch(broken, e2e_settings)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_high_availability_overlays_change_the_real_autoscaler_and_budget(overlay, gateway):
+    problems = rendered_install.high_availability_holds(infrastructure(overlay), gateway)
+    if rendered_install.lists_high_availability(REPO_ROOT / "infrastructure" / "overlays" / overlay):
+        assert problems == []
+    else:  # the same rule, over a single-pod overlay, says so: it can fail
+        assert any("runs 1 pod at minimum, not 2" in problem for problem in problems)
+
+
+def test_every_deployment_the_bringup_waits_for_is_installed(e2e_settings):
+    waits = [(stage.namespace, name) for stage in bringup.install_stages(e2e_settings) for name in stage.deployments]
+    assert len(waits) == 5
+    assert rendered_install.waited_for_deployments_exist(infrastructure("e2e"), waits) == []
+    assert rendered_install.waited_for_deployments_exist(infrastructure("e2e"), [("cert-manager", "cert-manager-x")])
+
+
+def test_the_install_stages_cover_every_rendered_object_in_order(e2e_settings):
+    stages = bringup.install_stages(e2e_settings)
+    split = bringup.split_by_stage(infrastructure("e2e"), stages)
+    assert sum(len(part) for part in split) == len(infrastructure("e2e"))
+    first = {doc["kind"] for doc in split[0]}
+    assert {"Namespace", "CustomResourceDefinition", "MutatingWebhookConfiguration"} <= first
+    gateway_stage = {(doc["kind"], doc["metadata"]["name"]) for doc in split[1]}
+    assert ("Deployment", install.chart("gateway").release) in gateway_stage
+
+
+@pytest.mark.parametrize("chart", install.charts(), ids=lambda chart: chart.name)
+def test_every_key_a_values_file_sets_is_a_value_of_its_chart(chart):
+    recorded = charts.recordings()
+    if recorded is None:
+        pytest.skip(f"the charts' default values come from {charts.RECORDED_FIXTURES}")
+    assert rendered_install.values_keys_exist(chart, recorded) == []
+
+
+def test_a_misspelt_value_is_named():
+    recorded = charts.recordings()
+    if recorded is None:
+        pytest.skip(f"the charts' default values come from {charts.RECORDED_FIXTURES}")
+    gateway_chart = install.chart("gateway")
+    typo = install.Chart(**{**gateway_chart.__dict__, "values": {"autoscaling": {"minReplica": 2}, "servce": {}}})
+    problems = rendered_install.values_keys_exist(typo, recorded)
+    assert [problem.split(": ")[1].split(" ")[0] for problem in problems] == ["autoscaling.minReplica", "servce"]
+
+
+def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
+    install_docs = infrastructure("e2e")
+    rows = contract.load()
+    clients = {client for row in rows if (client := scenarios.client_for(row, e2e_settings))}
+    harness_pods = scenarios.client_manifests(clients, e2e_settings, set()) + scenarios.newcomer_manifests(
+        rows, e2e_settings
+    )
+    docs = install_docs + apps("e2e") + harness_pods
+    proxy = capacity.default_proxy_millis(install_docs)
+    by_pod = capacity.requests_by_pod(docs, proxy)
+    total = capacity.total_millis(docs, proxy)
+    print(f"e2e CPU requests: {total}m of {capacity.RUNNER_CPU_MILLIS}m: {by_pod}")
+    assert total <= capacity.BUDGET_MILLIS, by_pod
+    # Every harness pod that gets a sidecar asks for the e2e overlay's small one, not istiod's default.
+    assert all(
+        by_pod[f"Pod {pod['metadata']['namespace']}/{pod['metadata']['name']}"] < proxy
+        for pod in harness_pods
+        if pod["kind"] == "Pod"
+    )
+
+
+if os.environ.get(charts.RECORDED_FIXTURES) and UNAVAILABLE:
+    raise RuntimeError(UNAVAILABLE)
