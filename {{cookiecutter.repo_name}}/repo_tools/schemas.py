@@ -1,10 +1,14 @@
 """Validate rendered documents against schemas, offline.
 
 Built-in kinds use the Kubernetes OpenAPI schemas of kubernetes-validate in strict mode.
-Istio, cert-manager and Flux kinds use the typed models of cloudcoil; as those drop unknown fields
-silently, every field of the input is also checked to have survived parsing. Argo CD kinds use the
-schemas in argocd_schema.py. A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS
-(or ARGOCD_SCHEMAS) rather than skip it.
+Custom resources use, in this order:
+1. the CustomResourceDefinitions of the versions this repo installs, when recorded upstream output is at hand
+   ($RECORDED_FIXTURES: Istio's base chart and cert-manager's chart as rendered for the pinned versions, the
+   Gateway API and Argo CD CRDs), made strict: an object refuses fields its schema does not list;
+2. otherwise the typed models of cloudcoil (Istio, cert-manager, Flux; they stop at Istio 1.24 on Python 3.11);
+   as those drop unknown fields silently, every field of the input is also checked to have survived parsing;
+3. for Argo CD, the hand-written schemas in argocd_schema.py.
+A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS (or ARGOCD_SCHEMAS) rather than skip it.
 """
 
 import importlib
@@ -15,9 +19,10 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pydantic
+import yaml
 from cloudcoil.resources import Resource
 
-from repo_tools import KUBERNETES_VERSION
+from repo_tools import KUBERNETES_VERSION, VERSIONS, charts, kustomize
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 
 CUSTOM_RESOURCE_MODELS = {
@@ -59,13 +64,73 @@ def _errors(doc_json: str) -> tuple[str, ...]:
         return tuple(_custom_resource_errors(doc))
 
 
+def strict(schema: dict) -> dict:
+    """An OpenAPI v3 schema of a CRD as JSON Schema that refuses fields it does not list."""
+    result = dict(schema)
+    if result.pop("x-kubernetes-int-or-string", False):
+        result.pop("type", None)
+        result["type"] = ["integer", "string"]
+    if result.pop("nullable", False) and isinstance(result.get("type"), str):
+        result["type"] = [result["type"], "null"]
+    if "properties" in result:
+        result["properties"] = {key: strict(value) for key, value in result["properties"].items()}
+        if not result.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in result:
+            result["additionalProperties"] = False
+    if isinstance(result.get("additionalProperties"), dict):
+        result["additionalProperties"] = strict(result["additionalProperties"])
+    if isinstance(result.get("items"), dict):
+        result["items"] = strict(result["items"])
+    return result
+
+
+@cache
+def installed_crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> strict schema, from the CRDs of the pinned versions; empty without recordings."""
+    recorded = charts.recordings()
+    if recorded is None:
+        return {}
+    sources = [
+        recorded.render("base", VERSIONS["ISTIO_VERSION"]),
+        recorded.render("cert-manager", VERSIONS["CERT_MANAGER_VERSION"]),
+        *recorded.crds(),
+    ]
+    found = {}
+    for source in sources:
+        for crd in yaml.load_all(source.read_text(), Loader=kustomize.SAFE_LOADER):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                if version.get("served") and "schema" in version:
+                    api_version = f"{spec['group']}/{version['name']}"
+                    schema = version["schema"]["openAPIV3Schema"]
+                    # The API server adds these to every kind; CRD schemas often leave them out.
+                    envelope = {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                    }
+                    schema = schema | {"properties": envelope | schema.get("properties", {})}
+                    found[(api_version, spec["names"]["kind"])] = strict(schema)
+    return found
+
+
 def _custom_resource_errors(doc: dict) -> list[str]:
+    crd_schema = installed_crd_schemas().get((str(doc.get("apiVersion")), str(doc.get("kind"))))
+    if crd_schema is not None:
+        validator = jsonschema.Draft7Validator(crd_schema)
+        return [
+            message
+            for error in sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
+            for message in _json_schema_messages(error)
+        ]
     argocd_schema = ARGOCD_SCHEMAS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if argocd_schema is not None:
         validator = jsonschema.Draft202012Validator(argocd_schema)
         return [
-            f"{'.'.join(str(part) for part in error.absolute_path) or '(document)'}: {error.message}"
+            message
             for error in sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
+            for message in _json_schema_messages(error)
         ]
     model = _model(doc.get("apiVersion", ""), doc.get("kind", ""))
     if model is None:
@@ -79,6 +144,15 @@ def _custom_resource_errors(doc: dict) -> list[str]:
         return [f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
     kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
     return [f"{path}: unknown field" for path in _dropped_fields(doc, kept, "")]
+
+
+def _json_schema_messages(error: jsonschema.ValidationError) -> list[str]:
+    """One line per problem; unknown fields read as the models' checks word them."""
+    path = ".".join(str(part) for part in error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        return [f"{f'{path}.' if path else ''}{key}: unknown field" for key in error.instance if key not in known]
+    return [f"{path or '(document)'}: {error.message}"]
 
 
 def _model(api_version: str, kind: str) -> Any:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from repo_tools import REPO_ROOT, install, kustomize, layout
-from repo_tools.schemas import schema_errors
+from repo_tools.schemas import installed_crd_schemas, schema_errors
 
 TOOL = install.gitops_tool()
 ENVIRONMENTS = sorted(
@@ -153,8 +153,10 @@ def test_the_argocd_schema_catches_unknown_sync_options_and_missing_fields():
     }
     errors = schema_errors(application)
     assert any("'project' is a required property" in error for error in errors)
-    assert any("spec.source: Additional properties are not allowed ('targetRevison'" in error for error in errors)
-    assert any(error.startswith("Application app: spec.syncPolicy.syncOptions.0:") for error in errors)
+    assert "Application app: spec.source.targetRevison: unknown field" in errors
+    if ("argoproj.io/v1alpha1", "Application") not in installed_crd_schemas():
+        # Only the hand-written fallback knows Argo CD's sync options; the CRD types them as strings.
+        assert any(error.startswith("Application app: spec.syncPolicy.syncOptions.0:") for error in errors)
 
 
 # --- Flux -------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The schema checks catch what a real API server or Istio would reject, and never skip a kind."""
 
+import pytest
 from conftest import find
 
-from repo_tools.schemas import schema_errors
+from repo_tools import charts
+from repo_tools.schemas import installed_crd_schemas, schema_errors
 
 
 def test_a_rendered_overlay_passes(rendered):
@@ -60,3 +62,22 @@ def test_a_kind_without_a_schema_fails_instead_of_being_skipped():
 def test_an_unknown_kind_in_a_known_istio_group_fails():
     doc = {"apiVersion": "networking.istio.io/v1", "kind": "Gatewey", "metadata": {"name": "g"}}
     assert "no schema" in schema_errors(doc)[0]
+
+
+def test_with_recorded_crds_every_custom_resource_is_checked_against_the_installed_version(rendered):
+    crds = installed_crd_schemas()
+    if not crds:
+        pytest.skip(f"no recorded CRDs: set {charts.RECORDED_FIXTURES} to validate against the installed versions")
+    custom = [
+        doc
+        for name in ("e2e", "prod")
+        for doc in rendered(name)
+        if doc["apiVersion"].split("/")[0].endswith(("istio.io", "cert-manager.io"))
+    ]
+    assert custom and all((doc["apiVersion"], doc["kind"]) in crds for doc in custom)
+    certificate = next(doc for doc in custom if doc["kind"] == "Certificate")
+    certificate["spec"]["dnsName"] = certificate["spec"].pop("dnsNames")
+    assert schema_errors(certificate) == [
+        f"Certificate {certificate['metadata']['namespace']}/{certificate['metadata']['name']}: "
+        "spec.dnsName: unknown field"
+    ]
