@@ -28,8 +28,10 @@ def contract(session: nox.Session) -> None:
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """Create a kind cluster, install Istio and the e2e overlay, and run the contract over real traffic."""
+    """Check the install layer as Helm renders it, then create a kind cluster, install it and the e2e overlay,
+    and run the contract over real traffic."""
     install(session)
+    session.run("pytest", "-rs", "tests/test_rendered_install.py")
     session.run("pytest", "-rs", "--log-cli-level=INFO", "e2e", *session.posargs)
 
 

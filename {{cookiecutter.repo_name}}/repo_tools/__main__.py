@@ -4,7 +4,7 @@ and check that the install (infrastructure/) pins every chart and installs the g
 import sys
 import time
 
-from repo_tools import install, invariants, kustomize, layout, schemas
+from repo_tools import REPO_ROOT, charts, install, invariants, kustomize, layout, rendered_install, schemas
 
 
 def validate_all() -> list[str]:
@@ -25,7 +25,30 @@ def validate_all() -> list[str]:
         print(f"{verdict} {name:<10} {len(docs):>3} documents  {time.perf_counter() - started:.2f}s")
     install_problems = install.chart_problems() + install.gateway_identity_problems(gateway)
     print(f"{'FAIL' if install_problems else 'ok  '} {'install':<10} {len(install.charts()):>3} charts")
-    return problems + [f"install: {problem}" for problem in install_problems]
+    problems += [f"install: {problem}" for problem in install_problems]
+    return problems + rendered_install_problems(gateway)
+
+
+def rendered_install_problems(gateway: layout.IngressGateway) -> list[str]:
+    """The install layer's rules over what the charts render, where Helm or recorded renders are at hand."""
+    reason = charts.unavailable_reason()
+    if reason:
+        print(f"skip {'rendered':<10} {reason}")
+        return []
+    problems = []
+    for name, overlay in layout.overlays().items():
+        infrastructure_overlay = REPO_ROOT / "infrastructure" / "overlays" / name
+        started = time.perf_counter()
+        docs = charts.render(infrastructure_overlay)
+        found = [error for doc in docs for error in schemas.schema_errors(doc)]
+        found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
+        found += rendered_install.selectors_select_the_gateway_pods(docs, kustomize.build(overlay), gateway)
+        if rendered_install.lists_high_availability(infrastructure_overlay):
+            found += rendered_install.high_availability_holds(docs, gateway)
+        problems += [f"infrastructure {name}: {problem}" for problem in found]
+        verdict = "FAIL" if found else "ok  "
+        print(f"{verdict} {'infra ' + name:<10} {len(docs):>3} documents  {time.perf_counter() - started:.2f}s")
+    return problems
 
 
 def main() -> int:
