@@ -404,3 +404,14 @@ def test_the_ci_workflow_runs_the_e2e_session_and_keeps_its_diagnostics():
     assert any("nox -s e2e" in step.get("run", "") for step in steps)
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "failure()" and upload["with"]["path"] == "e2e-diagnostics/"
+
+
+def test_the_harness_names_the_gateway_and_control_plane_only_through_the_repos_settings():
+    literals = ("istio-system", "ingressgateway")
+    found = [
+        f"{path.relative_to(REPO_ROOT)}: {literal}"
+        for path in sorted((REPO_ROOT / "e2e").rglob("*.py"))
+        for literal in literals
+        if literal in path.read_text()
+    ]
+    assert found == []
