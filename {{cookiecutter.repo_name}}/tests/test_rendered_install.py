@@ -151,3 +151,19 @@ def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
         for pod in harness_pods
         if pod["kind"] == "Pod"
     )
+
+
+def test_the_recorded_helm_refuses_a_release_or_version_it_has_no_recording_of():
+    recorded = charts.recordings()
+    if recorded is None:
+        pytest.skip(f"the stand-in answers from {charts.RECORDED_FIXTURES}")
+    chart_dir = f"/charts/gateway-{install.chart('gateway').version}/gateway"
+    gateway_chart = install.chart("gateway")
+    rendered = charts.recorded_helm(
+        ["template", gateway_chart.release, chart_dir, "--namespace", gateway_chart.namespace], recorded
+    )
+    assert "kind: Deployment" in rendered
+    with pytest.raises(charts.ChartsUnavailable, match="record it again"):
+        charts.recorded_helm(["template", "edge", chart_dir, "--namespace", "edge"], recorded)
+    with pytest.raises(charts.ChartsUnavailable, match="no recorded render of chart cert-manager v0.1.0"):
+        charts.recorded_helm(["template", "cert-manager", "/c/cert-manager-v0.1.0/cert-manager"], recorded)
