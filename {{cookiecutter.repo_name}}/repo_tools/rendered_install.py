@@ -12,7 +12,7 @@ import yaml
 
 from repo_tools.charts import Recordings
 from repo_tools.install import Chart
-from repo_tools.invariants import pod_labels, selects
+from repo_tools.invariants import of_kind, pod_labels, selects
 from repo_tools.layout import IngressGateway
 from repo_tools.schemas import describe
 
@@ -20,10 +20,6 @@ HIGH_AVAILABILITY_COMPONENT = "components/gateway-high-availability"
 # Values that are whole upstream APIs rather than chart keys: istiod passes meshConfig through as Istio's
 # MeshConfig, whose fields the chart's defaults list only in part.
 FREE_FORM_VALUES = {"istiod": ("meshConfig.", "pilot.meshConfig.")}
-
-
-def of_kind(docs: list[dict], kind: str) -> Iterator[dict]:
-    return (doc for doc in docs if doc.get("kind") == kind)
 
 
 def gateway_deployment(infrastructure: list[dict], gateway: IngressGateway) -> dict | None:

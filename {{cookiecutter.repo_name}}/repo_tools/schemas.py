@@ -118,20 +118,10 @@ def installed_crd_schemas() -> dict[tuple[str, str], dict]:
 def _custom_resource_errors(doc: dict) -> list[str]:
     crd_schema = installed_crd_schemas().get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if crd_schema is not None:
-        validator = jsonschema.Draft7Validator(crd_schema)
-        return [
-            message
-            for error in sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
-            for message in _json_schema_messages(error)
-        ]
+        return _json_schema_errors(jsonschema.Draft7Validator(crd_schema), doc)
     argocd_schema = ARGOCD_SCHEMAS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if argocd_schema is not None:
-        validator = jsonschema.Draft202012Validator(argocd_schema)
-        return [
-            message
-            for error in sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
-            for message in _json_schema_messages(error)
-        ]
+        return _json_schema_errors(jsonschema.Draft202012Validator(argocd_schema), doc)
     model = _model(doc.get("apiVersion", ""), doc.get("kind", ""))
     if model is None:
         return [
@@ -144,6 +134,14 @@ def _custom_resource_errors(doc: dict) -> list[str]:
         return [f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
     kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
     return [f"{path}: unknown field" for path in _dropped_fields(doc, kept, "")]
+
+
+def _json_schema_errors(validator: Any, doc: dict) -> list[str]:
+    return [
+        message
+        for error in sorted(validator.iter_errors(doc), key=lambda error: list(error.absolute_path))
+        for message in _json_schema_messages(error)
+    ]
 
 
 def _json_schema_messages(error: jsonschema.ValidationError) -> list[str]:
