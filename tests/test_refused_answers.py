@@ -82,11 +82,21 @@ REFUSED = {
 }
 
 
+def files_left(output_dir: Path) -> list[Path]:
+    return [path for path in output_dir.rglob("*") if not path.is_dir()]
+
+
 def assert_refused_without_output(result: Any, output_dir: Path) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, FailedHookException)
     # cookiecutter creates the parents of a repo_name with a '/' before the hook runs; they stay, empty.
-    assert [path for path in output_dir.rglob("*") if not path.is_dir()] == [], "a refused bake left files behind"
+    assert files_left(output_dir) == [], "a refused bake left files behind"
+
+
+def test_the_left_behind_check_sees_what_an_accepted_bake_writes(cookies, tmp_path):
+    result = bake(cookies)
+    assert result.exit_code == 0 and result.project_path.parent == tmp_path / "cookies" / "bake00"
+    assert files_left(tmp_path / "cookies" / "bake00")
 
 
 @pytest.mark.parametrize(("answers", "sentence"), REFUSED.values(), ids=REFUSED.keys())

@@ -191,6 +191,17 @@ def test_the_gateway_row_runs_from_a_pod_with_the_gateways_identity(e2e_settings
     )
 
 
+def test_a_moved_gateway_moves_the_gateway_rows_client(e2e_settings, services):
+    moved = dataclasses.replace(e2e_settings, gateway=layout.IngressGateway("edge", "public-edge", "edge"))
+    row = next(row for row in contract.load() if row.caller == "ingress-gateway")
+    client = scenarios.probe_for(row, moved, services).client
+    assert (client.namespace, client.service_account) == ("edge", "public-edge")
+    pods = scenarios.client_manifests({client}, moved, set())
+    assert {
+        (pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"]) for pod in pods if pod["kind"] == "Pod"
+    } == {("edge", "public-edge")}
+
+
 def test_clients_get_namespaces_service_accounts_and_the_right_injection(e2e_settings):
     clients = {
         scenarios.Client(e2e_settings.app_namespace, "intruder", True),

@@ -63,6 +63,22 @@ def test_a_gateway_selecting_another_label_is_caught(gateway):
     assert len(problems) == 1 and "does not select the gateway pods" in problems[0]
 
 
+def test_a_gateway_moved_in_the_apps_settings_alone_is_caught_against_the_real_install():
+    """Helm release names cannot come from a kustomize setting, so this rule is what ties the two layers."""
+    moved = layout.IngressGateway("edge", "public-edge", "edge")
+    problems = rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(infrastructure("e2e"), moved)
+    assert problems == [
+        "no Deployment in edge runs as ServiceAccount public-edge (apps/base/ingress-gateway.env): "
+        "the gateway chart installs it elsewhere or under another name"
+    ]
+    relabelled = layout.IngressGateway(
+        layout.ingress_gateway().namespace, layout.ingress_gateway().service_account, "edge"
+    )
+    assert "its pods carry istio='ingressgateway', not 'edge'" in " ".join(
+        rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(infrastructure("e2e"), relabelled)
+    )
+
+
 def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_settings, gateway):
     mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
     config = kind.kind_config(e2e_settings)
