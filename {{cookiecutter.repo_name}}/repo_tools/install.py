@@ -67,6 +67,17 @@ def charts(root: Path = REPO_ROOT) -> list[Chart]:
     return found
 
 
+def plain_resources(root: Path = REPO_ROOT) -> list[dict]:
+    """The install layer's own manifests beside its charts (namespaces, the IngressClass), as both tools apply them."""
+    found = []
+    for kustomization in sorted((root / "infrastructure").glob("*/kustomization.yaml")):
+        for entry in read_yaml(kustomization).get("resources", []):
+            path = kustomization.parent / entry
+            if path.is_file():
+                found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
 def chart(name: str, root: Path = REPO_ROOT) -> Chart:
     """The one chart of that name (base, istiod, gateway, cert-manager) the install layer installs."""
     found = [chart for chart in charts(root) if chart.name == name]

@@ -7,6 +7,7 @@ and returns one sentence per violation that names the resource to fix.
 from collections.abc import Callable, Iterator
 
 from repo_tools.layout import TRUST_DOMAIN, IngressGateway, service_fqdn
+from repo_tools.mesh import Mesh, Unmodelled, Verdict
 from repo_tools.schemas import describe
 
 Docs = list[dict]
@@ -193,14 +194,34 @@ def gateways_select_the_installed_gateway(docs: Docs, gateway: IngressGateway) -
 
 
 def gateways_serve_https_only(docs: Docs, gateway: IngressGateway) -> list[str]:
+    """Every plain-HTTP request, on any path a route names, is redirected to HTTPS."""
     problems = []
+    model = Mesh(docs, gateway)
+    paths = {"/"} | {
+        value
+        for vs in of_kind(docs, "VirtualService")
+        for route in vs.get("spec", {}).get("http", [])
+        for condition in route.get("match") or []
+        for value in (condition.get("uri") or {}).values()
+    }
     for gw in of_kind(docs, "Gateway"):
         servers = gw.get("spec", {}).get("servers", [])
         for server in servers:
-            if server["port"].get("protocol") == "HTTP" and not (server.get("tls") or {}).get("httpsRedirect"):
-                problems.append(
-                    f"{describe(gw)}: port {server['port'].get('number')} serves plain HTTP; set tls.httpsRedirect"
-                )
+            if server["port"].get("protocol") != "HTTP":
+                continue
+            for host in server.get("hosts", []):
+                for path in sorted(paths):
+                    try:
+                        verdict = model.from_internet("http", host.split("/")[-1], path)
+                    except Unmodelled as unmodelled:
+                        verdict = Verdict("unknown", str(unmodelled))
+                    if verdict.outcome != "redirect https":
+                        problems.append(
+                            f"{describe(gw)}: http://{host}{path} is not redirected to HTTPS ({verdict.because}); "
+                            "make the first route of its VirtualService a redirect matching only port "
+                            f"{server['port'].get('number')}"
+                        )
+                        break
         if not any(
             server["port"].get("protocol") == "HTTPS" and (server.get("tls") or {}).get("mode") in ("SIMPLE", "MUTUAL")
             for server in servers

@@ -1,7 +1,7 @@
 """What Istio would do with one request, worked out from rendered documents.
 
 Follows Istio's documented semantics for the constructs this repo uses: Gateway server and host
-matching, httpsRedirect, VirtualService first-match routing (exact, prefix, regex), destination
+matching, httpsRedirect and redirect routes, VirtualService first-match routing (exact, prefix, regex), destination
 host resolution, PeerAuthentication precedence (workload > namespace > mesh, port-level modes),
 and AuthorizationPolicy selection and evaluation (CUSTOM, then DENY, then ALLOW; allow-nothing;
 principals, namespaces, paths, methods, ports, hosts and their wildcard forms).
@@ -137,6 +137,11 @@ class Mesh:
                     continue
                 condition, described = matched
                 name = rule.get("name") or str(index + 1)
+                if rule.get("redirect", {}).get("scheme") == "https" and set(rule["redirect"]) <= {
+                    "scheme",
+                    "redirectCode",
+                }:
+                    return Verdict("redirect https", f"{describe(vs)} route {name} redirects to https")
                 if "redirect" in rule or "directResponse" in rule:
                     status = rule.get("directResponse", {}).get("status") or rule.get("redirect", {}).get(
                         "redirectCode", 301

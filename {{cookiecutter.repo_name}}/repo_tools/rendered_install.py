@@ -20,6 +20,10 @@ HIGH_AVAILABILITY_COMPONENT = "components/gateway-high-availability"
 # Values that are whole upstream APIs rather than chart keys: istiod passes meshConfig through as Istio's
 # MeshConfig, whose fields the chart's defaults list only in part.
 FREE_FORM_VALUES = {"istiod": ("meshConfig.", "pilot.meshConfig.")}
+# Values the charts' templates read but their values files leave out (Istio release-1.30:
+# manifests/charts/base/templates/defaultrevision-validatingwebhookconfiguration.yaml and
+# istio-control/istio-discovery/templates/validatingwebhookconfiguration.yaml read base.validationFailurePolicy).
+TEMPLATE_ONLY_VALUES = {"base": ("base.validationFailurePolicy",), "istiod": ("base.validationFailurePolicy",)}
 
 
 def gateway_deployment(infrastructure: list[dict], gateway: IngressGateway) -> dict | None:
@@ -207,6 +211,7 @@ def values_keys_exist(chart: Chart, recordings: Recordings) -> list[str]:
         f"{chart.name} {chart.version} (a typo is silently ignored by Helm)"
         for path in key_paths(chart.values)
         if not path.startswith(FREE_FORM_VALUES.get(chart.name, ()))
+        and path not in TEMPLATE_ONLY_VALUES.get(chart.name, ())
         and not known_in_defaults(path, defaults)
         and not (schema is not None and known_in_schema(path, schema))
     ]

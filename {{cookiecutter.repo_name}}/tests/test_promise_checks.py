@@ -93,13 +93,25 @@ def test_a_wildcard_gateway_host_is_refused(rendered):
 
 def test_plain_http_without_redirect_is_refused(rendered):
     docs = rendered("dev")
-    find(docs, "Gateway", "public-gateway")["spec"]["servers"][0].pop("tls")
-    assert "port 80 serves plain HTTP" in invariants.gateways_serve_https_only(docs, ingress_gateway())[0]
+    assert invariants.gateways_serve_https_only(docs, ingress_gateway()) == []
+    find(docs, "VirtualService", "public-routes")["spec"]["http"].pop(0)
+    problems = invariants.gateways_serve_https_only(docs, ingress_gateway())
+    assert len(problems) == 1 and "/ is not redirected to HTTPS" in problems[0]
+
+
+def test_a_route_placed_before_the_redirect_is_refused(rendered):
+    docs = rendered("dev")
+    routes = find(docs, "VirtualService", "public-routes")["spec"]["http"]
+    routes.insert(0, routes.pop(1))
+    problems = invariants.gateways_serve_https_only(docs, ingress_gateway())
+    assert len(problems) == 1 and "/api is not redirected to HTTPS" in problems[0]
 
 
 def test_an_api_prefix_that_also_catches_lookalike_paths_is_refused(rendered):
     docs = rendered("dev")
-    api_route = find(docs, "VirtualService", "public-routes")["spec"]["http"][0]
+    api_route = next(
+        r for r in find(docs, "VirtualService", "public-routes")["spec"]["http"] if r["name"].endswith("-api")
+    )
     exact = api_route["match"][0]["uri"]["exact"]
     api_route["match"] = [{"uri": {"prefix": exact}}]
     problems = invariants.path_prefixes_stop_at_a_segment(docs, ingress_gateway())

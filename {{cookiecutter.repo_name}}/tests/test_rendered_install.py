@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from e2e.harness import bringup, capacity, kind, scenarios, settings
-from repo_tools import REPO_ROOT, charts, contract, install, kustomize, layout, rendered_install
+from repo_tools import REPO_ROOT, charts, contract, gitops, install, kustomize, layout, rendered_install
 from repo_tools.schemas import schema_errors
 
 UNAVAILABLE = charts.unavailable_reason()
@@ -183,3 +183,28 @@ def test_the_recorded_helm_refuses_a_release_or_version_it_has_no_recording_of()
         charts.recorded_helm(["template", "edge", chart_dir, "--namespace", "edge"], recorded)
     with pytest.raises(charts.ChartsUnavailable, match="no recorded render of chart cert-manager v0.1.0"):
         charts.recorded_helm(["template", "cert-manager", "/c/cert-manager-v0.1.0/cert-manager"], recorded)
+
+
+@pytest.mark.skipif(install.gitops_tool() != "argocd", reason="this repo syncs with Flux")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_argo_cd_finds_the_install_healthy_without_metrics_server_or_load_balancer(overlay):
+    settings = gitops.argocd_settings()
+    docs = infrastructure(overlay)
+    assert {"HorizontalPodAutoscaler", "Service"} <= {doc["kind"] for doc in docs}
+    assert gitops.install_settles_without_metrics_or_load_balancer(settings, docs) == []
+    without_hpa_check = {key: value for key, value in settings.items() if "HorizontalPodAutoscaler" not in key}
+    problems = gitops.install_settles_without_metrics_or_load_balancer(without_hpa_check, docs)
+    assert problems and all("no health check for HorizontalPodAutoscaler" in problem for problem in problems)
+
+
+@pytest.mark.skipif(install.gitops_tool() != "argocd", reason="this repo syncs with Flux")
+def test_a_load_balancer_service_not_marked_optional_would_hold_the_waves_back():
+    docs = infrastructure("dev")
+    service = next(doc for doc in docs if doc["kind"] == "Service" and doc["spec"].get("type") == "LoadBalancer")
+    service["metadata"]["annotations"] = {}
+    problems = gitops.install_settles_without_metrics_or_load_balancer(gitops.argocd_settings(), docs)
+    assert problems == [
+        f"Service {service['metadata']['namespace']}/{service['metadata']['name']}: reads Progressing (waiting for "
+        "a load-balancer address) without metrics-server or a load-balancer provider, and would hold the sync "
+        "waves back"
+    ]

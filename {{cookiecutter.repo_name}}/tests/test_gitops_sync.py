@@ -1,0 +1,169 @@
+"""The first GitOps sync converges: certificates can be issued, Argo CD's health checks reflect real readiness
+(run in Lua 5.1 as Argo CD runs them), every automated Application retries, Istio's webhook stays put."""
+
+import copy
+
+import pytest
+from conftest import find
+
+from repo_tools import REPO_ROOT, gitops, install, kustomize, layout
+
+TOOL = install.gitops_tool()
+argocd_only = pytest.mark.skipif(TOOL != "argocd", reason="this repo syncs with Flux")
+ACME_OVERLAYS = [
+    name
+    for name in layout.overlays()
+    if any(doc["kind"] == "Issuer" and "acme" in doc["spec"] for doc in kustomize.build(layout.overlays()[name]))
+]
+MESH_CONFIG = install.chart("istiod").values.get("meshConfig") or {}
+
+
+def challenges(docs: list[dict], gateway, resources=None, mesh_config=None) -> list[str]:
+    return gitops.acme_http01_challenges_are_served(
+        docs,
+        install.plain_resources() if resources is None else resources,
+        MESH_CONFIG if mesh_config is None else mesh_config,
+        gateway,
+    )
+
+
+# --- ACME HTTP-01 through the gateway ------------------------------------------------------------
+
+
+def test_staging_and_prod_ask_for_certificates_over_acme():
+    assert {"staging", "prod"} <= set(ACME_OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", ACME_OVERLAYS)
+def test_the_acme_challenge_reaches_the_solver_istio_serves(rendered, gateway, overlay):
+    assert challenges(rendered(overlay), gateway) == []
+
+
+def test_a_solver_class_nobody_creates_is_caught(rendered, gateway):
+    without_class = [doc for doc in install.plain_resources() if doc["kind"] != "IngressClass"]
+    problems = challenges(rendered("staging"), gateway, resources=without_class)
+    assert len(problems) == 1 and "name IngressClass 'istio', which the install does not create" in problems[0]
+
+
+def test_an_https_redirect_on_the_gateway_swallowing_the_challenge_is_caught(rendered, gateway):
+    docs = rendered("staging")
+    find(docs, "Gateway", "public-gateway")["spec"]["servers"][0]["tls"] = {"httpsRedirect": True}
+    problems = challenges(docs, gateway)
+    assert len(problems) == 1 and "the HTTP-01 challenge included" in problems[0]
+
+
+def test_a_specific_route_answering_the_challenge_path_first_is_caught(rendered, gateway):
+    docs = rendered("staging")
+    routes = find(docs, "VirtualService", "public-routes")["spec"]["http"]
+    routes.insert(0, {"name": "well-known", "match": [{"uri": {"prefix": "/.well-known/"}}], **routes[-1]})
+    routes[0].pop("name")
+    problems = challenges(docs, gateway)
+    assert len(problems) == 1 and "matches /.well-known/acme-challenge/token on port 80" in problems[0]
+
+
+def test_istio_serving_ingresses_on_other_pods_is_caught(rendered, gateway):
+    problems = challenges(rendered("staging"), gateway, mesh_config={"ingressSelector": "other"})
+    assert len(problems) == 1 and "labelled istio=other, not the gateway's" in problems[0]
+
+
+# --- Istio's validating webhook ------------------------------------------------------------------
+
+
+def test_istios_webhook_failure_policy_is_pinned_to_fail():
+    assert gitops.webhook_failure_policy_is_fixed(install.charts()) == []
+    base = install.chart("base")
+    unpinned = install.Chart(**{**base.__dict__, "values": {"defaultRevision": "default"}})
+    problems = gitops.webhook_failure_policy_is_fixed([unpinned])
+    assert (
+        len(problems) == 1 and "infrastructure/istio-base/values.yaml: set base.validationFailurePolicy" in problems[0]
+    )
+
+
+# --- Argo CD: health checks in Lua, retries ------------------------------------------------------
+
+
+def health(kind: str, obj: dict) -> tuple[str, str]:
+    api_version = {"Application": "argoproj.io/v1alpha1", "HorizontalPodAutoscaler": "autoscaling/v2"}.get(kind, "v1")
+    return gitops.lua_health(gitops.argocd_settings()[gitops.health_key(api_version, kind)], obj)
+
+
+def application(sync: str, health_status: str, phase: str | None) -> dict:
+    status: dict = {"sync": {"status": sync}, "health": {"status": health_status}}
+    if phase:
+        status["operationState"] = {"phase": phase, "message": "..."}
+    return {"kind": "Application", "status": status}
+
+
+@argocd_only
+@pytest.mark.parametrize(
+    ("sync", "health_status", "phase", "expected"),
+    [
+        ("Synced", "Healthy", "Succeeded", "Healthy"),
+        ("Synced", "Healthy", None, "Healthy"),
+        ("OutOfSync", "Healthy", "Running", "Progressing"),  # between two waves
+        ("OutOfSync", "Healthy", None, "Progressing"),  # resources not created yet count as Healthy since 3.4
+        ("Synced", "Progressing", "Succeeded", "Progressing"),
+        ("Synced", "Degraded", "Succeeded", "Degraded"),
+        ("OutOfSync", "Missing", "Failed", "Degraded"),
+    ],
+)
+def test_a_child_application_is_healthy_only_once_synced_and_its_sync_succeeded(sync, health_status, phase, expected):
+    assert health("Application", application(sync, health_status, phase))[0] == expected
+
+
+@argocd_only
+def test_an_application_with_no_status_yet_is_progressing():
+    assert health("Application", {"kind": "Application"}) == ("Progressing", "waiting for the first sync")
+
+
+@argocd_only
+def test_a_health_check_reading_only_status_health_is_caught():
+    health_only = 'hs = {status = "Progressing"}\nif obj.status ~= nil and obj.status.health ~= nil then\n'
+    health_only += "  hs.status = obj.status.health.status\nend\nreturn hs\n"
+    key = gitops.health_key("argoproj.io/v1alpha1", "Application")
+    assert gitops.child_applications_wait_for_their_sync(gitops.argocd_settings()) == []
+    problems = gitops.child_applications_wait_for_their_sync({key: health_only})
+    assert problems == [
+        "the Application health check reads Healthy between two sync waves: the next wave would start early"
+    ]
+
+
+@argocd_only
+def test_an_autoscaler_without_metrics_server_is_healthy_and_says_why():
+    autoscaler = {"kind": "HorizontalPodAutoscaler", "status": gitops.WITHOUT_METRICS}
+    status, message = health("HorizontalPodAutoscaler", autoscaler)
+    assert status == "Healthy" and "FailedGetResourceMetric" in message and "metrics-server" in message
+
+
+@argocd_only
+def test_an_autoscaler_that_cannot_reach_its_target_is_degraded():
+    conditions = [{"type": "AbleToScale", "status": "False", "reason": "FailedGetScale", "message": "not found"}]
+    status, message = health("HorizontalPodAutoscaler", {"status": {"conditions": conditions}})
+    assert (status, message) == ("Degraded", "FailedGetScale: not found")
+    assert health("HorizontalPodAutoscaler", {"status": {}})[0] == "Progressing"
+
+
+@argocd_only
+def test_only_a_load_balancer_marked_optional_is_healthy_without_an_address():
+    annotation = next(
+        line.split('"')[1]
+        for line in gitops.argocd_settings()["resource.customizations.health.Service"].splitlines()
+        if "load-balancer-address" in line and "annotations[" in line
+    )
+    service = {"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}}
+    assert health("Service", service)[0] == "Progressing"
+    assert health("Service", {**service, "metadata": {"annotations": {annotation: "optional"}}})[0] == "Healthy"
+    assert (
+        health("Service", {**service, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}})[0] == "Healthy"
+    )
+    assert health("Service", {"spec": {"type": "ClusterIP"}}) == ("Healthy", "")
+
+
+@argocd_only
+def test_an_automated_application_without_retry_is_caught():
+    root = kustomize.build(REPO_ROOT / "clusters" / "argocd" / "dev")
+    assert gitops.automated_applications_retry(root) == []
+    broken = copy.deepcopy(root)
+    next(doc for doc in broken if doc["kind"] == "Application")["spec"]["syncPolicy"].pop("retry")
+    problems = gitops.automated_applications_retry(broken)
+    assert len(problems) == 1 and "has no syncPolicy.retry with a limit and a backoff" in problems[0]
