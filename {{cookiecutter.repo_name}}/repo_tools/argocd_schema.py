@@ -68,6 +68,7 @@ _SYNC_POLICY = {
             "additionalProperties": False,
             "properties": {
                 "limit": {"type": "integer"},
+                "refresh": {"type": "boolean"},
                 "backoff": {
                     "type": "object",
                     "additionalProperties": False,

@@ -1,12 +1,13 @@
 """The repo installs its own mesh in order, pinned to versions.env, and its GitOps entry points point at real paths."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from repo_tools import REPO_ROOT, gitops, install, kustomize, layout
+from repo_tools import REPO_ROOT, VERSIONS, gitops, install, kustomize, layout
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
 TOOL = install.gitops_tool()
@@ -212,3 +213,16 @@ def test_pinning_rewrites_every_chart_to_a_new_istio_version(repo_copy: Path):
         docs = kustomize.build(repo_copy / "infrastructure")
         assert install.helm_release_problems(docs, layout.ingress_gateway(), repo_copy) == []
     assert install.pin_versions(repo_copy) == []
+
+
+def test_the_readme_installs_the_gitops_agent_at_the_version_versions_env_pins():
+    pinned = {"argocd": "ARGOCD_VERSION", "flux": "FLUX_VERSION"}[TOOL]
+    sourced = subprocess.run(
+        ["sh", "-c", f". ./versions.env && echo ${pinned}"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert sourced.stdout.strip() == VERSIONS[pinned] and VERSIONS[pinned].startswith("v")
+    readme = (REPO_ROOT / "README.md").read_text()
+    if TOOL == "argocd":
+        assert "argo-cd/${ARGOCD_VERSION}/manifests/install.yaml" in readme
+    else:
+        assert "--token-auth" in readme and "GITHUB_TOKEN" in readme
