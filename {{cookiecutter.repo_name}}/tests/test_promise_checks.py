@@ -103,8 +103,9 @@ def test_a_route_placed_before_the_redirect_is_refused(rendered):
     docs = rendered("dev")
     routes = find(docs, "VirtualService", "public-routes")["spec"]["http"]
     routes.insert(0, routes.pop(1))
+    api_prefix = routes[0]["match"][0]["uri"]["exact"]
     problems = invariants.gateways_serve_https_only(docs, ingress_gateway())
-    assert len(problems) == 1 and "/api is not redirected to HTTPS" in problems[0]
+    assert len(problems) == 1 and f"{api_prefix} is not redirected to HTTPS" in problems[0]
 
 
 def test_an_api_prefix_that_also_catches_lookalike_paths_is_refused(rendered):
