@@ -1,47 +1,54 @@
-"""Render everything, answers included, in Jinja's sandbox, and report a bad answer instead of crashing.
+"""Answers are data: cookiecutter never renders an answer as a template, and everything renders in Jinja's sandbox.
 
-cookiecutter renders each answer as a Jinja template before any hook runs, so an answer such as
-"{{ cycler.__init__.__globals__.os.system('...') }}" would run code. In the sandbox it is refused.
-Refusals and template syntax errors in an answer surface as jinja2's UndefinedError, which
-cookiecutter reports as "Unable to render variable '<answer>'" and exits 1, without a traceback,
-before anything is written. The template itself needs nothing the sandbox forbids.
+cookiecutter renders every answer given on the command line or in a config file as a Jinja template, so
+"{{ 7*7 }}" would become 49 and "{{ cycler.__init__.__globals__.os.system('...') }}" would run code. Here a
+string cookiecutter renders renders as a template only if the template itself wrote it: a default or prompt
+of cookiecutter.json, the generated repo's directory name, a hook. Anything else (an answer) renders as
+itself, unchanged, and the answer rules (local_extensions/answers.py) refuse template syntax by name.
 """
 
+import json
+from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, TemplateSyntaxError, UndefinedError
+from jinja2 import Environment
 from jinja2.ext import Extension
 from jinja2.sandbox import SandboxedEnvironment, safe_range
 
+from local_extensions.answers import refuse_bad_answers, yaml_str
 
-class _ReportingSandbox(SandboxedEnvironment):
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
-        return self.undefined(
-            f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed in an answer",
-            name=attribute,
-            obj=obj,
-            exc=UndefinedError,
-        )
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def template_strings(value: Any) -> set[str]:
+    """Every string of cookiecutter.json, keys of prompt tables included."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return {text for key, item in value.items() for text in template_strings(key) | template_strings(item)}
+    if isinstance(value, list):
+        return {text for item in value for text in template_strings(item)}
+    return set()
 
 
 class SandboxExtension(Extension):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         unsandboxed = type(environment)
-        environment.__class__ = type(f"Sandboxed{unsandboxed.__name__}", (_ReportingSandbox, unsandboxed), {})
+        environment.__class__ = type(f"Sandboxed{unsandboxed.__name__}", (SandboxedEnvironment, unsandboxed), {})
         environment.binop_table = dict(SandboxedEnvironment.default_binop_table)
         environment.unop_table = dict(SandboxedEnvironment.default_unop_table)
         environment.globals["range"] = safe_range
-        self._checking = False
+        self._templates = template_strings(json.loads((TEMPLATE_ROOT / "cookiecutter.json").read_text()))
+        self._templates |= {path.name for path in TEMPLATE_ROOT.iterdir() if "{{" in path.name}
+        self._templates |= {path.read_text(encoding="utf-8") for path in (TEMPLATE_ROOT / "hooks").glob("*.py")}
+        self._answers: list[str] = []
+        environment.globals["answer_as_given"] = self._answers.__getitem__
+        environment.globals["refuse_bad_answers"] = refuse_bad_answers
+        environment.filters["yaml_str"] = yaml_str
 
     def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
-        if name is not None or self._checking:
-            return source  # a file of the template: cookiecutter reports its errors with the file name
-        self._checking = True
-        try:
-            self.environment.parse(source)
-        except TemplateSyntaxError as error:
-            raise UndefinedError(f"{error.message} (Jinja syntax in an answer: {source!r})") from None
-        finally:
-            self._checking = False
-        return source
+        if name is not None or source in self._templates:
+            return source
+        self._answers.append(source)
+        return f"{{{{ answer_as_given({len(self._answers) - 1}) }}}}"

@@ -1,7 +1,9 @@
 """Property: any answer either bakes a repo whose every overlay builds and validates, or is refused before
-anything is written, with a sentence naming the answer, and without running code it carries."""
+anything is written, with a sentence naming the answer, and without running code it carries. Answers include
+every scalar YAML 1.1 or 1.2 reads as something other than a string."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ANSWER_NAMES, TEMPLATE
-from cookiecutter.exceptions import FailedHookException, UndefinedVariableInTemplate
 from cookiecutter.main import cookiecutter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from local_extensions import answers
 
 FREE_TEXT_ANSWERS = [
     "project_name", "repo_name", "namespace", "domain", "frontend_name", "backend_name", "frontend_image",
@@ -41,16 +44,24 @@ PAYLOADS = [
     "",
     " ",
 ]
+# Numbers in every notation YAML 1.1 and 1.2 know, booleans, nulls and timestamps, as bare answers.
+YAML_SPECIAL_SCALARS = [
+    "2024", "0", "-1", "+7", "017", "0o17", "0x1F", "0b101", "1_000", "190:20:30", "1e3", "1.5", "6.8523015e+5",
+    ".inf", "-.Inf", ".nan", "true", "False", "TRUE", "yes", "No", "on", "OFF", "y", "N", "null", "Null", "~",
+    "2024-01-01", "2001-12-14t21:59:43.10-05:00", "2002-12-14",
+]  # fmt: skip
 ODD_CHARACTERS = list("aZ09-._/:@ \t\n'\"\\`$(){}%#;|&<>*?!~^[]=,+") + ["é", "中", "🙂", "\u00a0"]
 PLAUSIBLE = st.from_regex(r"[a-z][a-z0-9-]{0,12}[a-z0-9]", fullmatch=True)
 ANSWERS = st.one_of(
     st.text(alphabet=st.sampled_from(ODD_CHARACTERS), max_size=40),
     st.sampled_from(PAYLOADS),
+    st.sampled_from(YAML_SPECIAL_SCALARS),
+    st.tuples(st.sampled_from(YAML_SPECIAL_SCALARS), st.sampled_from(["", ".com", ".example.com"])).map("".join),
     st.tuples(PLAUSIBLE, st.sampled_from(PAYLOADS)).map("".join),
     PLAUSIBLE.map(lambda value: value + "\n"),
     PLAUSIBLE,
 )
-OUTCOMES: dict[str, int] = {"baked and validated": 0, "refused by the hook": 0, "refused by cookiecutter": 0}
+OUTCOMES: dict[str, int] = {"baked and validated": 0, "refused": 0}
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -58,7 +69,7 @@ def files_under(directory: Path) -> list[Path]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,
@@ -70,17 +81,13 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(field, value, tmp_p
     capfd.readouterr()
     try:
         project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context={field: value}, output_dir=str(output)))
-    except FailedHookException:
+    except SystemExit as refused:
+        assert refused.code == 1
         errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
         assert errors, f"{field}={value!r} was refused without a sentence"
         assert all(line.split(":")[1].strip() in ANSWER_NAMES for line in errors), errors
-        assert [path for path in files_under(output)] == []
-        OUTCOMES["refused by the hook"] += 1
-    except UndefinedVariableInTemplate as error:
-        # Jinja inside an answer is rendered by cookiecutter itself (in the sandbox), before any hook or file.
-        assert error.message.startswith("Unable to render variable '"), error.message
-        assert files_under(output) == [], f"{field}={value!r} failed with {error!r} and left files"
-        OUTCOMES["refused by cookiecutter"] += 1
+        assert list(output.iterdir()) == [], f"{field}={value!r} was refused but left {list(output.iterdir())}"
+        OUTCOMES["refused"] += 1
     else:
         validation = subprocess.run(
             [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
@@ -94,7 +101,7 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(field, value, tmp_p
 @pytest.mark.parametrize("field", ["project_name", "namespace", "api_prefix", "git_repo_url"])
 def test_an_answer_cannot_run_code(field, payload, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with contextlib.suppress(FailedHookException, UndefinedVariableInTemplate):
+    with contextlib.suppress(SystemExit):
         cookiecutter(str(TEMPLATE), no_input=True, extra_context={field: payload}, output_dir=str(tmp_path / "out"))
     assert not Path(MARKER).exists()
 
@@ -106,11 +113,16 @@ def test_the_injection_witness_sees_a_payload_that_runs(payload):
     Path(MARKER).unlink()
 
 
-@pytest.mark.parametrize("payload", ["{{", "{% if %}", PAYLOADS[4]], ids=["unclosed", "bad-if", "template-injection"])
-def test_jinja_in_an_answer_is_refused_naming_the_answer(payload, tmp_path):
-    with pytest.raises(UndefinedVariableInTemplate) as refused:
-        cookiecutter(str(TEMPLATE), no_input=True, extra_context={"namespace": payload}, output_dir=str(tmp_path))
-    assert refused.value.message == "Unable to render variable 'namespace'"
+@pytest.mark.parametrize(
+    "payload", ["{{ 7*7 }}", "{{", "{% if %}", PAYLOADS[4]], ids=["arithmetic", "unclosed", "bad-if", "injection"]
+)
+def test_template_syntax_in_an_answer_is_data_and_refused_by_name(payload, tmp_path, capfd):
+    with pytest.raises(SystemExit):
+        cookiecutter(str(TEMPLATE), no_input=True, extra_context={"project_name": payload}, output_dir=str(tmp_path))
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
+    assert errors[0] == f"ERROR: project_name: {payload!r} contains template syntax; answers are data, so write it " + (
+        "without '{{', '}}', '{%', '%}', '{#' and '#}'."
+    )
     assert files_under(tmp_path) == []
 
 
@@ -119,4 +131,40 @@ def test_the_property_covered_both_outcomes():
     if sum(OUTCOMES.values()) == 0:
         pytest.skip("the property test did not run in this session")
     assert OUTCOMES["baked and validated"] >= 3
-    assert OUTCOMES["refused by the hook"] >= 10
+    assert OUTCOMES["refused"] >= 10
+
+
+def accepting_fields(value: str) -> list[str]:
+    """The free-text answers the rules accept `value` for, each tried alone over the defaults."""
+    defaults = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    found = []
+    for field in FREE_TEXT_ANSWERS:
+        context = cookiecutter_defaults(defaults) | {field: value}
+        if not [problem for problem in answers.problems_with(context) if problem.startswith(f"{field}:")]:
+            found.append(field)
+    return found
+
+
+def cookiecutter_defaults(defaults: dict) -> dict:
+    rendered = {key: value for key, value in defaults.items() if not isinstance(value, str) or "{{" not in value}
+    rendered |= {"repo_name": "shop-gitops", "namespace": "shop", "domain": "shop.example.com"}
+    rendered |= {"acme_email": "platform@shop.example.com", "git_repo_url": "https://github.com/myorg/shop.git"}
+    rendered["gitops_tool"] = defaults["gitops_tool"][0]
+    return rendered
+
+
+# One of each kind YAML reads as a non-string; the property above draws from all of YAML_SPECIAL_SCALARS.
+ONE_OF_EACH_KIND = ["2024", "017", "0x1F", "1e3", "1.5", "true", "on", "y", "null", "2002-12-14"]
+
+
+@pytest.mark.parametrize("value", ONE_OF_EACH_KIND)
+def test_a_yaml_special_scalar_stays_a_string_wherever_it_is_accepted(value, tmp_path):
+    fields = [field for field in accepting_fields(value) if field not in ("backend_name", "repo_name")]
+    assert fields, f"{value!r} is refused for every free-text answer"
+    extra = {"namespace": "shop", "domain": "shop.example.com", "acme_email": "platform@example.com"}
+    context = extra | dict.fromkeys(fields, value)
+    project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(tmp_path)))
+    validation = subprocess.run(
+        [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
+    )
+    assert validation.returncode == 0, f"{fields} = {value!r}:\n{validation.stdout}{validation.stderr}"

@@ -1,11 +1,12 @@
 """Each bad answer is refused before anything is written, with one sentence naming the field and the rule."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import bake
-from cookiecutter.exceptions import FailedHookException
+from conftest import TEMPLATE, bake
 
 REFUSED = {
     "a namespace with an underscore": ({"namespace": "shop_1"}, "namespace: 'shop_1' is not a DNS-1123 label"),
@@ -34,6 +35,8 @@ REFUSED = {
     "port zero": ({"frontend_port": "0"}, "frontend_port: '0' is not a port number"),
     "a port above 65535": ({"backend_port": "65536"}, "backend_port: '65536' is not a port number"),
     "a port that is not a number": ({"frontend_port": "http"}, "frontend_port: 'http' is not a port number"),
+    "a port with a leading zero": ({"frontend_port": "080"}, "frontend_port: '080' is not a port number"),
+    "a port in other digits": ({"frontend_port": "\uff18\uff10"}, "is not a port number"),
     "a port the sidecar uses": ({"backend_port": "15006"}, "backend_port: 15006 is used by the Istio sidecar"),
     "a database port the sidecar uses": (
         {"include_database": True, "database_port": "15090"},
@@ -43,6 +46,21 @@ REFUSED = {
     "an api prefix without a leading slash": ({"api_prefix": "api"}, "api_prefix: 'api' must be a path"),
     "an api prefix with a trailing slash": ({"api_prefix": "/api/"}, "api_prefix: '/api/' must be a path"),
     "an api prefix with a wildcard": ({"api_prefix": "/api/*"}, "api_prefix: '/api/*' must be a path"),
+    "an api prefix with a dot-dot segment": (
+        {"api_prefix": "/api/../admin"},
+        "api_prefix: '/api/../admin' has a '.' or '..' segment; Istio normalizes request paths",
+    ),
+    "an api prefix with a dot segment": ({"api_prefix": "/./api"}, "api_prefix: '/./api' has a '.' or '..' segment"),
+    "an api prefix with a double slash": ({"api_prefix": "/api//v1"}, "api_prefix: '/api//v1' must be a path"),
+    "an api prefix with an encoded slash": ({"api_prefix": "/api%2Fv1"}, "api_prefix: '/api%2Fv1' must be a path"),
+    "a namespace YAML reads as a date": (
+        {"namespace": "2024-01-01", "domain": "shop.example.com"},
+        "namespace: '2024-01-01' reads as a date in YAML",
+    ),
+    "template syntax in an answer": (
+        {"frontend_image": "myorg/{{ 7*7 }}:v1"},
+        "frontend_image: 'myorg/{{ 7*7 }}:v1' contains template syntax; answers are data",
+    ),
     "a health path without a leading slash": ({"backend_health_path": "healthz"}, "backend_health_path: 'healthz'"),
     "an image with capitals": (
         {"frontend_image": "MyOrg/Frontend:v1"},
@@ -87,10 +105,9 @@ def files_left(output_dir: Path) -> list[Path]:
 
 
 def assert_refused_without_output(result: Any, output_dir: Path) -> None:
-    assert result.exit_code != 0
-    assert isinstance(result.exception, FailedHookException)
-    # cookiecutter creates the parents of a repo_name with a '/' before the hook runs; they stay, empty.
-    assert files_left(output_dir) == [], "a refused bake left files behind"
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert not output_dir.exists(), "a refused bake left its output directory behind"
 
 
 def test_the_left_behind_check_sees_what_an_accepted_bake_writes(cookies, tmp_path):
@@ -127,6 +144,31 @@ def test_every_bad_answer_is_reported_at_once(cookies, tmp_path, capfd):
     ]
     assert "Nothing was generated" in err
     assert "Traceback" not in err
+
+
+def run_cookiecutter(output_dir: Path, *answers: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(output_dir), str(TEMPLATE), *answers]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def test_a_refused_bake_prints_one_sentence_per_bad_answer_and_nothing_else(tmp_path):
+    accepted = run_cookiecutter(tmp_path / "accepted")
+    assert accepted.returncode == 0 and files_left(tmp_path / "accepted")
+    refused = run_cookiecutter(
+        tmp_path / "refused", "namespace=Bad_NS", "domain=shop.example.com", "api_prefix=/api/../x", "repo_name=a/b"
+    )
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        "ERROR: repo_name: 'a/b' must be a directory name of at most 100 letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit.",
+        "ERROR: namespace: 'Bad_NS' is not a DNS-1123 label: use at most 63 lowercase letters, digits and '-', "
+        "starting and ending with a letter or digit.",
+        "ERROR: api_prefix: '/api/../x' has a '.' or '..' segment; Istio normalizes request paths before it matches "
+        "routes, so a route on this prefix would never see a request. Write the path as clients resolve it.",
+        "Nothing was generated; fix the answers above and run cookiecutter again.",
+    ]
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_choice_outside_the_list_is_refused(cookies):

@@ -1,0 +1,218 @@
+"""The rules every answer must meet, and how answers reach YAML.
+
+Checked in the cookiecutter process, after the last answer is known and before anything is written
+(cookiecutter.json's last key, "__checked_answers", calls refuse_bad_answers). A refusal prints one sentence per
+problem naming the answer and the rule, then the line saying nothing was generated, and exits 1: no
+traceback, nothing on disk.
+"""
+
+import json
+import re
+import sys
+from typing import Any
+
+import yaml
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+PORT = re.compile(r"^[1-9][0-9]{0,4}$")
+EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$")
+ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
+GIT_URL = re.compile(
+    r"^(https://|ssh://)[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$|^git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+$"
+)
+# A practical subset of git-check-ref-format: no spaces, no "..", no leading "-" or "/", no trailing "/" or ".lock".
+GIT_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!/)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)$")
+TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|\}\}|%\}|#\}")
+
+# Image reference grammar of the OCI distribution spec: [host[:port]/]path[:tag][@digest].
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_HOST = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)"
+)
+IMAGE = re.compile(
+    rf"^{_IMAGE_HOST}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+# Plain scalars that are not strings to YAML 1.2's core schema (kustomize) or to go-yaml v2's YAML 1.1 (kubectl's
+# sigs.k8s.io/yaml, which also reads y and n as booleans); PyYAML is asked for the rest of YAML 1.1.
+NON_STRING_SCALAR = re.compile(
+    r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|true|True|TRUE|false|False|FALSE|null|Null|NULL|~|y|Y|n|N|)$"
+)
+# kustomize turns a namespace that YAML 1.1 reads as a date into a timestamp while it patches, quoted or not.
+YAML_DATE = re.compile(r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$")
+
+# Ports the Istio sidecar itself listens on inside every pod.
+ISTIO_PROXY_PORTS = {15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090}
+RESERVED_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", "istio-system"}
+ENVIRONMENT_PREFIXES = ("dev.", "staging.", "e2e.")
+OLDEST_ISTIO_MINOR = 22  # networking.istio.io/v1 and security.istio.io/v1 are served from 1.22 on
+NOTHING_GENERATED = "Nothing was generated; fix the answers above and run cookiecutter again."
+
+
+def yaml_str(value: Any) -> str:
+    """The answer as a YAML scalar that every YAML reader takes for this very string."""
+    text = str(value)
+    try:
+        read_back = yaml.safe_load(text)
+    except yaml.YAMLError:
+        read_back = None
+    if read_back == text and not NON_STRING_SCALAR.fullmatch(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def check_template_syntax(answers: dict) -> list[str]:
+    return [
+        f"{field}: {value!r} contains template syntax; answers are data, so write it without "
+        "'{{', '}}', '{%', '%}', '{#' and '#}'."
+        for field, value in answers.items()
+        if not field.startswith("_") and isinstance(value, str) and TEMPLATE_SYNTAX.search(value)
+    ]
+
+
+def check_workload_names(answers: dict) -> list[str]:
+    fields = ["frontend_name", "backend_name"] + (["database_name"] if answers["include_database"] is True else [])
+    problems = [
+        f"{field}: {answers[field]!r} cannot name a Service: use a DNS-1035 label, at most 63 lowercase "
+        "letters, digits and '-', starting with a letter and ending with a letter or digit."
+        for field in fields
+        if not DNS1035_LABEL.fullmatch(str(answers[field]))
+    ]
+    seen: dict[str, str] = {}
+    for field in fields:
+        name = answers[field]
+        if name in seen:
+            problems.append(f"{field}: {name!r} is already the {seen[name]}; each workload needs its own name.")
+        seen.setdefault(name, field)
+    return problems
+
+
+def check_namespace(namespace: str) -> list[str]:
+    if not DNS1123_LABEL.fullmatch(namespace):
+        return [
+            f"namespace: {namespace!r} is not a DNS-1123 label: use at most 63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit."
+        ]
+    if YAML_DATE.fullmatch(namespace):
+        return [f"namespace: {namespace!r} reads as a date in YAML, and kustomize would rewrite it as a timestamp."]
+    if namespace in RESERVED_NAMESPACES:
+        return [f"namespace: {namespace!r} belongs to Kubernetes or Istio; choose a namespace of the app's own."]
+    return []
+
+
+def check_domain(domain: str) -> list[str]:
+    if "*" in domain:
+        return [f"domain: {domain!r} is a wildcard; the gateway must serve one exact host name."]
+    labels = domain.split(".")
+    longest = max(len(prefix) for prefix in ENVIRONMENT_PREFIXES) + len(domain)
+    if len(labels) < 2 or not all(DNS1123_LABEL.fullmatch(label) for label in labels) or longest > 253:
+        return [
+            f"domain: {domain!r} is not a valid DNS name: use two or more dot-separated labels of lowercase "
+            "letters, digits and '-' (at most 63 each, and at most 245 in all so that 'staging.' fits in front)."
+        ]
+    return []
+
+
+def check_port(field: str, value: object) -> list[str]:
+    text = str(value)
+    if not PORT.fullmatch(text) or int(text) > 65535:
+        return [f"{field}: {text!r} is not a port number; write a whole number from 1 to 65535 without leading zeros."]
+    if int(text) in ISTIO_PROXY_PORTS:
+        return [f"{field}: {text} is used by the Istio sidecar in every pod; choose another port."]
+    return []
+
+
+def check_api_prefix(prefix: str) -> list[str]:
+    if not URL_PATH.fullmatch(prefix):
+        return [
+            f"api_prefix: {prefix!r} must be a path like '/api' or '/v1/api': it starts with '/', is not '/' "
+            "alone, has no trailing '/' or '//' and uses only letters, digits and '.', '_', '~', '-'."
+        ]
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        return [
+            f"api_prefix: {prefix!r} has a '.' or '..' segment; Istio normalizes request paths before it matches "
+            "routes, so a route on this prefix would never see a request. Write the path as clients resolve it."
+        ]
+    return []
+
+
+def check_health_path(field: str, path: str) -> list[str]:
+    if not HEALTH_PATH.fullmatch(path):
+        return [f"{field}: {path!r} must be a URL path starting with '/' (letters, digits, '/', '.', '_', '~', '-')."]
+    return []
+
+
+def check_image(field: str, image: str) -> list[str]:
+    if len(image) > 255 or not IMAGE.fullmatch(image):
+        return [
+            f"{field}: {image!r} is not a valid image reference; write [registry/]repository[:tag][@sha256:digest] "
+            "with a lowercase repository, e.g. 'ghcr.io/myorg/frontend:v1'."
+        ]
+    return []
+
+
+def check_versions(answers: dict) -> list[str]:
+    problems = []
+    istio = ISTIO_VERSION.fullmatch(str(answers["istio_version"]))
+    if not istio or int(istio.group(1)) < OLDEST_ISTIO_MINOR:
+        problems.append(
+            f"istio_version: {answers['istio_version']!r} must be a full Istio release 1.{OLDEST_ISTIO_MINOR}.0 "
+            "or newer, such as '1.30.8'."
+        )
+    node_images = answers["_kind_node_images"]
+    if str(answers["kubernetes_version"]) not in node_images:
+        problems.append(
+            f"kubernetes_version: {answers['kubernetes_version']!r} must be a Kubernetes minor version the pinned "
+            f"kind release has a node image for, written like '1.34': one of {', '.join(sorted(node_images))}."
+        )
+    return problems
+
+
+def problems_with(answers: dict) -> list[str]:
+    problems = check_template_syntax(answers)
+    if not str(answers["project_name"]).strip() or not str(answers["project_name"]).isprintable():
+        problems.append("project_name: must be non-empty printable text.")
+    if not REPO_NAME.fullmatch(str(answers["repo_name"])):
+        problems.append(
+            f"repo_name: {answers['repo_name']!r} must be a directory name of at most 100 letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit."
+        )
+    problems += check_namespace(str(answers["namespace"]))
+    problems += check_domain(str(answers["domain"]))
+    problems += check_workload_names(answers)
+    with_database = answers["include_database"] is True
+    for role in ("frontend", "backend") + (("database",) if with_database else ()):
+        problems += check_image(f"{role}_image", str(answers[f"{role}_image"]))
+        problems += check_port(f"{role}_port", answers[f"{role}_port"])
+    for role in ("frontend", "backend"):
+        problems += check_health_path(f"{role}_health_path", str(answers[f"{role}_health_path"]))
+    problems += check_api_prefix(str(answers["api_prefix"]))
+    if not EMAIL.fullmatch(str(answers["acme_email"])):
+        problems.append(f"acme_email: {answers['acme_email']!r} is not an e-mail address like 'platform@example.com'.")
+    problems += check_versions(answers)
+    if not GIT_URL.fullmatch(str(answers["git_repo_url"])):
+        problems.append(
+            f"git_repo_url: {answers['git_repo_url']!r} is not a Git URL the GitOps agent can pull; write "
+            "https://host/org/repo.git, ssh://git@host/org/repo.git or git@host:org/repo.git."
+        )
+    if not GIT_BRANCH.fullmatch(str(answers["git_branch"])):
+        problems.append(f"git_branch: {answers['git_branch']!r} is not a valid branch name.")
+    if not isinstance(answers["include_database"], bool):
+        problems.append(f"include_database: {answers['include_database']!r} must be yes or no.")
+    return problems
+
+
+def refuse_bad_answers(answers: dict) -> str:
+    problems = problems_with(answers)
+    if not problems:
+        return ""
+    for problem in problems:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    print(NOTHING_GENERATED, file=sys.stderr)
+    raise SystemExit(1)
