@@ -1,73 +1,147 @@
-"""python -m repo_tools: build every kustomization of the apps layer, validate it, check its promises,
-and check that the install (infrastructure/) pins every chart and installs the gateway the policies trust."""
+"""python -m repo_tools: every rule this repo promises, one line per rule family with what it counted.
+
+The apps layer (build, schemas, invariants, the traffic contract, ACME), the install layer (chart pins, the
+gateway's identity, install order), the GitOps entry points (sync order, retries, health checks), and the
+install as its charts render, where Helm or recorded renders are at hand. Tests call the same functions.
+"""
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from repo_tools import REPO_ROOT, charts, gitops, install, invariants, kustomize, layout, rendered_install, schemas
+from repo_tools import REPO_ROOT, charts, contract, gitops, install, invariants, kustomize, layout, rendered_install
+from repo_tools.schemas import schema_errors
+
+
+@dataclass
+class Family:
+    name: str
+    counted: str
+    problems: list[str] = field(default_factory=list)
+
+    def report(self, started: float) -> None:
+        verdict = "FAIL" if self.problems else "ok  "
+        found = f", {len(self.problems)} problems" if self.problems else ""
+        print(f"{verdict} {self.name:<11} {self.counted}{found}  {time.perf_counter() - started:.2f}s")
+
+
+def run(name: str, check: Callable[[], tuple[str, list[str]]]) -> list[str]:
+    started = time.perf_counter()
+    counted, problems = check()
+    Family(name, counted, problems).report(started)
+    return [f"{name}: {problem}" for problem in problems]
 
 
 def validate_all() -> list[str]:
     gateway = layout.ingress_gateway()
+    built: dict[str, list[dict]] = {}
     problems = []
-    for name, directory in layout.app_kustomizations().items():
-        started = time.perf_counter()
+
+    def build() -> tuple[str, list[str]]:
+        found = []
+        for name, directory in layout.app_kustomizations().items():
+            try:
+                built[name] = kustomize.build(directory)
+            except kustomize.KustomizeError as error:
+                found.append(f"{name}: {error}")
+        return f"{len(built)} kustomizations of the apps layer", found
+
+    def schemas() -> tuple[str, list[str]]:
+        found = [f"{name}: {error}" for name, docs in built.items() for doc in docs for error in schema_errors(doc)]
+        return f"{sum(map(len, built.values()))} documents", found
+
+    def promises() -> tuple[str, list[str]]:
+        found = [
+            f"{name}: {problem}"
+            for name, docs in built.items()
+            for problem in invariants.violations(docs, gateway, is_overlay=name != "base")
+        ]
+        return f"{len(invariants.CHECKS)} rules x {len(built)} kustomizations", found
+
+    def traffic_contract() -> tuple[str, list[str]]:
         try:
-            docs = kustomize.build(directory)
-        except kustomize.KustomizeError as error:
-            problems.append(f"{name}: {error}")
-            print(f"FAIL {name:<10} does not build")
-            continue
-        found = [error for doc in docs for error in schemas.schema_errors(doc)]
-        found += invariants.violations(docs, gateway, is_overlay=name != "base")
-        found += gitops.acme_http01_challenges_are_served(
-            docs, install.plain_resources(), install.chart("istiod").values.get("meshConfig") or {}, gateway
-        )
-        problems += [f"{name}: {problem}" for problem in found]
-        verdict = "FAIL" if found else "ok  "
-        print(f"{verdict} {name:<10} {len(docs):>3} documents  {time.perf_counter() - started:.2f}s")
-    install_problems = install.chart_problems() + install.gateway_identity_problems(gateway)
-    install_problems += gitops.webhook_failure_policy_is_fixed(install.charts())
-    print(f"{'FAIL' if install_problems else 'ok  '} {'install':<10} {len(install.charts()):>3} charts")
-    problems += [f"install: {problem}" for problem in install_problems]
-    return problems + argocd_problems() + rendered_install_problems(gateway)
+            rows = contract.load()
+        except contract.ContractError as error:
+            return "contract.yaml", str(error).splitlines()
+        overlays = {name: path for name, path in layout.overlays().items() if name in built}
+        outcomes = [
+            outcome
+            for name, path in overlays.items()
+            for outcome in contract.check(name, built[name], rows, gateway, layout.public_host(path))
+        ]
+        return f"{len(rows)} rows x {len(overlays)} overlays", [o.line() for o in outcomes if not o.holds]
+
+    def certificates() -> tuple[str, list[str]]:
+        resources, mesh_config = install.plain_resources(), install.chart("istiod").values.get("meshConfig") or {}
+        found = [
+            f"{name}: {problem}"
+            for name in layout.overlays()
+            if name in built
+            for problem in gitops.acme_http01_challenges_are_served(built[name], resources, mesh_config, gateway)
+        ]
+        return f"ACME HTTP-01 over {len(layout.overlays())} overlays", found
+
+    def install_layer() -> tuple[str, list[str]]:
+        found = install.chart_problems() + install.gateway_identity_problems(gateway)
+        found += gitops.webhook_failure_policy_is_fixed(install.charts())
+        found += gitops.install_order_problems(sorted(layout.overlays()))
+        return f"{len(install.charts())} charts", found
+
+    problems += run("build", build)
+    problems += run("schemas", schemas)
+    problems += run("invariants", promises)
+    problems += run("contract", traffic_contract)
+    problems += run("acme", certificates)
+    problems += run("install", install_layer)
+    problems += run("gitops", gitops_entry_points)
+    return problems + rendered_install_problems(gateway)
 
 
-def argocd_problems() -> list[str]:
-    """Argo CD's entry points retry, and its health checks hold each sync wave until the one before is done."""
-    if install.gitops_tool() != "argocd":
-        return []
-    found = gitops.child_applications_wait_for_their_sync(gitops.argocd_settings())
-    for environment in layout.overlays():
-        directory = REPO_ROOT / "clusters" / "argocd" / environment
-        if directory.is_dir():
-            docs = kustomize.build(directory) + kustomize.build(directory / "applications")
-            found += gitops.automated_applications_retry(docs)
-    print(f"{'FAIL' if found else 'ok  '} {'argocd':<10} sync waves, retries and health checks")
-    return [f"argocd: {problem}" for problem in found]
+def gitops_entry_points() -> tuple[str, list[str]]:
+    """Each environment's entry points validate, point at real paths and sync in order; Argo CD's health checks."""
+    tool = install.gitops_tool()
+    environments = gitops.environments(tool)
+    found = []
+    for environment in environments:
+        if tool == "argocd":
+            docs = gitops.argocd_entry_points(environment)
+            found += gitops.argocd_order_problems(docs, environment)
+        else:
+            docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+            found += gitops.flux_order_problems(docs, environment)
+        found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]
+    if tool == "argocd":
+        found += gitops.child_applications_wait_for_their_sync(gitops.argocd_settings())
+    else:
+        releases = kustomize.build(REPO_ROOT / "infrastructure")
+        found += [error for doc in releases for error in schema_errors(doc)]
+        found += install.helm_release_problems(releases, layout.ingress_gateway())
+    return f"{tool}, {len(environments)} environments", found
 
 
 def rendered_install_problems(gateway: layout.IngressGateway) -> list[str]:
     """The install layer's rules over what the charts render, where Helm or recorded renders are at hand."""
     reason = charts.unavailable_reason()
     if reason:
-        print(f"skip {'rendered':<10} {reason}")
+        print(f"skip {'rendered':<11} {reason}")
         return []
     problems = []
     for name, overlay in layout.overlays().items():
         infrastructure_overlay = REPO_ROOT / "infrastructure" / "overlays" / name
-        started = time.perf_counter()
-        docs = charts.render(infrastructure_overlay)
-        found = [error for doc in docs for error in schemas.schema_errors(doc)]
-        found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
-        found += rendered_install.selectors_select_the_gateway_pods(docs, kustomize.build(overlay), gateway)
-        if rendered_install.lists_high_availability(infrastructure_overlay):
-            found += rendered_install.high_availability_holds(docs, gateway)
-        if install.gitops_tool() == "argocd":
-            found += gitops.install_settles_without_metrics_or_load_balancer(gitops.argocd_settings(), docs)
-        problems += [f"infrastructure {name}: {problem}" for problem in found]
-        verdict = "FAIL" if found else "ok  "
-        print(f"{verdict} {'infra ' + name:<10} {len(docs):>3} documents  {time.perf_counter() - started:.2f}s")
+
+        def check(overlay=overlay, infrastructure_overlay=infrastructure_overlay) -> tuple[str, list[str]]:
+            docs = charts.render(infrastructure_overlay)
+            found = [error for doc in docs for error in schema_errors(doc)]
+            found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
+            found += rendered_install.selectors_select_the_gateway_pods(docs, kustomize.build(overlay), gateway)
+            if rendered_install.lists_high_availability(infrastructure_overlay):
+                found += rendered_install.high_availability_holds(docs, gateway)
+            if install.gitops_tool() == "argocd":
+                found += gitops.install_settles_without_metrics_or_load_balancer(gitops.argocd_settings(), docs)
+            return f"{len(docs)} documents of infrastructure/overlays/{overlay.name}", found
+
+        problems += run("rendered", check)
     return problems
 
 

@@ -17,12 +17,42 @@ from repo_tools.mesh import Caller, Mesh, Unmodelled, Verdict
 CONTRACT = REPO_ROOT / "contract.yaml"
 
 
+# What a row may expect: each is an outcome the offline verifier reports and the e2e run can observe.
+OUTCOMES = ("reaches <workload>", "redirect https", "denied", "no-answer")
+ROW_KEYS = {"name", "from", "request", "expect"}
+POD_KEYS = {"namespace", "serviceAccount", "sidecar"}
+INTERNET_REQUEST_KEYS = {"scheme", "path", "method"}
+POD_REQUEST_KEYS = {"to", "path", "port"}
+NEWCOMER_KEYS = {"namespace", "labels"}
+
+
+class ContractError(ValueError):
+    """contract.yaml says something no check can mean; the message names each row and key."""
+
+
+@dataclass(frozen=True)
+class Newcomer:
+    """A pod the repo does not define, to show what default-deny does to it."""
+
+    namespace: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Request:
+    scheme: str = "https"
+    path: str = "/"
+    method: str = "GET"
+    to: str | Newcomer | None = None
+    port: int | None = None
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
-    caller: str | dict
-    request: dict
-    expected: str
+    caller: str | Caller  # "internet", "ingress-gateway", or a pod identity
+    request: Request
+    expected: str  # one of OUTCOMES, "reaches <workload>" filled in
 
 
 @dataclass(frozen=True)
@@ -44,34 +74,103 @@ class Outcome:
         )
 
 
-def expected_outcome(expect: str | dict) -> str:
-    if isinstance(expect, str):
-        return expect
-    (key, value), *_ = expect.items()
-    return f"{key} {value}"
+def unknown_keys(where: str, given: dict, allowed: set[str]) -> list[str]:
+    return [
+        f"{where}: unknown key {key!r} (known: {', '.join(sorted(allowed))})" for key in given if key not in allowed
+    ]
+
+
+def parse_caller(where: str, caller: object) -> tuple[str | Caller, list[str]]:
+    if caller in ("internet", "ingress-gateway"):
+        return str(caller), []
+    if not isinstance(caller, dict):
+        return "", [f"{where}: from must be internet, ingress-gateway or {{namespace, serviceAccount, sidecar}}"]
+    problems = unknown_keys(f"{where} from", caller, POD_KEYS)
+    problems += [f"{where} from: {key} is required" for key in ("namespace", "serviceAccount") if key not in caller]
+    if not isinstance(caller.get("sidecar", True), bool):
+        problems.append(f"{where} from: sidecar must be true or false")
+    identity = Caller(str(caller.get("namespace")), str(caller.get("serviceAccount")), caller.get("sidecar", True))
+    return identity, problems
+
+
+def parse_request(where: str, request: object, from_internet: bool) -> tuple[Request, list[str]]:
+    if not isinstance(request, dict):
+        return Request(), [f"{where}: request must be a mapping"]
+    problems = unknown_keys(f"{where} request", request, INTERNET_REQUEST_KEYS if from_internet else POD_REQUEST_KEYS)
+    if from_internet and request.get("scheme", "https") not in ("http", "https"):
+        problems.append(f"{where} request: scheme must be http or https, not {request['scheme']!r}")
+    if not str(request.get("path", "/")).startswith("/"):
+        problems.append(f"{where} request: path must start with '/'")
+    to = request.get("to")
+    if not from_internet and not isinstance(to, (str, dict)):
+        problems.append(f"{where} request: to is required: service.namespace, or {{namespace, labels}} of a new pod")
+    if isinstance(to, dict):
+        problems += unknown_keys(f"{where} request to", to, NEWCOMER_KEYS)
+        problems += [f"{where} request to: {key} is required" for key in sorted(NEWCOMER_KEYS - set(to))]
+        to = Newcomer(str(to.get("namespace", "")), {str(k): str(v) for k, v in (to.get("labels") or {}).items()})
+    port = request.get("port")
+    if port is not None and not isinstance(port, int):
+        problems.append(f"{where} request: port must be a number")
+    parsed = Request(
+        str(request.get("scheme", "https")), str(request.get("path", "/")), str(request.get("method", "GET")), to, port
+    )
+    return parsed, problems
+
+
+def parse_expected(where: str, expect: object) -> tuple[str, list[str]]:
+    if expect in ("denied", "no-answer"):
+        return str(expect), []
+    if isinstance(expect, dict) and len(expect) == 1:
+        ((key, value),) = expect.items()
+        if key == "reaches" and isinstance(value, str) and value:
+            return f"reaches {value}", []
+        if key == "redirect" and value == "https":
+            return "redirect https", []
+    return "", [f"{where}: expect must be one of {', '.join(OUTCOMES)}, not {expect!r}"]
+
+
+def parse(document: object) -> list[Row]:
+    """The rows of a contract document, or ContractError naming every row and key that cannot be meant."""
+    rows = document.get("rows") if isinstance(document, dict) else None
+    if not isinstance(rows, list):
+        raise ContractError("contract.yaml: a top-level 'rows' list is required")
+    parsed, problems = [], []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            problems.append(f"row {number}: must be a mapping")
+            continue
+        where = f"row {number} ({row.get('name', 'unnamed')!r})"
+        problems += unknown_keys(where, row, ROW_KEYS)
+        problems += [f"{where}: {key} is required" for key in sorted(ROW_KEYS - {"request"}) if key not in row]
+        caller, found = parse_caller(where, row.get("from"))
+        request, found_in_request = parse_request(where, row.get("request", {}), caller == "internet")
+        expected, found_in_expect = parse_expected(where, row.get("expect"))
+        problems += found + found_in_request + found_in_expect
+        parsed.append(Row(str(row.get("name")), caller, request, expected))
+    if problems:
+        raise ContractError("\n".join(problems))
+    return parsed
 
 
 def load(path: Path = CONTRACT) -> list[Row]:
-    rows = yaml.safe_load(path.read_text())["rows"]
-    return [Row(row["name"], row["from"], row.get("request", {}), expected_outcome(row["expect"])) for row in rows]
+    return parse(yaml.safe_load(path.read_text()))
 
 
 def caller_of(row: Row, gateway: layout.IngressGateway) -> Caller:
     if row.caller == "ingress-gateway":
         return Caller(gateway.namespace, gateway.service_account)
-    if not isinstance(row.caller, dict):
-        raise ValueError(f"row {row.name!r}: from must be internet, ingress-gateway or a pod identity")
-    return Caller(row.caller["namespace"], row.caller["serviceAccount"], row.caller.get("sidecar", True))
+    assert isinstance(row.caller, Caller), row.caller
+    return row.caller
 
 
 def evaluate(row: Row, mesh: Mesh, host: str) -> Verdict:
     request = row.request
     try:
         if row.caller == "internet":
-            return mesh.from_internet(
-                request.get("scheme", "https"), host, request.get("path", "/"), request.get("method", "GET")
-            )
-        return mesh.from_pod(caller_of(row, mesh.gateway), request["to"], request.get("path", "/"), request.get("port"))
+            return mesh.from_internet(request.scheme, host, request.path, request.method)
+        to = request.to
+        target = {"namespace": to.namespace, "labels": to.labels} if isinstance(to, Newcomer) else str(to)
+        return mesh.from_pod(caller_of(row, mesh.gateway), target, request.path, request.port)
     except Unmodelled as construct:
         return Verdict("unknown", f"not modelled, so not guessed: {construct}")
 

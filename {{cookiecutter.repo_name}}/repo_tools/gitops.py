@@ -1,4 +1,5 @@
-"""Rules for the first GitOps sync to converge: what Argo CD will judge healthy, and what it retries.
+"""The GitOps entry points (clusters/) and the rules for a first sync to converge: what is installed in which
+order, what Argo CD will judge healthy and what it retries, and whether a certificate can be issued at all.
 
 Argo CD's health checks for this repo are Lua scripts (clusters/argocd/settings/health/); they run here in
 Lua 5.1, the language version of Argo CD's interpreter, against the objects the install really renders.
@@ -7,16 +8,19 @@ Lua 5.1, the language version of Argo CD's interpreter, against the objects the 
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lupa import lua51
 
 from repo_tools import REPO_ROOT, kustomize
-from repo_tools.install import Chart
-from repo_tools.invariants import of_kind
-from repo_tools.layout import IngressGateway
+from repo_tools.install import Chart, read_yaml
+from repo_tools.layout import IngressGateway, overlays
 from repo_tools.mesh import host_matches, string_match
-from repo_tools.schemas import describe
+from repo_tools.resources import describe, of_kind
 
 ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
+# CRDs first, then the control plane, the gateway it injects, and cert-manager.
+INSTALL_ORDER = ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
+SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 ISTIO_INGRESS_CONTROLLER = "istio.io/ingress-controller"
 # cert-manager's HTTP-01 solver serves one exact path per token; Istio routes it as an exact path match.
 CHALLENGE_PATH = "/.well-known/acme-challenge/token"
@@ -44,6 +48,98 @@ BETWEEN_WAVES = {
     "health": {"status": "Healthy"},
     "operationState": {"phase": "Running", "message": "waiting for completion of hook and 3 more resources"},
 }
+
+
+def entry_point_paths(docs: list[dict]) -> list[tuple[str, str]]:
+    """(resource, path in this repo) for every Argo CD Application and Flux Kustomization."""
+    paths = []
+    for doc in docs:
+        if doc["kind"] == "Application":
+            sources = doc["spec"].get("sources") or [doc["spec"].get("source", {})]
+            paths += [
+                (f"Application {doc['metadata']['name']}", source["path"]) for source in sources if "path" in source
+            ]
+        elif doc["kind"] == "Kustomization" and doc["apiVersion"].startswith("kustomize.toolkit.fluxcd.io/"):
+            paths.append((f"Kustomization {doc['metadata']['name']}", doc["spec"]["path"]))
+    return paths
+
+
+def entry_point_problems(docs: list[dict]) -> list[str]:
+    return [
+        f"{resource}: path {path} is not a kustomization in this repo"
+        for resource, path in entry_point_paths(docs)
+        if not (REPO_ROOT / path / "kustomization.yaml").is_file()
+    ]
+
+
+def flux_entry_points(environment: Path) -> list[dict]:
+    """The Flux objects of clusters/flux/<env>; Flux itself generates their kustomization.yaml."""
+    return [doc for path in sorted(environment.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def environments(tool: str) -> list[str]:
+    """The environments with an entry point for this GitOps tool: every apps overlay that has one."""
+    return [name for name in overlays() if (REPO_ROOT / "clusters" / tool / name).is_dir()]
+
+
+def argocd_entry_points(environment: str) -> list[dict]:
+    directory = REPO_ROOT / "clusters" / "argocd" / environment
+    return kustomize.build(directory) + kustomize.build(directory / "applications")
+
+
+def install_order_problems(apps_overlays: list[str]) -> list[str]:
+    """Every environment installs the mesh in order, and has both an infrastructure and an apps overlay."""
+    overlays_dir = REPO_ROOT / "infrastructure" / "overlays"
+    infrastructure = sorted(path.parent.name for path in overlays_dir.glob("*/kustomization.yaml"))
+    problems = [
+        f"infrastructure/overlays/{name}: there is no apps/overlays/{name}, or the reverse"
+        for name in sorted(set(infrastructure) ^ set(apps_overlays))
+    ]
+    for name in infrastructure:
+        resources = read_yaml(overlays_dir / name / "kustomization.yaml").get("resources", [])
+        if resources != INSTALL_ORDER:
+            problems.append(f"infrastructure/overlays/{name}: resources must be {INSTALL_ORDER}, in this order")
+    return problems
+
+
+def argocd_order_problems(docs: list[dict], environment: str) -> list[str]:
+    """The root syncs the mesh before the app, from this repo only, in this environment's paths, and retries."""
+    problems = entry_point_problems(docs) + automated_applications_retry(docs)
+    projects = [doc["metadata"]["name"] for doc in of_kind(docs, "AppProject")]
+    sources = {repo for doc in of_kind(docs, "AppProject") for repo in doc["spec"].get("sourceRepos", [])}
+    waves = {}
+    for app in of_kind(docs, "Application"):
+        source = app["spec"].get("source", {})
+        waves[source.get("path", "")] = int((app["metadata"].get("annotations") or {}).get(SYNC_WAVE, "0"))
+        if app["spec"].get("project") not in projects or source.get("repoURL") not in sources:
+            problems.append(f"{describe(app)}: must belong to this repo's AppProject and pull only from its repo")
+        if (app["spec"].get("syncPolicy") or {}).get("automated") != {"prune": True, "selfHeal": True}:
+            problems.append(f"{describe(app)}: syncPolicy.automated must prune and selfHeal")
+    expected = {
+        f"clusters/argocd/{environment}/applications",
+        *(f"{layer}/overlays/{environment}" for layer in ("infrastructure", "apps")),
+    }
+    if set(waves) != expected:
+        problems.append(
+            f"clusters/argocd/{environment}: Applications must sync {sorted(expected)}, not {sorted(waves)}"
+        )
+    elif waves[f"infrastructure/overlays/{environment}"] >= waves[f"apps/overlays/{environment}"]:
+        problems.append(f"clusters/argocd/{environment}: the infrastructure must sync in an earlier wave than the apps")
+    return problems
+
+
+def flux_order_problems(docs: list[dict], environment: str) -> list[str]:
+    """Flux installs the mesh, waits for it, then applies this environment's apps overlay."""
+    problems = entry_point_problems(docs)
+    by_name = {doc["metadata"]["name"]: doc["spec"] for doc in docs if doc["kind"] == "Kustomization"}
+    apps, infrastructure = by_name.get("apps", {}), by_name.get("infrastructure", {})
+    if apps.get("dependsOn") != [{"name": "infrastructure"}]:
+        problems.append(f"clusters/flux/{environment}/apps.yaml: must dependOn infrastructure")
+    if not (apps.get("wait") and infrastructure.get("wait")):
+        problems.append(f"clusters/flux/{environment}: both Kustomizations must wait for their resources")
+    if apps.get("path") != f"./apps/overlays/{environment}":
+        problems.append(f"clusters/flux/{environment}/apps.yaml: path must be ./apps/overlays/{environment}")
+    return problems
 
 
 def argocd_settings(directory: Path = ARGOCD_SETTINGS) -> dict[str, str]:

@@ -1,9 +1,9 @@
-"""The Istio and cert-manager install (infrastructure/) and the GitOps entry points (clusters/), checked offline.
+"""The Istio and cert-manager install (infrastructure/), checked offline: its charts and their pins.
 
 The helmCharts kustomizations need chart downloads to build, so they are checked as files: every chart
 pinned to versions.env, its values file present, and the ingress gateway installed exactly where and as
-whom apps/base/ingress-gateway.env says. Everything that builds without Helm (the Flux HelmReleases,
-the Argo CD Applications) is built and validated like the apps layer.
+whom apps/base/ingress-gateway.env says. Flux's HelmReleases, the same install in Flux's terms, are held
+to the same pins and order. The GitOps entry points (clusters/) are repo_tools.gitops's.
 """
 
 from dataclasses import dataclass
@@ -150,33 +150,6 @@ def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path 
             f"HelmRelease {gateway.service_account} in {gateway.namespace} (apps/base/ingress-gateway.env) is missing"
         )
     return problems
-
-
-def entry_point_paths(docs: list[dict]) -> list[tuple[str, str]]:
-    """(resource, path in this repo) for every Argo CD Application and Flux Kustomization."""
-    paths = []
-    for doc in docs:
-        if doc["kind"] == "Application":
-            sources = doc["spec"].get("sources") or [doc["spec"].get("source", {})]
-            paths += [
-                (f"Application {doc['metadata']['name']}", source["path"]) for source in sources if "path" in source
-            ]
-        elif doc["kind"] == "Kustomization" and doc["apiVersion"].startswith("kustomize.toolkit.fluxcd.io/"):
-            paths.append((f"Kustomization {doc['metadata']['name']}", doc["spec"]["path"]))
-    return paths
-
-
-def entry_point_problems(docs: list[dict]) -> list[str]:
-    return [
-        f"{resource}: path {path} is not a kustomization in this repo"
-        for resource, path in entry_point_paths(docs)
-        if not (REPO_ROOT / path / "kustomization.yaml").is_file()
-    ]
-
-
-def flux_entry_points(environment: Path) -> list[dict]:
-    """The Flux objects of clusters/flux/<env>; Flux itself generates their kustomization.yaml."""
-    return [doc for path in sorted(environment.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def pin_versions(root: Path = REPO_ROOT) -> list[Path]:

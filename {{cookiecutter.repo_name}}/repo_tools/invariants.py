@@ -6,37 +6,26 @@ and returns one sentence per violation that names the resource to fix.
 
 from collections.abc import Callable, Iterator
 
-from repo_tools.layout import TRUST_DOMAIN, IngressGateway, service_fqdn
+from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Mesh, Unmodelled, Verdict
-from repo_tools.schemas import describe
+from repo_tools.resources import (
+    WORKLOAD_KINDS,
+    describe,
+    name_of,
+    namespace_of,
+    of_kind,
+    pod_labels,
+    principal,
+    selects,
+    service_fqdn,
+)
 
 Docs = list[dict]
 Check = Callable[[Docs, IngressGateway], list[str]]
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
-
-
-def of_kind(docs: Docs, *kinds: str) -> Iterator[dict]:
-    return (doc for doc in docs if doc.get("kind") in kinds)
-
-
-def namespace_of(doc: dict) -> str:
-    return doc.get("metadata", {}).get("namespace", "")
-
-
-def name_of(doc: dict) -> str:
-    return doc.get("metadata", {}).get("name", "")
 
 
 def app_namespaces(docs: Docs) -> list[str]:
     return [name_of(doc) for doc in of_kind(docs, "Namespace")]
-
-
-def selects(selector: dict, labels: dict) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
-
-
-def pod_labels(workload: dict) -> dict:
-    return workload["spec"]["template"].get("metadata", {}).get("labels", {})
 
 
 def policy_sources(policy: dict) -> Iterator[tuple[int, dict]]:
@@ -91,25 +80,23 @@ def deny_by_default(docs: Docs, gateway: IngressGateway) -> list[str]:
 
 
 def principals_name_real_identities(docs: Docs, gateway: IngressGateway) -> list[str]:
-    service_accounts = {
-        f"{TRUST_DOMAIN}/ns/{namespace_of(sa)}/sa/{name_of(sa)}" for sa in of_kind(docs, "ServiceAccount")
-    }
+    service_accounts = {principal(namespace_of(sa), name_of(sa)) for sa in of_kind(docs, "ServiceAccount")}
     problems = []
     for policy in of_kind(docs, "AuthorizationPolicy"):
         for rule, source in policy_sources(policy):
-            for principal in source.get("principals") or []:
-                if principal.endswith("/sa/default"):
+            for named in source.get("principals") or []:
+                if named.endswith("/sa/default"):
                     problems.append(
-                        f"{describe(policy)} rule {rule}: {principal} admits every pod that sets no "
+                        f"{describe(policy)} rule {rule}: {named} admits every pod that sets no "
                         "serviceAccountName; give the caller its own ServiceAccount"
                     )
-                elif "*" in principal:
+                elif "*" in named:
                     problems.append(
-                        f"{describe(policy)} rule {rule}: wildcard principal {principal} admits unknown callers"
+                        f"{describe(policy)} rule {rule}: wildcard principal {named} admits unknown callers"
                     )
-                elif principal not in service_accounts and principal != gateway.principal:
+                elif named not in service_accounts and named != gateway.principal:
                     problems.append(
-                        f"{describe(policy)} rule {rule}: {principal} is neither a ServiceAccount in this build "
+                        f"{describe(policy)} rule {rule}: {named} is neither a ServiceAccount in this build "
                         f"nor the ingress gateway ({gateway.principal})"
                     )
             if "*" in (source.get("namespaces") or []):

@@ -6,10 +6,10 @@ from pathlib import Path
 import yaml
 
 from repo_tools import REPO_ROOT, read_env_file
+from repo_tools.resources import principal
 
 APPS = REPO_ROOT / "apps"
 INGRESS_GATEWAY_SETTINGS = APPS / "base" / "ingress-gateway.env"
-TRUST_DOMAIN = "cluster.local"
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class IngressGateway:
 
     @property
     def principal(self) -> str:
-        return f"{TRUST_DOMAIN}/ns/{self.namespace}/sa/{self.service_account}"
+        return principal(self.namespace, self.service_account)
 
 
 def ingress_gateway(settings: Path = INGRESS_GATEWAY_SETTINGS) -> IngressGateway:
@@ -39,12 +39,6 @@ def overlays() -> dict[str, Path]:
 def app_kustomizations() -> dict[str, Path]:
     """The apps layer's base and every overlay, by name ("base", "dev", ...)."""
     return {"base": APPS / "base"} | overlays()
-
-
-def service_fqdn(host: str, namespace: str) -> str:
-    """A Service host as Istio reads it: short names and name.namespace resolve from `namespace`."""
-    name, _, rest = host.partition(".")
-    return f"{name}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
 
 
 def public_host(kustomization_dir: Path) -> str:

@@ -18,8 +18,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from repo_tools.layout import TRUST_DOMAIN, IngressGateway, service_fqdn
-from repo_tools.schemas import describe
+from repo_tools.layout import IngressGateway
+from repo_tools.resources import describe, principal, selects, service_fqdn
 
 ROOT_NAMESPACE = "istio-system"
 HTTP_ONLY_OPERATION_FIELDS = {"paths", "notPaths", "methods", "notMethods", "hosts", "notHosts"}
@@ -41,7 +41,7 @@ class Caller:
 
     @property
     def principal(self) -> str:
-        return f"{TRUST_DOMAIN}/ns/{self.namespace}/sa/{self.service_account}"
+        return principal(self.namespace, self.service_account)
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class Mesh:
         if "targetRef" in spec or "targetRefs" in spec:
             raise Unmodelled(f"{describe(resource)} uses targetRef")
         selector = (spec.get("selector") or {}).get("matchLabels") or {}
-        return bool(selector) and all(workload.labels.get(k) == v for k, v in selector.items())
+        return bool(selector) and selects(selector, workload.labels)
 
     def authorize(self, caller: Caller, workload: Workload, port: int, path: str, method: str, host: str) -> Verdict:
         applicable = [

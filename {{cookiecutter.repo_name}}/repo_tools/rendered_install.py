@@ -12,9 +12,8 @@ import yaml
 
 from repo_tools.charts import Recordings
 from repo_tools.install import Chart
-from repo_tools.invariants import of_kind, pod_labels, selects
 from repo_tools.layout import IngressGateway
-from repo_tools.schemas import describe
+from repo_tools.resources import describe, of_kind, pod_labels, selects
 
 HIGH_AVAILABILITY_COMPONENT = "components/gateway-high-availability"
 # Values that are whole upstream APIs rather than chart keys: istiod passes meshConfig through as Istio's

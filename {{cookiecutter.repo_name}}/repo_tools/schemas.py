@@ -24,6 +24,7 @@ from cloudcoil.resources import Resource
 
 from repo_tools import KUBERNETES_VERSION, VERSIONS, charts, kustomize
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
+from repo_tools.resources import describe
 
 CUSTOM_RESOURCE_MODELS = {
     "networking.istio.io/v1": "cloudcoil.models.istio.networking.v1",
@@ -38,12 +39,6 @@ CUSTOM_RESOURCE_MODELS = {
     "kustomize.toolkit.fluxcd.io/v1": "cloudcoil.models.fluxcd.kustomize.v1",
     "source.toolkit.fluxcd.io/v1": "cloudcoil.models.fluxcd.source.v1",
 }
-
-
-def describe(doc: dict) -> str:
-    metadata = doc.get("metadata") or {}
-    namespace = f"{metadata['namespace']}/" if metadata.get("namespace") else ""
-    return f"{doc.get('kind')} {namespace}{metadata.get('name')}"
 
 
 def schema_errors(doc: dict) -> list[str]:

@@ -1,10 +1,15 @@
 """The traffic contract holds in every overlay, and breaking a policy, route or mTLS setting breaks its row."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import yaml
 from conftest import KUSTOMIZATIONS, app_namespace, backend_policy, find
 
-from repo_tools import contract, layout
+from repo_tools import REPO_ROOT, charts, contract, layout
 
 OVERLAYS = sorted(layout.overlays())
 ROWS = contract.load()
@@ -73,7 +78,7 @@ def test_a_tls_secret_in_the_app_namespace_fails_every_https_row(rendered):
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))
     certificate["metadata"]["namespace"] = app_namespace(docs)
     broken = failing(docs)
-    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.get("scheme") == "https"}
+    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.scheme == "https"}
     assert set(broken) == https_rows
     assert all(o.verdict.outcome == "tls-failure" for o in broken.values())
     assert f"Certificate {app_namespace(docs)}/" in next(iter(broken.values())).line()
@@ -140,3 +145,42 @@ def test_the_command_prints_every_row_and_fails_on_a_mismatch(capsys, tmp_path):
 def test_an_unknown_overlay_is_named(capsys):
     assert contract.main(["nowhere"]) == 2
     assert "no such overlay: nowhere" in capsys.readouterr().err
+
+
+def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and_key():
+    document = yaml.safe_load((REPO_ROOT / "contract.yaml").read_text())
+    assert contract.parse(document) == ROWS
+    document["rows"][0]["request"]["schme"] = document["rows"][0]["request"].pop("scheme")
+    document["rows"][1]["expect"] = {"reaches": document["rows"][1]["expect"]["reaches"], "within": "1s"}
+    document["rows"][2]["expect"] = "allowed"
+    with pytest.raises(contract.ContractError) as refused:
+        contract.parse(document)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"row 1 ({ROWS[0].name!r}) request: unknown key 'schme'")
+    assert lines[1].startswith(f"row 2 ({ROWS[1].name!r}): expect must be one of reaches <workload>, redirect https")
+    assert lines[2].endswith("not 'allowed'")
+
+
+def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tmp_path):
+    shutil.copytree(REPO_ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__"))
+    contract_file = tmp_path / "repo" / "contract.yaml"
+    contract_file.write_text(
+        contract_file.read_text().replace("request: {scheme: https, path: /}", "request: {schme: https, path: /}", 1)
+    )
+    # Without recorded renders: the install's charts are not what this test is about.
+    environment = {key: value for key, value in os.environ.items() if key != charts.RECORDED_FIXTURES}
+    result = subprocess.run(
+        [sys.executable, "-m", "repo_tools"], cwd=tmp_path / "repo", capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 1
+    assert "FAIL contract" in result.stdout
+    assert f"contract: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr
+
+
+def test_the_mesh_model_loads_no_schema_tooling():
+    probe = "import sys, repo_tools.mesh, repo_tools.contract, repo_tools.invariants; print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    modules = set(loaded.stdout.strip().strip("[]").replace("'", "").split(", "))
+    assert "repo_tools.mesh" in modules
+    assert not {m for m in modules if m.split(".")[0] in ("jsonschema", "kubernetes_validate", "cloudcoil", "pydantic")}

@@ -18,6 +18,7 @@ import yaml
 from e2e.harness import bringup, commands, diagnostics, kind, scenarios, settings, tls
 from e2e.harness.retry import Check, eventually
 from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, kustomize, layout
+from repo_tools.mesh import Caller
 
 HOST = "e2e.shop.example.com"
 
@@ -227,7 +228,7 @@ def test_clients_get_namespaces_service_accounts_and_the_right_injection(e2e_set
 
 
 def probe(expected: str, client: bool = True, tcp: bool = False) -> scenarios.Probe:
-    row = contract.Row("r", "internet" if not client else {}, {}, expected)
+    row = contract.Row("r", "internet" if not client else Caller("shop", "web"), contract.Request(), expected)
     who = scenarios.Client("shop", "web", True) if client else None
     return scenarios.Probe(row, who, tcp=("db.shop.svc.cluster.local", 5432) if tcp else None)
 

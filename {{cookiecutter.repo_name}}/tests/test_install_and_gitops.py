@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from repo_tools import REPO_ROOT, VERSIONS, gitops, install, kustomize, layout
+from repo_tools.resources import describe
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
 TOOL = install.gitops_tool()
-ENVIRONMENTS = sorted(name for name in layout.overlays() if (REPO_ROOT / "clusters" / TOOL / name).is_dir())
+ENVIRONMENTS = gitops.environments(TOOL)
 INFRASTRUCTURE_OVERLAYS = sorted(
     path.parent.name for path in (REPO_ROOT / "infrastructure" / "overlays").glob("*/kustomization.yaml")
 )
@@ -26,17 +27,26 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_the_infrastructure_has_the_same_overlays_as_the_apps_layer():
-    apps = set(layout.overlays())
-    assert set(INFRASTRUCTURE_OVERLAYS) == apps
+def test_every_environment_installs_istio_in_order_then_cert_manager():
+    assert set(INFRASTRUCTURE_OVERLAYS) == set(layout.overlays())
+    assert gitops.install_order_problems(sorted(layout.overlays())) == []
 
 
-@pytest.mark.parametrize("overlay", INFRASTRUCTURE_OVERLAYS)
-def test_every_infrastructure_overlay_installs_istio_in_order_and_cert_manager(overlay):
-    resources = yaml.safe_load(
-        (REPO_ROOT / "infrastructure" / "overlays" / overlay / "kustomization.yaml").read_text()
-    )["resources"]
-    assert resources == ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
+def test_an_environment_installing_the_gateway_before_istiod_is_caught(monkeypatch, tmp_path):
+    copy = tmp_path / "infrastructure" / "overlays"
+    shutil.copytree(REPO_ROOT / "infrastructure" / "overlays", copy)
+    kustomization = copy / "dev" / "kustomization.yaml"
+    kustomization.write_text(
+        kustomization.read_text()
+        .replace("  - ../../istiod\n", "")
+        .replace("  - ../../istio-gateway\n", "  - ../../istio-gateway\n  - ../../istiod\n")
+    )
+    monkeypatch.setattr(gitops, "REPO_ROOT", tmp_path)
+    problems = gitops.install_order_problems(sorted(layout.overlays()) + ["qa"])
+    assert problems == [
+        "infrastructure/overlays/qa: there is no apps/overlays/qa, or the reverse",
+        f"infrastructure/overlays/dev: resources must be {gitops.INSTALL_ORDER}, in this order",
+    ]
 
 
 def test_every_chart_is_pinned_to_versions_env():
@@ -91,18 +101,13 @@ def test_no_file_of_the_other_gitops_tool_remains():
 # --- Argo CD ----------------------------------------------------------------------------------
 
 
-def argocd_docs(environment: str) -> list[dict]:
-    directory = REPO_ROOT / "clusters" / "argocd" / environment
-    return kustomize.build(directory) + kustomize.build(directory / "applications")
-
-
 @argocd_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_argocd_entry_points_build_validate_and_point_at_real_paths(environment):
-    docs = argocd_docs(environment)
+    docs = gitops.argocd_entry_points(environment)
     assert [error for doc in docs for error in schema_errors(doc)] == []
-    assert install.entry_point_problems(docs) == []
-    assert {path for _, path in install.entry_point_paths(docs)} == {
+    assert gitops.entry_point_problems(docs) == []
+    assert {path for _, path in gitops.entry_point_paths(docs)} == {
         f"clusters/argocd/{environment}/applications",
         f"infrastructure/overlays/{environment}",
         f"apps/overlays/{environment}",
@@ -112,19 +117,17 @@ def test_argocd_entry_points_build_validate_and_point_at_real_paths(environment)
 @argocd_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
-    docs = argocd_docs(environment)
-    project = next(doc for doc in docs if doc["kind"] == "AppProject")
-    applications = {doc["spec"]["source"]["path"].split("/")[0]: doc for doc in docs if doc["kind"] == "Application"}
-    wave = {
-        name: int(app["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0"))
-        for name, app in applications.items()
-    }
-    assert wave["infrastructure"] < wave["apps"]
-    for app in applications.values():
-        assert app["spec"]["project"] == project["metadata"]["name"]
-        assert app["spec"]["source"]["repoURL"] in project["spec"]["sourceRepos"]
-        assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
-    assert gitops.automated_applications_retry(docs) == []
+    docs = gitops.argocd_entry_points(environment)
+    assert gitops.argocd_order_problems(docs, environment) == []
+    apps = next(
+        doc for doc in docs if doc.get("spec", {}).get("source", {}).get("path") == f"apps/overlays/{environment}"
+    )
+    apps["metadata"]["annotations"][gitops.SYNC_WAVE] = "-5"
+    apps["spec"]["source"]["repoURL"] = "https://example.com/someone-else.git"
+    assert gitops.argocd_order_problems(docs, environment) == [
+        f"{describe(apps)}: must belong to this repo's AppProject and pull only from its repo",
+        f"clusters/argocd/{environment}: the infrastructure must sync in an earlier wave than the apps",
+    ]
 
 
 @argocd_only
@@ -164,13 +167,14 @@ def test_flux_helm_releases_build_validate_and_follow_the_install_order(gateway)
 @flux_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(environment):
-    docs = install.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+    docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
     assert [error for doc in docs for error in schema_errors(doc)] == []
-    assert install.entry_point_problems(docs) == []
-    by_name = {doc["metadata"]["name"]: doc["spec"] for doc in docs}
-    assert by_name["apps"]["dependsOn"] == [{"name": "infrastructure"}]
-    assert by_name["infrastructure"]["wait"] and by_name["apps"]["wait"]
-    assert by_name["apps"]["path"] == f"./apps/overlays/{environment}"
+    assert gitops.flux_order_problems(docs, environment) == []
+    apps = next(doc for doc in docs if doc["metadata"]["name"] == "apps")
+    apps["spec"].pop("dependsOn")
+    assert gitops.flux_order_problems(docs, environment) == [
+        f"clusters/flux/{environment}/apps.yaml: must dependOn infrastructure"
+    ]
 
 
 def test_flux_schemas_catch_an_unknown_field():

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from e2e.harness.commands import TIMED_OUT
 from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
-from repo_tools.contract import Row
+from repo_tools.contract import Newcomer, Row
 
 # A server without a sidecar next to the app: a plaintext client must reach it before "no answer" from
 # the app can be blamed on mutual TLS.
@@ -50,9 +50,9 @@ class Answer:
 def client_for(row: Row, settings: Settings) -> Client | None:
     if row.caller == "internet":
         return None
-    if not isinstance(row.caller, dict):  # "ingress-gateway"
+    if isinstance(row.caller, str):  # "ingress-gateway"
         return Client(settings.gateway.namespace, settings.gateway.service_account, sidecar=True)
-    return Client(row.caller["namespace"], row.caller["serviceAccount"], row.caller.get("sidecar", True))
+    return Client(row.caller.namespace, row.caller.service_account, row.caller.sidecar)
 
 
 def service_port(services: dict[str, dict], to: str) -> tuple[str, int, bool]:
@@ -66,19 +66,19 @@ def probe_for(row: Row, settings: Settings, services: dict[str, dict]) -> Probe:
     client = client_for(row, settings)
     request = row.request
     if client is None:
-        return Probe(row, None, scheme=request.get("scheme", "https"), path=request.get("path", "/"))
-    target = request["to"]
-    if isinstance(target, dict):
-        target = f"{newcomer_name(target)}.{target['namespace']}"
-    host, port, tcp = service_port(services, target)
+        return Probe(row, None, scheme=request.scheme, path=request.path)
+    target = request.to
+    if isinstance(target, Newcomer):
+        target = f"{newcomer_name(target)}.{target.namespace}"
+    host, port, tcp = service_port(services, str(target))
     if tcp:
         return Probe(row, client, tcp=(host, port))
-    return Probe(row, client, url=f"http://{host}:{port}{request.get('path', '/')}")
+    return Probe(row, client, url=f"http://{host}:{port}{request.path}")
 
 
-def newcomer_name(target: dict) -> str:
+def newcomer_name(target: Newcomer) -> str:
     """A pod the repo does not have (to test default-deny): named after its labels."""
-    return "-".join(str(value) for value in target.get("labels", {}).values()) or "newcomer"
+    return "-".join(target.labels.values()) or "newcomer"
 
 
 def client_command(probe: Probe) -> list[str]:
@@ -173,10 +173,9 @@ def newcomer_manifests(rows: list[Row], settings: Settings) -> list[dict]:
     """Echo workloads for rows that call a pod the repo does not define."""
     docs: list[dict] = []
     for row in rows:
-        target = row.request.get("to")
-        if isinstance(target, dict):
-            namespace = target.get("namespace", settings.app_namespace)
-            docs += echo_workload(newcomer_name(target), namespace, target.get("labels", {}), 80, settings)
+        target = row.request.to
+        if isinstance(target, Newcomer):
+            docs += echo_workload(newcomer_name(target), target.namespace, target.labels, 80, settings)
     return docs
 
 
