@@ -110,6 +110,7 @@ def gitops_entry_points() -> tuple[str, list[str]]:
         else:
             docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
             found += gitops.flux_order_problems(docs, environment)
+            found += gitops.flux_high_availability_problems(docs, environment)
         found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]
     if tool == "argocd":
         found += gitops.child_applications_wait_for_their_sync(gitops.argocd_settings())

@@ -15,6 +15,7 @@ from repo_tools import REPO_ROOT, kustomize
 from repo_tools.install import Chart, read_yaml
 from repo_tools.layout import IngressGateway, overlays
 from repo_tools.mesh import host_matches, string_match
+from repo_tools.rendered_install import lists_high_availability
 from repo_tools.resources import describe, of_kind
 
 ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
@@ -140,6 +141,50 @@ def flux_order_problems(docs: list[dict], environment: str) -> list[str]:
     if apps.get("path") != f"./apps/overlays/{environment}":
         problems.append(f"clusters/flux/{environment}/apps.yaml: path must be ./apps/overlays/{environment}")
     return problems
+
+
+def high_availability_settings() -> dict:
+    """The gateway's high-availability settings as the kustomize component writes them, in the chart's terms."""
+    component = REPO_ROOT / "infrastructure" / "components" / "gateway-high-availability"
+    hpa = next(
+        yaml.safe_load(entry["patch"])
+        for entry in read_yaml(component / "kustomization.yaml").get("patches", [])
+        if "HorizontalPodAutoscaler" in entry.get("patch", "")
+    )
+    budget = read_yaml(component / "pod-disruption-budget.yaml")["spec"]
+    return {
+        "autoscaling": {"minReplicas": hpa["spec"]["minReplicas"]},
+        "podDisruptionBudget": {key: value for key, value in budget.items() if key != "selector"},
+    }
+
+
+def flux_high_availability_problems(docs: list[dict], environment: str) -> list[str]:
+    """Flux's gateway values for an environment say what the kustomize path's component does, or neither does."""
+    wanted = lists_high_availability(REPO_ROOT / "infrastructure" / "overlays" / environment)
+    patched = [
+        op.get("value", {})
+        for doc in docs
+        if doc["kind"] == "Kustomization" and doc["metadata"]["name"] == "infrastructure"
+        for entry in doc["spec"].get("patches", [])
+        if entry.get("target", {}).get("kind") == "HelmRelease"
+        for op in yaml.safe_load(entry["patch"])
+        if op.get("path") == "/spec/values"
+    ]
+    where = f"clusters/flux/{environment}/infrastructure.yaml"
+    if not wanted:
+        return (
+            [
+                f"{where}: patches the gateway's values, but infrastructure/overlays/{environment} is not highly available"
+            ]
+            if patched
+            else []
+        )
+    settings = high_availability_settings()
+    if patched != [settings]:
+        return [
+            f"{where}: the gateway's values must be {settings}, as components/gateway-high-availability sets them, not {patched}"
+        ]
+    return []
 
 
 def argocd_settings(directory: Path = ARGOCD_SETTINGS) -> dict[str, str]:
