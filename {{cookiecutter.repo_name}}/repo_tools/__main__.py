@@ -5,12 +5,25 @@ gateway's identity, install order), the GitOps entry points (sync order, retries
 install as its charts render, where Helm or recorded renders are at hand. Tests call the same functions.
 """
 
+import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from repo_tools import REPO_ROOT, charts, contract, gitops, install, invariants, kustomize, layout, rendered_install
+from repo_tools import (
+    REPO_ROOT,
+    charts,
+    contract,
+    gitops,
+    install,
+    invariants,
+    kustomize,
+    layout,
+    rendered_install,
+    schemas,
+)
 from repo_tools.schemas import schema_errors
 
 
@@ -40,11 +53,14 @@ def validate_all() -> list[str]:
 
     def build() -> tuple[str, list[str]]:
         found = []
-        for name, directory in layout.app_kustomizations().items():
-            try:
-                built[name] = kustomize.build(directory)
-            except kustomize.KustomizeError as error:
-                found.append(f"{name}: {error}")
+        directories = layout.app_kustomizations()
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            results = dict(zip(directories, pool.map(build_or_error, directories.values()), strict=True))
+        for name, result in results.items():
+            if isinstance(result, str):
+                found.append(f"{name}: {result}")
+            else:
+                built[name] = result
         return f"{len(built)} kustomizations of the apps layer", found
 
     def schemas() -> tuple[str, list[str]]:
@@ -98,14 +114,24 @@ def validate_all() -> list[str]:
     return problems + rendered_install_problems(gateway)
 
 
+def build_or_error(directory) -> list[dict] | str:
+    try:
+        return kustomize.build(directory)
+    except kustomize.KustomizeError as error:
+        return str(error)
+
+
 def gitops_entry_points() -> tuple[str, list[str]]:
     """Each environment's entry points validate, point at real paths and sync in order; Argo CD's health checks."""
     tool = install.gitops_tool()
     environments = gitops.environments(tool)
     found = []
+    if tool == "argocd":
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            entry_points = dict(zip(environments, pool.map(gitops.argocd_entry_points, environments), strict=True))
     for environment in environments:
         if tool == "argocd":
-            docs = gitops.argocd_entry_points(environment)
+            docs = entry_points[environment]
             found += gitops.argocd_order_problems(docs, environment)
         else:
             docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
@@ -147,7 +173,9 @@ def rendered_install_problems(gateway: layout.IngressGateway) -> list[str]:
 
 
 def main() -> int:
+    schemas.use_disk_cache()
     problems = validate_all()
+    schemas.save_disk_cache()
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     return 1 if problems else 0

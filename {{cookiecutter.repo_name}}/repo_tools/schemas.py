@@ -9,20 +9,26 @@ Custom resources use, in this order:
    as those drop unknown fields silently, every field of the input is also checked to have survived parsing;
 3. for Argo CD, the hand-written schemas in argocd_schema.py.
 A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS (or ARGOCD_SCHEMAS) rather than skip it.
+
+`python -m repo_tools` keeps each document's result in .cache/ under a fingerprint of everything that decides it
+(this code, the schema packages' versions, the Kubernetes version, the recorded CRDs), so an unchanged document
+is not validated twice; importing the typed models alone takes seconds.
 """
 
+import hashlib
 import importlib
 import json
 from functools import cache
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pydantic
 import yaml
-from cloudcoil.resources import Resource
 
-from repo_tools import KUBERNETES_VERSION, VERSIONS, charts, kustomize
+from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, charts, kustomize
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 from repo_tools.resources import describe
 
@@ -41,9 +47,61 @@ CUSTOM_RESOURCE_MODELS = {
 }
 
 
+CACHE_DIR = REPO_ROOT / ".cache" / "repo_tools"
+SCHEMA_PACKAGES = (
+    "kubernetes-validate",
+    "jsonschema",
+    "pydantic",
+    "cloudcoil",
+    *(f"cloudcoil.models.{name}" for name in ("istio", "cert-manager", "fluxcd")),
+)
+_disk: dict[str, list[str]] | None = None
+
+
 def schema_errors(doc: dict) -> list[str]:
     """Every way the document breaks its kind's schema, each naming the resource and the field."""
-    return [f"{describe(doc)}: {error}" for error in _errors(json.dumps(doc, sort_keys=True))]
+    doc_json = json.dumps(doc, sort_keys=True)
+    if _disk is None:
+        return [f"{describe(doc)}: {error}" for error in _errors(doc_json)]
+    key = hashlib.sha256(doc_json.encode()).hexdigest()
+    if key not in _disk:
+        _disk[key] = list(_errors(doc_json))
+    return [f"{describe(doc)}: {error}" for error in _disk[key]]
+
+
+def fingerprint() -> str:
+    """What decides a document's result besides the document: code, package versions, Kubernetes, CRDs."""
+    parts = [KUBERNETES_VERSION, Path(__file__).read_text(), (Path(__file__).parent / "argocd_schema.py").read_text()]
+    parts += [f"{name}=={installed_version(name)}" for name in SCHEMA_PACKAGES]
+    parts += [f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in crd_sources()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def installed_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def cache_file() -> Path:
+    return CACHE_DIR / f"schema-results-{fingerprint()}.json"
+
+
+def use_disk_cache() -> None:
+    """Read earlier results for this fingerprint; save_disk_cache() writes them back with the new ones."""
+    global _disk
+    path = cache_file()
+    _disk = json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_disk_cache() -> None:
+    if _disk is None:
+        return
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in CACHE_DIR.glob("schema-results-*.json"):
+        stale.unlink()
+    cache_file().write_text(json.dumps(_disk))
 
 
 @cache
@@ -78,19 +136,23 @@ def strict(schema: dict) -> dict:
     return result
 
 
-@cache
-def installed_crd_schemas() -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> strict schema, from the CRDs of the pinned versions; empty without recordings."""
+def crd_sources() -> list[Path]:
+    """The recorded files whose CRDs are the schemas of the versions this repo installs; none without recordings."""
     recorded = charts.recordings()
     if recorded is None:
-        return {}
-    sources = [
+        return []
+    return [
         recorded.render("base", VERSIONS["ISTIO_VERSION"]),
         recorded.render("cert-manager", VERSIONS["CERT_MANAGER_VERSION"]),
         *recorded.crds(),
     ]
+
+
+@cache
+def installed_crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> strict schema, from the CRDs of the pinned versions; empty without recordings."""
     found = {}
-    for source in sources:
+    for source in crd_sources():
         for crd in yaml.load_all(source.read_text(), Loader=kustomize.SAFE_LOADER):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
@@ -149,6 +211,8 @@ def _json_schema_messages(error: jsonschema.ValidationError) -> list[str]:
 
 
 def _model(api_version: str, kind: str) -> Any:
+    from cloudcoil.resources import Resource  # slow to import: only when a model is needed
+
     module_name = CUSTOM_RESOURCE_MODELS.get(api_version)
     if module_name is None:
         return None

@@ -1,9 +1,11 @@
 """The schema checks catch what a real API server or Istio would reject, and never skip a kind."""
 
+import json
+
 import pytest
 from conftest import find
 
-from repo_tools import charts
+from repo_tools import charts, schemas
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
 
@@ -81,3 +83,22 @@ def test_with_recorded_crds_every_custom_resource_is_checked_against_the_install
         f"Certificate {certificate['metadata']['namespace']}/{certificate['metadata']['name']}: "
         "spec.dnsName: unknown field"
     ]
+
+
+def test_python_m_repo_tools_keeps_results_per_document_content_and_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setattr(schemas, "CACHE_DIR", tmp_path)
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"prots": []}}
+    schemas.use_disk_cache()
+    try:
+        first = schemas.schema_errors(service)
+        assert len(first) == 1 and "prots" in first[0]
+        schemas.save_disk_cache()
+        saved = json.loads(schemas.cache_file().read_text())
+        assert list(saved.values()) == [[error.removeprefix("Service s: ") for error in first]]
+        service["spec"] = {"ports": [{"port": 80}]}
+        assert schemas.schema_errors(service) == []  # new content, new key: validated, not looked up
+    finally:
+        monkeypatch.setattr(schemas, "_disk", None)
+    fingerprint = schemas.fingerprint()
+    monkeypatch.setattr(schemas, "KUBERNETES_VERSION", "1.0")
+    assert schemas.fingerprint() != fingerprint
