@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pytest_kind import KindCluster
 
-from e2e.harness import bringup, commands, diagnostics, kind, settings
+from e2e.harness import acme, bringup, commands, diagnostics, kind, settings
 from e2e.harness.commands import Tools
 from repo_tools import contract
 
@@ -127,7 +127,7 @@ def harness(
 def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:
     bundle = Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S")
     namespaces = sorted(
-        {run.settings.app_namespace, run.settings.gateway.namespace, *(stage.namespace for stage in run.stages)}
+        {run.settings.app_namespace, run.settings.gateway.namespace, acme.NAMESPACE, *(s.namespace for s in run.stages)}
     )
     pods = []
     for namespace in namespaces:

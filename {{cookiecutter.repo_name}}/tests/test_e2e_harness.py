@@ -3,6 +3,7 @@ the kind config, command lines, contract rows -> requests, judging answers, diag
 
 import dataclasses
 import http.server
+import json
 import ssl
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import requests
 import trustme
 import yaml
 
-from e2e.harness import bringup, commands, diagnostics, kind, scenarios, settings, tls
+from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls
 from e2e.harness.retry import Check, eventually
-from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, kustomize, layout
+from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, gitops, install, kustomize, layout
 from repo_tools.mesh import Caller
+from repo_tools.schemas import schema_errors
 
 HOST = "e2e.shop.example.com"
 
@@ -376,12 +378,14 @@ def run_pytest(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
-def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_check():
+def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_acme_check():
     result = run_pytest("--collect-only", "-q", "e2e")
     collected = [line for line in result.stdout.splitlines() if "::" in line]
     rows = [line for line in collected if "test_contract.py::test_row[" in line]
     assert len(rows) == len(contract.load())
-    assert len(collected) - len(rows) == 5
+    assert len([line for line in collected if "test_bringup.py::" in line]) == 5
+    assert len([line for line in collected if "test_tls_acme.py::" in line]) == 2
+    assert collected[-1].startswith("e2e/test_tls_acme.py::")  # it switches the Gateway's certificate: last
 
 
 def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
@@ -427,3 +431,33 @@ def test_the_harness_names_the_gateway_and_control_plane_only_through_the_repos_
         if literal in path.read_text()
     ]
     assert found == []
+
+
+# --- ACME from Pebble on kind --------------------------------------------------------------------
+
+
+def test_the_acme_run_uses_the_repos_own_issuer_pointed_at_pebble(e2e_settings):
+    issuer, certificate = acme.issuer_and_certificate(e2e_settings)
+    repo_issuer = next(
+        doc for doc in kustomize.build(acme.ACME_OVERLAY) if doc["kind"] == "Issuer" and "acme" in doc["spec"]
+    )
+    assert issuer["spec"]["acme"]["solvers"] == repo_issuer["spec"]["acme"]["solvers"]
+    assert issuer["spec"]["acme"]["server"] == acme.directory_url() != repo_issuer["spec"]["acme"]["server"]
+    assert certificate["spec"]["dnsNames"] == [e2e_settings.host]
+    assert issuer["metadata"]["namespace"] == certificate["metadata"]["namespace"] == e2e_settings.gateway.namespace
+
+
+def test_the_acme_run_passes_the_offline_challenge_rule(e2e_settings, gateway):
+    docs = kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e") + acme.issuer_and_certificate(e2e_settings)
+    mesh_config = install.chart("istiod").values.get("meshConfig") or {}
+    assert gitops.acme_http01_challenges_are_served(docs, install.plain_resources(), mesh_config, gateway) == []
+
+
+def test_pebble_resolves_every_name_to_the_gateway_and_validates_on_port_80(e2e_settings):
+    docs = acme.manifests(e2e_settings, "10.96.0.80")
+    assert [error for doc in docs for error in schema_errors(doc)] == []
+    dns = next(doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "pebble-dns")
+    args = dns["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("-defaultIPv4") + 1] == "10.96.0.80" and args[args.index("-defaultIPv6") + 1] == ""
+    config = next(doc for doc in docs if doc["kind"] == "ConfigMap")
+    assert json.loads(config["data"]["pebble-config.json"])["pebble"]["httpPort"] == 80

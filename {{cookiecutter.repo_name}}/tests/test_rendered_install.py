@@ -11,7 +11,7 @@ import shutil
 import pytest
 import yaml
 
-from e2e.harness import bringup, capacity, kind, scenarios, settings
+from e2e.harness import acme, bringup, capacity, kind, scenarios, settings
 from repo_tools import REPO_ROOT, charts, contract, gitops, install, kustomize, layout, rendered_install
 from repo_tools.schemas import schema_errors
 
@@ -155,6 +155,7 @@ def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
     harness_pods = scenarios.client_manifests(clients, e2e_settings, set()) + scenarios.newcomer_manifests(
         rows, e2e_settings
     )
+    harness_pods += acme.manifests(e2e_settings, "10.96.0.80")
     docs = install_docs + apps("e2e") + harness_pods
     proxy = capacity.default_proxy_millis(install_docs)
     by_pod = capacity.requests_by_pod(docs, proxy)

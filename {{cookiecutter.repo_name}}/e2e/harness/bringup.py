@@ -12,7 +12,7 @@ from pathlib import Path
 import trustme
 import yaml
 
-from e2e.harness import commands, scenarios, tls
+from e2e.harness import acme, commands, scenarios, tls
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
@@ -217,6 +217,69 @@ class Bringup:
     def pods_without_sidecar(self, namespace: str, selector: str = "") -> list[str]:
         args = ["-n", namespace, "get", "pods", "-o", "json"] + (["-l", selector] if selector else [])
         return pods_missing_proxy(json.loads(self.kubectl(*args))["items"])
+
+    def gateway_address(self) -> str:
+        """The cluster IP of the gateway's Service: where Pebble's DNS sends every name."""
+        gateway = self.settings.gateway
+        services = json.loads(self.kubectl("-n", gateway.namespace, "get", "services", "-o", "json"))["items"]
+        return next(
+            item["spec"]["clusterIP"]
+            for item in services
+            if (item["spec"].get("selector") or {}).get("istio") == gateway.istio_label
+        )
+
+    def issue_acme_certificate(self) -> None:
+        """Pebble, then the repo's ACME Issuer pointed at it, then a Certificate for the e2e host, Ready."""
+        with self.phase("issue a certificate over ACME HTTP-01 from Pebble"):
+            docs = acme.manifests(self.settings, self.gateway_address())
+            cert_manager_kinds = ("Issuer", "Certificate")
+            self.apply(yaml.safe_dump_all([doc for doc in docs if doc["kind"] not in cert_manager_kinds]))
+            for doc in docs:
+                if doc["kind"] == "Deployment":
+                    commands.run_checked(commands.rollout_status(self.tools, acme.NAMESPACE, doc["metadata"]["name"]))
+            self.apply(yaml.safe_dump_all([doc for doc in docs if doc["kind"] in cert_manager_kinds]))
+            self.kubectl(
+                "-n",
+                self.settings.gateway.namespace,
+                "wait",
+                f"certificate/{acme.CERTIFICATE}",
+                "--for=condition=Ready",
+                "--timeout=300s",
+            )
+
+    def pebble_root(self, directory: Path) -> str:
+        path = directory / "pebble-root.pem"
+        path.write_text(self.kubectl("get", "--raw", acme.root_certificate_path()))
+        return str(path)
+
+    @contextmanager
+    def gateway_serving(self, secret: str) -> Iterator[None]:
+        """The app's Gateway serves HTTPS with another TLS secret for the duration, then its own again."""
+        namespace = self.settings.app_namespace
+        gateway = json.loads(self.kubectl("-n", namespace, "get", "gateways.networking.istio.io", "-o", "json"))[
+            "items"
+        ][0]
+        index = acme.https_server_index(gateway)
+        original = gateway["spec"]["servers"][index]["tls"]["credentialName"]
+        path = f"/spec/servers/{index}/tls/credentialName"
+
+        def use(name: str) -> None:
+            patch = json.dumps([{"op": "replace", "path": path, "value": name}])
+            self.kubectl(
+                "-n",
+                namespace,
+                "patch",
+                f"gateways.networking.istio.io/{gateway['metadata']['name']}",
+                "--type=json",
+                "-p",
+                patch,
+            )
+
+        use(secret)
+        try:
+            yield
+        finally:
+            use(original)
 
     def ca_file(self, directory: Path) -> str:
         path = directory / "e2e-test-ca.pem"
