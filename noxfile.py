@@ -29,7 +29,8 @@ def bake(session: nox.Session, output_dir: str, **answers: object) -> Path:
 def tests(session: nox.Session) -> None:
     """Bake the option matrix, refuse every bad answer, and run each generated repo's own tests."""
     install_test_requirements(session)
-    session.run("pytest", *session.posargs)
+    # One worker per core; the hostile-answer tests share a worker, in order (the summary test runs last).
+    session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session

@@ -11,20 +11,24 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_NAMES, TEMPLATE
+from conftest import ANSWER_NAMES, HOSTILE_OUTCOMES, TEMPLATE
 from cookiecutter.main import cookiecutter
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from local_extensions import answers
 
+# One worker runs them all: the witness test below creates the marker the others must never see.
+pytestmark = pytest.mark.xdist_group("hostile-answers")
 FREE_TEXT_ANSWERS = [
     "project_name", "repo_name", "namespace", "domain", "frontend_name", "backend_name", "frontend_image",
     "backend_image", "frontend_port", "backend_port", "frontend_health_path", "api_prefix", "acme_email",
     "git_repo_url", "git_branch",
 ]  # fmt: skip
 # Outside every directory a bake creates: a refused bake deletes its output, and would take a marker with it.
-MARKER = str(Path(tempfile.gettempdir()) / f"cookiecutter-injection-witness-{os.getpid()}")
+# The same name in every xdist worker (they must collect the same test ids), unique to the run.
+RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+MARKER = str(Path(tempfile.gettempdir()) / f"cookiecutter-injection-witness-{RUN}")
 PAYLOADS = [
     f"\"\"\"); __import__('pathlib').Path('{MARKER}').touch() #",
     f"'); __import__('pathlib').Path('{MARKER}').touch() #",
@@ -61,40 +65,41 @@ ANSWERS = st.one_of(
     PLAUSIBLE.map(lambda value: value + "\n"),
     PLAUSIBLE,
 )
-OUTCOMES: dict[str, int] = {"baked and validated": 0, "refused": 0}
 
 
 def files_under(directory: Path) -> list[Path]:
     return [path for path in directory.rglob("*") if path.is_file()]
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(field=st.sampled_from(FREE_TEXT_ANSWERS), value=ANSWERS)
-def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(field, value, tmp_path_factory, capfd):
-    output = tmp_path_factory.mktemp("bake")
-    capfd.readouterr()
-    try:
-        project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context={field: value}, output_dir=str(output)))
-    except SystemExit as refused:
-        assert refused.code == 1
-        errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
-        assert errors, f"{field}={value!r} was refused without a sentence"
-        assert all(line.split(":")[1].strip() in ANSWER_NAMES for line in errors), errors
-        assert list(output.iterdir()) == [], f"{field}={value!r} was refused but left {list(output.iterdir())}"
-        OUTCOMES["refused"] += 1
-    else:
-        validation = subprocess.run(
-            [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
-        )
-        assert validation.returncode == 0, f"{field}={value!r}:\n{validation.stdout}{validation.stderr}"
-        OUTCOMES["baked and validated"] += 1
-    assert not Path(MARKER).exists(), f"{field}={value!r} ran code"
+def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(tmp_path_factory, capfd, record_property):
+    outcomes = {"baked and validated": 0, "refused": 0}
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None)
+    @given(field=st.sampled_from(FREE_TEXT_ANSWERS), value=ANSWERS)
+    def bakes_or_is_refused(field: str, value: str) -> None:
+        output = tmp_path_factory.mktemp("bake")
+        capfd.readouterr()
+        try:
+            context = {field: value}
+            project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output)))
+        except SystemExit as refused:
+            assert refused.code == 1
+            errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR: ")]
+            assert errors, f"{field}={value!r} was refused without a sentence"
+            assert all(line.split(":")[1].strip() in ANSWER_NAMES for line in errors), errors
+            assert list(output.iterdir()) == [], f"{field}={value!r} was refused but left {list(output.iterdir())}"
+            outcomes["refused"] += 1
+        else:
+            validation = subprocess.run(
+                [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
+            )
+            assert validation.returncode == 0, f"{field}={value!r}:\n{validation.stdout}{validation.stderr}"
+            outcomes["baked and validated"] += 1
+        assert not Path(MARKER).exists(), f"{field}={value!r} ran code"
+
+    bakes_or_is_refused()
+    record_property(HOSTILE_OUTCOMES, outcomes)  # the terminal summary prints these
+    assert outcomes["baked and validated"] >= 3 and outcomes["refused"] >= 10, outcomes
 
 
 @pytest.mark.parametrize("payload", [p for p in PAYLOADS if MARKER in p or "{" in p])
@@ -124,14 +129,6 @@ def test_template_syntax_in_an_answer_is_data_and_refused_by_name(payload, tmp_p
         "without '{{', '}}', '{%', '%}', '{#' and '#}'."
     )
     assert files_under(tmp_path) == []
-
-
-def test_the_property_covered_both_outcomes():
-    """Runs after the property (same module, file order); the terminal summary reports the counts."""
-    if sum(OUTCOMES.values()) == 0:
-        pytest.skip("the property test did not run in this session")
-    assert OUTCOMES["baked and validated"] >= 3
-    assert OUTCOMES["refused"] >= 10
 
 
 def accepting_fields(value: str) -> list[str]:

@@ -18,6 +18,7 @@ is not validated twice; importing the typed models alone takes seconds.
 import hashlib
 import importlib
 import json
+import os
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -47,7 +48,8 @@ CUSTOM_RESOURCE_MODELS = {
 }
 
 
-CACHE_DIR = REPO_ROOT / ".cache" / "repo_tools"
+# $REPO_TOOLS_CACHE_DIR lets several checkouts share results (a result depends only on the fingerprint and the document).
+CACHE_DIR = Path(os.environ.get("REPO_TOOLS_CACHE_DIR") or REPO_ROOT / ".cache" / "repo_tools")
 SCHEMA_PACKAGES = (
     "kubernetes-validate",
     "jsonschema",
@@ -91,17 +93,23 @@ def cache_file() -> Path:
 def use_disk_cache() -> None:
     """Read earlier results for this fingerprint; save_disk_cache() writes them back with the new ones."""
     global _disk
-    path = cache_file()
-    _disk = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        _disk = json.loads(cache_file().read_text())
+    except (OSError, ValueError):  # none yet, or cut short by a run that was stopped: start afresh
+        _disk = {}
 
 
 def save_disk_cache() -> None:
     if _disk is None:
         return
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    current = cache_file()
     for stale in CACHE_DIR.glob("schema-results-*.json"):
-        stale.unlink()
-    cache_file().write_text(json.dumps(_disk))
+        if stale != current:
+            stale.unlink(missing_ok=True)
+    partial = current.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(_disk))
+    partial.replace(current)  # atomic: a reader sees the old results or the new, never half
 
 
 @cache
