@@ -5,6 +5,7 @@ Argo CD's health checks for this repo are Lua scripts (clusters/argocd/settings/
 Lua 5.1, the language version of Argo CD's interpreter, against the objects the install really renders.
 """
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def install_order_problems(apps_overlays: list[str]) -> list[str]:
 
 def argocd_order_problems(docs: list[dict], environment: str) -> list[str]:
     """The root syncs the mesh before the app, from this repo only, in this environment's paths, and retries."""
-    problems = entry_point_problems(docs) + automated_applications_retry(docs)
+    problems = entry_point_problems(docs) + automated_applications_retry(docs) + destinations_allowed(docs)
     projects = [doc["metadata"]["name"] for doc in of_kind(docs, "AppProject")]
     sources = {repo for doc in of_kind(docs, "AppProject") for repo in doc["spec"].get("sourceRepos", [])}
     waves = {}
@@ -126,6 +127,26 @@ def argocd_order_problems(docs: list[dict], environment: str) -> list[str]:
         )
     elif waves[f"infrastructure/overlays/{environment}"] >= waves[f"apps/overlays/{environment}"]:
         problems.append(f"clusters/argocd/{environment}: the infrastructure must sync in an earlier wave than the apps")
+    return problems
+
+
+def destinations_allowed(docs: list[dict]) -> list[str]:
+    """Argo CD refuses an Application whose own destination its AppProject does not list, and never syncs it."""
+    projects = {doc["metadata"]["name"]: doc["spec"].get("destinations", []) for doc in of_kind(docs, "AppProject")}
+    problems = []
+    for app in of_kind(docs, "Application"):
+        destination = app["spec"].get("destination", {})
+        server, namespace = destination.get("server", ""), destination.get("namespace", "")
+        allowed = projects.get(app["spec"].get("project"), [])
+        if not any(
+            fnmatch.fnmatchcase(server, entry.get("server", ""))
+            and fnmatch.fnmatchcase(namespace, entry.get("namespace", ""))
+            for entry in allowed
+        ):
+            problems.append(
+                f"{describe(app)}: destination {server} namespace {namespace!r} is not one its AppProject allows; "
+                "Argo CD would refuse it and the root would wait for it for ever"
+            )
     return problems
 
 
@@ -202,6 +223,8 @@ def health_key(api_version: str, kind: str) -> str:
 def lua_health(script: str, obj: dict) -> tuple[str, str]:
     """(status, message) of a health script, run as Argo CD runs it: `obj` global, a table returned."""
     runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
+    # Argo CD opens only the base, package and table libraries (and a safe os) for health checks.
+    runtime.execute("string, io, debug, coroutine, math = nil, nil, nil, nil, nil")
     runtime.globals().obj = runtime.table_from(obj, recursive=True)
     result: Any = runtime.execute(script)
     return str(result["status"]), str(result["message"] or "")

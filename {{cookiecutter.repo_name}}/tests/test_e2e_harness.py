@@ -461,3 +461,33 @@ def test_pebble_resolves_every_name_to_the_gateway_and_validates_on_port_80(e2e_
     assert args[args.index("-defaultIPv4") + 1] == "10.96.0.80" and args[args.index("-defaultIPv6") + 1] == ""
     config = next(doc for doc in docs if doc["kind"] == "ConfigMap")
     assert json.loads(config["data"]["pebble-config.json"])["pebble"]["httpPort"] == 80
+
+
+KIND_COREFILE = """.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+"""
+
+
+def test_the_e2e_host_resolves_to_the_gateway_inside_the_cluster_once(e2e_settings):
+    target = "istio-ingressgateway.istio-system.svc.cluster.local"
+    patched = acme.corefile_resolving(KIND_COREFILE, e2e_settings.host, target)
+    assert patched.splitlines()[1] == f"    rewrite name exact {e2e_settings.host} {target}"
+    assert acme.corefile_resolving(patched, e2e_settings.host, target) == patched
+    assert "reload" in patched  # CoreDNS picks the change up without a restart
+    with pytest.raises(ValueError, match="no '.:53 {' server block"):
+        acme.corefile_resolving("example.org:53 {\n}\n", e2e_settings.host, target)

@@ -131,6 +131,21 @@ def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
 
 
 @argocd_only
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_an_application_whose_destination_its_project_does_not_allow_is_caught(environment):
+    docs = gitops.argocd_entry_points(environment)
+    assert gitops.destinations_allowed(docs) == []
+    infrastructure = next(
+        doc for doc in docs if doc.get("spec", {}).get("source", {}).get("path", "").startswith("infrastructure/")
+    )
+    infrastructure["spec"]["destination"].pop("namespace")
+    assert gitops.destinations_allowed(docs) == [
+        f"{describe(infrastructure)}: destination https://kubernetes.default.svc namespace '' is not one its "
+        "AppProject allows; Argo CD would refuse it and the root would wait for it for ever"
+    ]
+
+
+@argocd_only
 def test_argocd_is_told_to_render_helm_charts():
     assert "--enable-helm" in gitops.argocd_settings()["kustomize.buildOptions"]
 

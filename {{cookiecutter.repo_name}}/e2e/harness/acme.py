@@ -153,5 +153,20 @@ def manifests(settings: Settings, gateway_address: str) -> list[dict]:
     return ca_manifests(gateway_address) + issuer_and_certificate(settings)
 
 
+def corefile_resolving(corefile: str, host: str, service_fqdn: str) -> str:
+    """CoreDNS's Corefile with `host` answered as the gateway's Service inside the cluster.
+
+    cert-manager checks a challenge is reachable before it asks the CA to validate, with the cluster's DNS; a
+    public name the cluster cannot resolve to the gateway would keep that check, and the certificate, waiting.
+    """
+    rewrite = f"rewrite name exact {host} {service_fqdn}"
+    if rewrite in corefile:
+        return corefile
+    server_block = ".:53 {"
+    if server_block not in corefile:
+        raise ValueError(f"no {server_block!r} server block in CoreDNS's Corefile")
+    return corefile.replace(server_block, f"{server_block}\n    {rewrite}", 1)
+
+
 def https_server_index(gateway: dict) -> int:
     return next(index for index, server in enumerate(gateway["spec"]["servers"]) if server["port"]["number"] == 443)

@@ -218,20 +218,32 @@ class Bringup:
         args = ["-n", namespace, "get", "pods", "-o", "json"] + (["-l", selector] if selector else [])
         return pods_missing_proxy(json.loads(self.kubectl(*args))["items"])
 
-    def gateway_address(self) -> str:
-        """The cluster IP of the gateway's Service: where Pebble's DNS sends every name."""
+    def gateway_service(self) -> dict:
+        """The gateway's Service: where Pebble's DNS and, for the e2e host, the cluster's DNS send requests."""
         gateway = self.settings.gateway
         services = json.loads(self.kubectl("-n", gateway.namespace, "get", "services", "-o", "json"))["items"]
         return next(
-            item["spec"]["clusterIP"]
-            for item in services
-            if (item["spec"].get("selector") or {}).get("istio") == gateway.istio_label
+            item for item in services if (item["spec"].get("selector") or {}).get("istio") == gateway.istio_label
         )
+
+    def resolve_the_host_to_the_gateway_in_cluster(self, service: dict) -> None:
+        coredns = json.loads(self.kubectl("-n", "kube-system", "get", "configmap", "coredns", "-o", "json"))
+        service_fqdn = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+        corefile = acme.corefile_resolving(coredns["data"]["Corefile"], self.settings.host, service_fqdn)
+        patch = json.dumps({"data": {"Corefile": corefile}})
+        self.kubectl("-n", "kube-system", "patch", "configmap", "coredns", "--type=merge", "-p", patch)
 
     def issue_acme_certificate(self) -> None:
         """Pebble, then the repo's ACME Issuer pointed at it, then a Certificate for the e2e host, Ready."""
         with self.phase("issue a certificate over ACME HTTP-01 from Pebble"):
-            docs = acme.manifests(self.settings, self.gateway_address())
+            service = self.gateway_service()
+            # cert-manager's own reachability check resolves the host with the cluster's DNS (CoreDNS reloads).
+            self.resolve_the_host_to_the_gateway_in_cluster(service)
+            # A reused cluster may hold a certificate from an earlier Pebble, whose root is gone.
+            namespace = self.settings.gateway.namespace
+            self.kubectl("-n", namespace, "delete", f"certificate/{acme.CERTIFICATE}", "--ignore-not-found")
+            self.kubectl("-n", namespace, "delete", f"secret/{acme.SECRET}", "--ignore-not-found")
+            docs = acme.manifests(self.settings, service["spec"]["clusterIP"])
             cert_manager_kinds = ("Issuer", "Certificate")
             self.apply(yaml.safe_dump_all([doc for doc in docs if doc["kind"] not in cert_manager_kinds]))
             for doc in docs:

@@ -10,7 +10,8 @@ from e2e.harness.commands import Tools
 from repo_tools.layout import IngressGateway
 
 ISTIO_KINDS = "gateways,virtualservices,destinationrules,authorizationpolicies,peerauthentications"
-CERT_MANAGER_KINDS = "certificates,certificaterequests,issuers,clusterissuers"
+# With the ACME objects and Ingresses: a Challenge's status says why a certificate is still waiting.
+CERT_MANAGER_KINDS = "certificates,certificaterequests,issuers,clusterissuers,orders,challenges,ingresses"
 Runner = Callable[[list[str]], tuple[int, str]]
 
 
