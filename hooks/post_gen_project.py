@@ -33,6 +33,8 @@ def main() -> None:
     if not ANSWERS["include_database"]:
         remove_database()
     remove_other_gitops_tools()
+    if ANSWERS["_gateway_namespace"] == "istio-system":  # the control plane's namespace, made by istio-base/
+        remove("infrastructure/istio-gateway/namespace.yaml")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Every chosen combination of answers bakes a repo that builds, validates and passes its own tests."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,42 @@ def test_another_istio_version_changes_every_chart_version_and_nothing_else(cook
     assert charts <= changed
     if tool == "flux":
         assert "infrastructure/flux/releases.yaml" in changed
+
+
+# The gateway's namespace and Helm release, template settings rather than answers; moved here to show that every
+# layer (apps, install, GitOps entry points, harness settings) takes them from the one place.
+MOVED_GATEWAY = {"_gateway_namespace": "edge", "_gateway_release": "edge-gateway"}
+
+
+def files_naming(project: Path, text: str) -> list[str]:
+    suffixes = {".yaml", ".yml", ".env", ".md", ".lua"}
+    return [
+        str(path.relative_to(project))
+        for path in project.rglob("*")
+        if path.suffix in suffixes and path.is_file() and text in path.read_text()
+    ]
+
+
+def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_layer(cookies):
+    default = cookies.bake()
+    assert files_naming(default.project_path, "istio-ingressgateway")  # the check below can see the name
+    moved = cookies.bake(extra_context=MOVED_GATEWAY)
+    assert moved.exit_code == 0, moved.exception
+    project = moved.project_path
+    assert files_naming(project, "istio-ingressgateway") == []
+    assert (project / "apps" / "base" / "ingress-gateway.env").read_text().splitlines() == [
+        "namespace=edge",
+        "serviceAccount=edge-gateway",
+        "istioLabel=edge-gateway",
+    ]
+    # The recorded chart renders are of the default release only, so this bake's tests run without them.
+    environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, kustomize
+from repo_tools import REPO_ROOT, kustomize, layout
 from repo_tools.install import Chart, read_yaml
 from repo_tools.layout import IngressGateway, overlays
 from repo_tools.mesh import host_matches, string_match
@@ -182,16 +182,26 @@ def high_availability_settings() -> dict:
 def flux_high_availability_problems(docs: list[dict], environment: str) -> list[str]:
     """Flux's gateway values for an environment say what the kustomize path's component does, or neither does."""
     wanted = lists_high_availability(REPO_ROOT / "infrastructure" / "overlays" / environment)
-    patched = [
-        op.get("value", {})
+    entries = [
+        entry
         for doc in docs
         if doc["kind"] == "Kustomization" and doc["metadata"]["name"] == "infrastructure"
         for entry in doc["spec"].get("patches", [])
         if entry.get("target", {}).get("kind") == "HelmRelease"
+    ]
+    where = f"clusters/flux/{environment}/infrastructure.yaml"
+    release = layout.ingress_gateway().service_account
+    misses = [entry["target"].get("name") for entry in entries if entry["target"].get("name") != release]
+    if misses:
+        return [
+            f"{where}: patches HelmRelease {misses}, but the gateway's release is {release}: the patch applies to nothing"
+        ]
+    patched = [
+        op.get("value", {})
+        for entry in entries
         for op in yaml.safe_load(entry["patch"])
         if op.get("path") == "/spec/values"
     ]
-    where = f"clusters/flux/{environment}/infrastructure.yaml"
     if not wanted:
         return (
             [

@@ -70,7 +70,7 @@ def test_the_gateway_is_installed_where_and_as_whom_the_policies_expect(gateway)
 def test_a_gateway_installed_under_another_release_name_is_caught(repo_copy: Path, gateway):
     kustomization = repo_copy / "infrastructure" / "istio-gateway" / "kustomization.yaml"
     kustomization.write_text(
-        kustomization.read_text().replace("releaseName: istio-ingressgateway", "releaseName: istio-edge")
+        kustomization.read_text().replace(f"releaseName: {gateway.service_account}", "releaseName: istio-moved")
     )
     problems = install.gateway_identity_problems(gateway, repo_copy)
     assert len(problems) == 1 and "make them agree" in problems[0]
@@ -87,9 +87,10 @@ def test_only_the_e2e_overlay_exposes_the_gateway_on_fixed_node_ports():
 
 
 def test_the_gateway_namespace_does_not_opt_out_of_injection(gateway):
-    namespace = yaml.safe_load((REPO_ROOT / "infrastructure" / "istio-base" / "namespace.yaml").read_text())
-    assert namespace["metadata"]["name"] == gateway.namespace
-    assert namespace["metadata"].get("labels", {}).get("istio-injection") != "disabled"
+    """The gateway's pods ask for injection themselves; a namespace label of `disabled` would overrule them."""
+    namespaces = [doc for doc in install.plain_resources() if doc["kind"] == "Namespace"]
+    gateway_namespace = next(doc for doc in namespaces if doc["metadata"]["name"] == gateway.namespace)
+    assert (gateway_namespace["metadata"].get("labels") or {}).get("istio-injection") != "disabled"
 
 
 def test_no_file_of_the_other_gitops_tool_remains():
