@@ -2,9 +2,10 @@
 
 cookiecutter renders every answer given on the command line or in a config file as a Jinja template, so
 "{{ 7*7 }}" would become 49 and "{{ cycler.__init__.__globals__.os.system('...') }}" would run code. Here a
-string cookiecutter renders renders as a template only if the template itself wrote it: a default or prompt
-of cookiecutter.json, the generated repo's directory name, a hook. Anything else (an answer) renders as
-itself, unchanged, and the answer rules (local_extensions/answers.py) refuse template syntax by name.
+string cookiecutter renders while it collects answers renders as a template only if the template itself wrote it
+(a default or prompt of cookiecutter.json); anything else (an answer) renders as itself, unchanged, and the answer
+rules (local_extensions/answers.py) refuse template syntax by name. Once cookiecutter generates (it renders the
+repo's directory name or a hook), file and directory names render as the templates they are.
 """
 
 import json
@@ -39,16 +40,20 @@ class SandboxExtension(Extension):
         environment.binop_table = dict(SandboxedEnvironment.default_binop_table)
         environment.unop_table = dict(SandboxedEnvironment.default_unop_table)
         environment.globals["range"] = safe_range
-        self._templates = template_strings(json.loads((TEMPLATE_ROOT / "cookiecutter.json").read_text()))
-        self._templates |= {path.name for path in TEMPLATE_ROOT.iterdir() if "{{" in path.name}
-        self._templates |= {path.read_text(encoding="utf-8") for path in (TEMPLATE_ROOT / "hooks").glob("*.py")}
+        self._defaults = template_strings(json.loads((TEMPLATE_ROOT / "cookiecutter.json").read_text()))
+        # What cookiecutter renders once the answers are in: the repo's directory name and the hooks. The first of
+        # these an environment renders means it is generating, so file and directory names render as templates.
+        self._generation = {path.name for path in TEMPLATE_ROOT.iterdir() if "{{" in path.name}
+        self._generation |= {path.read_text(encoding="utf-8") for path in (TEMPLATE_ROOT / "hooks").glob("*.py")}
+        self._generating = False
         self._answers: list[str] = []
         environment.globals["answer_as_given"] = self._answers.__getitem__
         environment.globals["refuse_bad_answers"] = refuse_bad_answers
         environment.filters["yaml_str"] = yaml_str
 
     def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
-        if name is not None or source in self._templates:
+        self._generating = self._generating or source in self._generation
+        if name is not None or self._generating or source in self._defaults:
             return source
         self._answers.append(source)
         return f"{{{{ answer_as_given({len(self._answers) - 1}) }}}}"

@@ -5,6 +5,7 @@ every scalar YAML 1.1 or 1.2 reads as something other than a string."""
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,3 +166,13 @@ def test_a_yaml_special_scalar_stays_a_string_wherever_it_is_accepted(value, tmp
         [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
     )
     assert validation.returncode == 0, f"{fields} = {value!r}:\n{validation.stdout}{validation.stderr}"
+
+
+def test_file_and_directory_names_in_the_template_render_though_answers_do_not(tmp_path):
+    template = tmp_path / "template"
+    shutil.copytree(TEMPLATE, template, ignore=shutil.ignore_patterns(".git", ".venv", ".nox", "__pycache__"))
+    extra = template / "{{cookiecutter.repo_name}}" / "{{cookiecutter.namespace}}-notes"
+    extra.mkdir()
+    (extra / "{{cookiecutter.frontend_name}}.txt").write_text("{{ cookiecutter.backend_name }}\n")
+    project = Path(cookiecutter(str(template), no_input=True, output_dir=str(tmp_path / "out")))
+    assert (project / "shop-notes" / "frontend.txt").read_text() == "backend\n"
