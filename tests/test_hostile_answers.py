@@ -3,7 +3,7 @@ anything is written, with a sentence naming the answer, and without running code
 every scalar YAML 1.1 or 1.2 reads as something other than a string."""
 
 import contextlib
-import json
+import functools
 import os
 import shutil
 import subprocess
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ANSWER_NAMES, HOSTILE_OUTCOMES, TEMPLATE
+from cookiecutter.generate import generate_context
 from cookiecutter.main import cookiecutter
+from cookiecutter.prompt import prompt_for_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -132,23 +134,24 @@ def test_template_syntax_in_an_answer_is_data_and_refused_by_name(payload, tmp_p
     assert files_under(tmp_path) == []
 
 
+@functools.cache
+def default_answers() -> dict:
+    """The defaults as cookiecutter itself renders them, derived answers included."""
+    context = generate_context(context_file=str(TEMPLATE / "cookiecutter.json"))
+    return prompt_for_config(context, no_input=True)
+
+
 def accepting_fields(value: str) -> list[str]:
     """The free-text answers the rules accept `value` for, each tried alone over the defaults."""
-    defaults = json.loads((TEMPLATE / "cookiecutter.json").read_text())
-    found = []
-    for field in FREE_TEXT_ANSWERS:
-        context = cookiecutter_defaults(defaults) | {field: value}
-        if not [problem for problem in answers.problems_with(context) if problem.startswith(f"{field}:")]:
-            found.append(field)
-    return found
-
-
-def cookiecutter_defaults(defaults: dict) -> dict:
-    rendered = {key: value for key, value in defaults.items() if not isinstance(value, str) or "{{" not in value}
-    rendered |= {"repo_name": "shop-gitops", "namespace": "shop", "domain": "shop.example.com"}
-    rendered |= {"acme_email": "platform@shop.example.com", "git_repo_url": "https://github.com/myorg/shop.git"}
-    rendered["gitops_tool"] = defaults["gitops_tool"][0]
-    return rendered
+    return [
+        field
+        for field in FREE_TEXT_ANSWERS
+        if not [
+            problem
+            for problem in answers.problems_with(default_answers() | {field: value})
+            if problem.startswith(f"{field}:")
+        ]
+    ]
 
 
 # One of each kind YAML reads as a non-string; the property above draws from all of YAML_SPECIAL_SCALARS.

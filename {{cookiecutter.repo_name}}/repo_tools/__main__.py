@@ -110,8 +110,8 @@ def validate_all() -> list[str]:
     problems += run("contract", traffic_contract)
     problems += run("acme", certificates)
     problems += run("install", install_layer)
-    problems += run("gitops", gitops_entry_points)
-    return problems + rendered_install_problems(gateway)
+    problems += run("gitops", lambda: gitops_entry_points(gateway))
+    return problems + rendered_install_problems(gateway, built)
 
 
 def build_or_error(directory) -> list[dict] | str:
@@ -121,7 +121,7 @@ def build_or_error(directory) -> list[dict] | str:
         return str(error)
 
 
-def gitops_entry_points() -> tuple[str, list[str]]:
+def gitops_entry_points(gateway: layout.IngressGateway) -> tuple[str, list[str]]:
     """Each environment's entry points validate, point at real paths and sync in order; Argo CD's health checks."""
     tool = install.gitops_tool()
     environments = gitops.environments(tool)
@@ -136,37 +136,38 @@ def gitops_entry_points() -> tuple[str, list[str]]:
         else:
             docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
             found += gitops.flux_order_problems(docs, environment)
-            found += gitops.flux_high_availability_problems(docs, environment)
+            found += gitops.flux_high_availability_problems(docs, environment, gateway)
         found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]
     if tool == "argocd":
         found += gitops.child_applications_wait_for_their_sync(gitops.argocd_settings())
     else:
         releases = kustomize.build(REPO_ROOT / "infrastructure")
         found += [error for doc in releases for error in schema_errors(doc)]
-        found += install.helm_release_problems(releases, layout.ingress_gateway())
+        found += install.helm_release_problems(releases, gateway)
     return f"{tool}, {len(environments)} environments", found
 
 
-def rendered_install_problems(gateway: layout.IngressGateway) -> list[str]:
+def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, list[dict]]) -> list[str]:
     """The install layer's rules over what the charts render, where Helm or recorded renders are at hand."""
     reason = charts.unavailable_reason()
     if reason:
         print(f"skip {'rendered':<11} {reason}")
         return []
+    argocd_settings = gitops.argocd_settings() if install.gitops_tool() == "argocd" else None
     problems = []
-    for name, overlay in layout.overlays().items():
+    for name in layout.overlays():
         infrastructure_overlay = REPO_ROOT / "infrastructure" / "overlays" / name
 
-        def check(overlay=overlay, infrastructure_overlay=infrastructure_overlay) -> tuple[str, list[str]]:
+        def check(name=name, infrastructure_overlay=infrastructure_overlay) -> tuple[str, list[str]]:
             docs = charts.render(infrastructure_overlay)
             found = [error for doc in docs for error in schema_errors(doc)]
             found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
-            found += rendered_install.selectors_select_the_gateway_pods(docs, kustomize.build(overlay), gateway)
+            found += rendered_install.selectors_select_the_gateway_pods(docs, apps.get(name, []), gateway)
             if rendered_install.lists_high_availability(infrastructure_overlay):
                 found += rendered_install.high_availability_holds(docs, gateway)
-            if install.gitops_tool() == "argocd":
-                found += gitops.install_settles_without_metrics_or_load_balancer(gitops.argocd_settings(), docs)
-            return f"{len(docs)} documents of infrastructure/overlays/{overlay.name}", found
+            if argocd_settings is not None:
+                found += gitops.install_settles_without_metrics_or_load_balancer(argocd_settings, docs)
+            return f"{len(docs)} documents of infrastructure/overlays/{name}", found
 
         problems += run("rendered", check)
     return problems

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, kustomize, layout
+from repo_tools import REPO_ROOT, kustomize
 from repo_tools.install import Chart, read_yaml
 from repo_tools.layout import IngressGateway, overlays
 from repo_tools.mesh import host_matches, string_match
@@ -179,7 +179,7 @@ def high_availability_settings() -> dict:
     }
 
 
-def flux_high_availability_problems(docs: list[dict], environment: str) -> list[str]:
+def flux_high_availability_problems(docs: list[dict], environment: str, gateway: IngressGateway) -> list[str]:
     """Flux's gateway values for an environment say what the kustomize path's component does, or neither does."""
     wanted = lists_high_availability(REPO_ROOT / "infrastructure" / "overlays" / environment)
     entries = [
@@ -190,7 +190,7 @@ def flux_high_availability_problems(docs: list[dict], environment: str) -> list[
         if entry.get("target", {}).get("kind") == "HelmRelease"
     ]
     where = f"clusters/flux/{environment}/infrastructure.yaml"
-    release = layout.ingress_gateway().service_account
+    release = gateway.service_account  # the chart's release name, which is its ServiceAccount
     misses = [entry["target"].get("name") for entry in entries if entry["target"].get("name") != release]
     if misses:
         return [

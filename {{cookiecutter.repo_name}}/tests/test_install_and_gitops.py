@@ -115,14 +115,16 @@ def test_argocd_entry_points_build_validate_and_point_at_real_paths(environment)
     }
 
 
+def application_syncing(docs: list[dict], path: str) -> dict:
+    return next(doc for doc in docs if doc["kind"] == "Application" and doc["spec"]["source"]["path"] == path)
+
+
 @argocd_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
     docs = gitops.argocd_entry_points(environment)
     assert gitops.argocd_order_problems(docs, environment) == []
-    apps = next(
-        doc for doc in docs if doc.get("spec", {}).get("source", {}).get("path") == f"apps/overlays/{environment}"
-    )
+    apps = application_syncing(docs, f"apps/overlays/{environment}")
     apps["metadata"]["annotations"][gitops.SYNC_WAVE] = "-5"
     apps["spec"]["source"]["repoURL"] = "https://example.com/someone-else.git"
     assert gitops.argocd_order_problems(docs, environment) == [
@@ -136,9 +138,7 @@ def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
 def test_an_application_whose_destination_its_project_does_not_allow_is_caught(environment):
     docs = gitops.argocd_entry_points(environment)
     assert gitops.destinations_allowed(docs) == []
-    infrastructure = next(
-        doc for doc in docs if doc.get("spec", {}).get("source", {}).get("path", "").startswith("infrastructure/")
-    )
+    infrastructure = application_syncing(docs, f"infrastructure/overlays/{environment}")
     infrastructure["spec"]["destination"].pop("namespace")
     assert gitops.destinations_allowed(docs) == [
         f"{describe(infrastructure)}: destination https://kubernetes.default.svc namespace '' is not one its "
@@ -191,6 +191,29 @@ def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(en
     assert gitops.flux_order_problems(docs, environment) == [
         f"clusters/flux/{environment}/apps.yaml: must dependOn infrastructure"
     ]
+
+
+@flux_only
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_flux_makes_the_gateway_as_highly_available_as_the_kustomize_path(environment, gateway):
+    docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+    assert gitops.flux_high_availability_problems(docs, environment, gateway) == []
+    infrastructure = next(doc for doc in docs if doc["metadata"]["name"] == "infrastructure")
+    if environment == "dev":
+        patch = "- {op: add, path: /spec/values, value: {}}"
+        infrastructure["spec"]["patches"] = [
+            {"target": {"kind": "HelmRelease", "name": gateway.service_account}, "patch": patch}
+        ]
+        expected = "but infrastructure/overlays/dev is not highly available"
+    else:
+        patch = infrastructure["spec"]["patches"][0]
+        patch["patch"] = patch["patch"].replace("minReplicas: 2", "minReplicas: 3")
+        expected = "as components/gateway-high-availability sets them"
+    problems = gitops.flux_high_availability_problems(docs, environment, gateway)
+    assert len(problems) == 1 and expected in problems[0]
+    infrastructure["spec"]["patches"][0]["target"]["name"] = "istio-gateway"
+    problems = gitops.flux_high_availability_problems(docs, environment, gateway)
+    assert len(problems) == 1 and "the patch applies to nothing" in problems[0]
 
 
 def test_flux_schemas_catch_an_unknown_field():
