@@ -1,6 +1,7 @@
-"""Drop what the answers turned off. Runs offline and can run twice without harm."""
+"""Drop what the answers turned off and write the per-environment entry points. Runs offline."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -29,10 +30,30 @@ def remove_other_gitops_tools() -> None:
             remove(f"clusters/{tool}", *TOOL_ONLY_FILES.get(tool, ()))
 
 
+def expand_components(text: str, components: list[str]) -> str:
+    """The components token, with the path written before it, becomes that path once per component."""
+    token = re.escape(ANSWERS["_stamp"]["components"])
+    return re.sub(rf"([\w./-]*){token}", lambda match: ", ".join(match[1] + name for name in components), text)
+
+
+def stamp_environments() -> None:
+    """Write each `_environment` directory once per environment of the table in cookiecutter.json."""
+    for template in sorted(Path().glob("**/_environment")):
+        for environment, components in ANSWERS["_environments"].items():
+            target = template.with_name(environment)
+            for source in sorted(path for path in template.rglob("*") if path.is_file()):
+                text = source.read_text().replace(ANSWERS["_stamp"]["environment"], environment)
+                destination = target / source.relative_to(template)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_text(expand_components(text, components))
+        shutil.rmtree(template)
+
+
 def main() -> None:
     if not ANSWERS["include_database"]:
         remove_database()
     remove_other_gitops_tools()
+    stamp_environments()
     if ANSWERS["_gateway_namespace"] == "istio-system":  # the control plane's namespace, made by istio-base/
         remove("infrastructure/istio-gateway/namespace.yaml")
 

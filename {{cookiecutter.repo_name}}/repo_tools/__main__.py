@@ -136,14 +136,15 @@ def gitops_entry_points(gateway: layout.IngressGateway) -> tuple[str, list[str]]
         else:
             docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
             found += gitops.flux_order_problems(docs, environment)
-            found += gitops.flux_high_availability_problems(docs, environment, gateway)
+            found += gitops.flux_components_problems(docs, environment)
+            installed = gitops.flux_install([f"flux/components/{c}" for c in gitops.overlay_components(environment)])
+            found += [f"{environment}: {error}" for doc in installed for error in schema_errors(doc)]
+            found += [f"{environment}: {problem}" for problem in install.helm_release_problems(installed, gateway)]
         found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]
     if tool == "argocd":
         found += gitops.child_applications_wait_for_their_sync(gitops.argocd_settings())
     else:
-        releases = kustomize.build(REPO_ROOT / "infrastructure")
-        found += [error for doc in releases for error in schema_errors(doc)]
-        found += install.helm_release_problems(releases, gateway)
+        found += gitops.flux_twins_problems(gateway)
     return f"{tool}, {len(environments)} environments", found
 
 

@@ -6,6 +6,8 @@ Lua 5.1, the language version of Argo CD's interpreter, against the objects the 
 """
 
 import fnmatch
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,6 @@ from repo_tools import REPO_ROOT, kustomize
 from repo_tools.install import Chart, read_yaml
 from repo_tools.layout import IngressGateway, overlays
 from repo_tools.mesh import host_matches, string_match
-from repo_tools.rendered_install import lists_high_availability
 from repo_tools.resources import describe, of_kind
 
 ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
@@ -164,9 +165,47 @@ def flux_order_problems(docs: list[dict], environment: str) -> list[str]:
     return problems
 
 
-def high_availability_settings() -> dict:
+INFRASTRUCTURE = REPO_ROOT / "infrastructure"
+
+
+def overlay_components(environment: str) -> list[str]:
+    """The components infrastructure/overlays/<env> lists, by name."""
+    kustomization = read_yaml(INFRASTRUCTURE / "overlays" / environment / "kustomization.yaml")
+    return [Path(component).name for component in kustomization.get("components") or []]
+
+
+def flux_install(components: list[str], infrastructure: Path = INFRASTRUCTURE) -> list[dict]:
+    """What Flux's infrastructure Kustomization builds: infrastructure/, with the components it lists applied."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = os.path.relpath(infrastructure, scratch)  # kustomize refuses absolute paths here
+        kustomization = {"resources": [root], "components": [f"{root}/{component}" for component in components]}
+        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return kustomize.build(Path(scratch))
+
+
+def flux_components_problems(docs: list[dict], environment: str) -> list[str]:
+    """Flux installs an environment with the same components as infrastructure/overlays/<env>."""
+    infrastructure = next(
+        (doc["spec"] for doc in docs if doc["kind"] == "Kustomization" and doc["metadata"]["name"] == "infrastructure"),
+        {},
+    )
+    listed = [Path(component).name for component in infrastructure.get("components") or []]
+    wanted = overlay_components(environment)
+    if listed != wanted:
+        return [
+            f"clusters/flux/{environment}/infrastructure.yaml: components {listed}, but "
+            f"infrastructure/overlays/{environment} lists {wanted}"
+        ]
+    return [
+        f"clusters/flux/{environment}/infrastructure.yaml: component {component} is not in infrastructure/flux/components"
+        for component in infrastructure.get("components") or []
+        if not (INFRASTRUCTURE / component / "kustomization.yaml").is_file()
+    ]
+
+
+def high_availability_settings(infrastructure: Path = INFRASTRUCTURE) -> dict:
     """The gateway's high-availability settings as the kustomize component writes them, in the chart's terms."""
-    component = REPO_ROOT / "infrastructure" / "components" / "gateway-high-availability"
+    component = infrastructure / "components" / "gateway-high-availability"
     hpa = next(
         yaml.safe_load(entry["patch"])
         for entry in read_yaml(component / "kustomization.yaml").get("patches", [])
@@ -179,43 +218,52 @@ def high_availability_settings() -> dict:
     }
 
 
-def flux_high_availability_problems(docs: list[dict], environment: str, gateway: IngressGateway) -> list[str]:
-    """Flux's gateway values for an environment say what the kustomize path's component does, or neither does."""
-    wanted = lists_high_availability(REPO_ROOT / "infrastructure" / "overlays" / environment)
-    entries = [
-        entry
-        for doc in docs
-        if doc["kind"] == "Kustomization" and doc["metadata"]["name"] == "infrastructure"
-        for entry in doc["spec"].get("patches", [])
-        if entry.get("target", {}).get("kind") == "HelmRelease"
+def patch_documents(component: Path) -> list[dict]:
+    """The patches a kustomize component applies from files, as documents."""
+    return [
+        read_yaml(component / entry["path"])
+        for entry in read_yaml(component / "kustomization.yaml").get("patches", [])
+        if "path" in entry
     ]
-    where = f"clusters/flux/{environment}/infrastructure.yaml"
-    release = gateway.service_account  # the chart's release name, which is its ServiceAccount
-    misses = [entry["target"].get("name") for entry in entries if entry["target"].get("name") != release]
-    if misses:
-        return [
-            f"{where}: patches HelmRelease {misses}, but the gateway's release is {release}: the patch applies to nothing"
-        ]
-    patched = [
-        op.get("value", {})
-        for entry in entries
-        for op in yaml.safe_load(entry["patch"])
-        if op.get("path") == "/spec/values"
-    ]
-    if not wanted:
-        return (
-            [
-                f"{where}: patches the gateway's values, but infrastructure/overlays/{environment} is not highly available"
-            ]
-            if patched
-            else []
+
+
+def flux_twins_problems(gateway: IngressGateway, infrastructure: Path = INFRASTRUCTURE) -> list[str]:
+    """Each Flux component makes the gateway's HelmRelease install what its kustomize twin makes of the chart:
+    chart values where the chart has them (high availability), else the very patches, applied after rendering."""
+    problems = []
+    for component in sorted(path.name for path in (infrastructure / "flux" / "components").iterdir()):
+        where = f"infrastructure/flux/components/{component}"
+        twin = infrastructure / "components" / component
+        if not twin.is_dir():
+            problems.append(f"{where}: there is no infrastructure/components/{component} for the kustomize path")
+            continue
+        release = next(
+            (
+                doc["spec"]
+                for doc in flux_install([f"flux/components/{component}"], infrastructure)
+                if doc["kind"] == "HelmRelease" and doc["metadata"]["name"] == gateway.service_account
+            ),
+            None,
         )
-    settings = high_availability_settings()
-    if patched != [settings]:
-        return [
-            f"{where}: the gateway's values must be {settings}, as components/gateway-high-availability sets them, not {patched}"
+        if release is None:
+            problems.append(f"{where}: the build has no HelmRelease {gateway.service_account}, the gateway's release")
+            continue
+        values = release.get("values") or {}
+        wanted_values = high_availability_settings(infrastructure) if component == "gateway-high-availability" else {}
+        if values != wanted_values:
+            problems.append(
+                f"{where}: sets the gateway's values {values}; infrastructure/components/{component} means {wanted_values}"
+            )
+        patches = [
+            yaml.safe_load(patch["patch"])
+            for renderer in release.get("postRenderers") or []
+            for patch in renderer.get("kustomize", {}).get("patches", [])
         ]
-    return []
+        if patches != patch_documents(twin):
+            problems.append(
+                f"{where}: post-renders {patches}, not the patches of infrastructure/components/{component}"
+            )
+    return problems
 
 
 def argocd_settings(directory: Path = ARGOCD_SETTINGS) -> dict[str, str]:

@@ -76,14 +76,12 @@ def test_a_gateway_installed_under_another_release_name_is_caught(repo_copy: Pat
     assert len(problems) == 1 and "make them agree" in problems[0]
 
 
-def test_only_the_e2e_overlay_exposes_the_gateway_on_fixed_node_ports():
-    patch = yaml.safe_load((REPO_ROOT / "infrastructure" / "overlays" / "e2e" / "gateway-nodeports.yaml").read_text())
-    assert patch["spec"]["type"] == "NodePort"
-    assert {port["port"]: port["nodePort"] for port in patch["spec"]["ports"]} == {80: 30080, 443: 30443}
-    for overlay in set(INFRASTRUCTURE_OVERLAYS) - {"e2e"}:
-        assert (
-            "NodePort" not in (REPO_ROOT / "infrastructure" / "overlays" / overlay / "kustomization.yaml").read_text()
-        )
+def test_only_the_e2e_install_exposes_the_gateway_on_fixed_node_ports():
+    assert {
+        name: gitops.overlay_components(name)
+        for name in INFRASTRUCTURE_OVERLAYS
+        if "kind-node-ports" in gitops.overlay_components(name)
+    } == {"e2e": ["kind-node-ports"]}
 
 
 def test_the_gateway_namespace_does_not_opt_out_of_injection(gateway):
@@ -195,25 +193,33 @@ def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(en
 
 @flux_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_flux_makes_the_gateway_as_highly_available_as_the_kustomize_path(environment, gateway):
+def test_flux_installs_each_environment_with_the_components_of_its_overlay(environment):
     docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
-    assert gitops.flux_high_availability_problems(docs, environment, gateway) == []
+    assert gitops.flux_components_problems(docs, environment) == []
     infrastructure = next(doc for doc in docs if doc["metadata"]["name"] == "infrastructure")
-    if environment == "dev":
-        patch = "- {op: add, path: /spec/values, value: {}}"
-        infrastructure["spec"]["patches"] = [
-            {"target": {"kind": "HelmRelease", "name": gateway.service_account}, "patch": patch}
-        ]
-        expected = "but infrastructure/overlays/dev is not highly available"
-    else:
-        patch = infrastructure["spec"]["patches"][0]
-        patch["patch"] = patch["patch"].replace("minReplicas: 2", "minReplicas: 3")
-        expected = "as components/gateway-high-availability sets them"
-    problems = gitops.flux_high_availability_problems(docs, environment, gateway)
-    assert len(problems) == 1 and expected in problems[0]
-    infrastructure["spec"]["patches"][0]["target"]["name"] = "istio-gateway"
-    problems = gitops.flux_high_availability_problems(docs, environment, gateway)
-    assert len(problems) == 1 and "the patch applies to nothing" in problems[0]
+    infrastructure["spec"]["components"] = ["flux/components/kind-node-ports", "flux/components/no-such-part"]
+    assert gitops.flux_components_problems(docs, environment) == [
+        f"clusters/flux/{environment}/infrastructure.yaml: components ['kind-node-ports', 'no-such-part'], but "
+        f"infrastructure/overlays/{environment} lists {gitops.overlay_components(environment)}"
+    ]
+
+
+@flux_only
+def test_flux_components_install_what_their_kustomize_twins_do(gateway, repo_copy):
+    assert gitops.flux_twins_problems(gateway) == []
+    assert gitops.flux_twins_problems(gateway, repo_copy / "infrastructure") == []
+    high_availability = (
+        repo_copy / "infrastructure" / "flux" / "components" / "gateway-high-availability" / "kustomization.yaml"
+    )
+    high_availability.write_text(high_availability.read_text().replace("minReplicas: 2", "minReplicas: 3"))
+    node_ports = repo_copy / "infrastructure" / "flux" / "components" / "kind-node-ports" / "kustomization.yaml"
+    node_ports.write_text(node_ports.read_text().replace("nodePort: 30443", "nodePort: 30444"))
+    problems = gitops.flux_twins_problems(gateway, repo_copy / "infrastructure")
+    assert [problem.split(":")[0] for problem in problems] == [
+        "infrastructure/flux/components/gateway-high-availability",
+        "infrastructure/flux/components/kind-node-ports",
+    ]
+    assert "'minReplicas': 3" in problems[0] and "30444" in problems[1]
 
 
 def test_flux_schemas_catch_an_unknown_field():

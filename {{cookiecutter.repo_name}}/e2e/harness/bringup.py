@@ -77,7 +77,9 @@ def node_port_mismatch(live: list[dict], settings: Settings) -> str:
         return ""
     return (
         "the gateway Service does not listen on the node ports kind maps to 127.0.0.1, so no request from the "
-        "host can reach it: " + "; ".join(problems) + " (fix infrastructure/overlays/e2e/gateway-nodeports.yaml)"
+        "host can reach it: "
+        + "; ".join(problems)
+        + " (fix infrastructure/components/kind-node-ports/gateway-nodeports.yaml)"
     )
 
 

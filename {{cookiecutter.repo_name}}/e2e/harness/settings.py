@@ -10,7 +10,7 @@ from repo_tools import REPO_ROOT, VERSIONS, install, kustomize, layout
 
 E2E_OVERLAY = REPO_ROOT / "apps" / "overlays" / "e2e"
 INFRASTRUCTURE_OVERLAY = REPO_ROOT / "infrastructure" / "overlays" / "e2e"
-GATEWAY_NODE_PORTS = INFRASTRUCTURE_OVERLAY / "gateway-nodeports.yaml"
+GATEWAY_NODE_PORTS = REPO_ROOT / "infrastructure" / "components" / "kind-node-ports" / "gateway-nodeports.yaml"
 CURL_IMAGE = "curlimages/curl:8.16.0"
 PROXY_CPU_ANNOTATION = "sidecar.istio.io/proxyCPU"
 HARNESS_LABEL = "e2e.harness"  # on every pod the harness adds: clients, the plaintext control, newcomers
