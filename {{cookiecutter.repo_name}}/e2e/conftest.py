@@ -1,12 +1,13 @@
 """The e2e suite: one kind cluster per session, set up from this repo; skipped with the reason when it cannot run.
 
     pytest e2e [--keep-cluster] [--reuse-cluster] [--kind-bin PATH] [--kind-kubectl-bin PATH] [--helm-bin PATH]
-               [--istioctl-bin PATH] [--cluster-name NAME] [--diagnostics-dir DIR]
+               [--istioctl-bin PATH] [--cluster-name NAME] [--diagnostics-dir DIR] [--gitops]
 
 Options --cluster-name, --keep-cluster, --kind-bin and --kind-kubectl-bin come from pytest-kind-ng; the
 binaries default to the ones on PATH. Nothing is downloaded.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 from pytest_kind import KindCluster
 
-from e2e.harness import acme, bringup, commands, diagnostics, kind, settings
+from e2e.harness import acme, bringup, commands, diagnostics, gitops, kind, settings
 from e2e.harness.commands import Tools
-from repo_tools import contract
+from repo_tools import REPO_ROOT, contract
 
 ROWS = contract.load()
 log = logging.getLogger("e2e")
@@ -32,6 +33,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--helm-bin", default=None, help="helm binary (default: helm on PATH)")
     group.addoption("--istioctl-bin", default=None, help="istioctl binary, used for diagnostics only")
     group.addoption("--diagnostics-dir", default="e2e-diagnostics", help="where failure diagnostics are written")
+    group.addoption(
+        "--gitops",
+        action="store_true",
+        help="install through the repo's GitOps agent syncing clusters/<tool>/e2e from a snapshot of this working "
+        "tree served over Git, instead of applying the overlays directly",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,6 +100,7 @@ def harness(
     started = time.perf_counter()
     existing = subprocess.run([tools.kind, "get", "clusters"], capture_output=True, text=True).stdout.split()
     keep = config.getoption("keep_cluster")
+    served = contextlib.ExitStack()
     try:
         with run.phase("create the kind cluster"):
             reuse = config.getoption("reuse_cluster") and e2e_settings.cluster_name in existing
@@ -104,15 +112,22 @@ def harness(
                 kind_config = kind.write_kind_config(e2e_settings, tmp_path_factory.mktemp("kind-config"))
                 kind.create_cluster(tools.kind, e2e_settings, kind_config, tools.kubeconfig)
             cluster.create()  # attaches pytest-kind-ng to the running cluster and its kubeconfig
-        run.install_infrastructure()
-        run.install_test_ca()
-        run.install_apps()
+        if config.getoption("gitops"):
+            run.install_test_ca()
+            snapshot, url, branch = serve_snapshot(served, tmp_path_factory.mktemp("gitops") / "repo")
+            run.sync_with_gitops(snapshot, url, branch)
+            run.install_apps(with_overlay=False)
+        else:
+            run.install_infrastructure()
+            run.install_test_ca()
+            run.install_apps()
         run.wait_for_workloads()
         run.log_node_cpu()
     except Exception:
         write_diagnostics(request, run, cluster)
         if not keep:
             cluster.delete()
+        served.close()
         raise
     finally:
         phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in run.timings)
@@ -122,6 +137,25 @@ def harness(
         write_diagnostics(request, run, cluster)
     if not keep:
         cluster.delete()
+    served.close()
+
+
+def serve_snapshot(stack: contextlib.ExitStack, destination: Path) -> tuple[Path, str, str]:
+    """Commit the working tree, serve it where the kind nodes can reach the runner; (snapshot, its URL, branch)."""
+    network = subprocess.run(
+        ["docker", "network", "inspect", "kind", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    host = gitops.ipv4_gateway(network)
+    configured_url, branch = gitops.configured_source()
+    port = gitops.free_port()
+    url = f"http://{host}:{port}/"
+    snapshot = gitops.snapshot(REPO_ROOT, destination, {configured_url: url} if configured_url else {}, branch)
+    stack.enter_context(gitops.serve(snapshot, port=port))
+    log.info("e2e serving a snapshot of this repo at %s (branch %s)", url, branch)
+    return snapshot, url, branch
 
 
 def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:

@@ -41,6 +41,8 @@ def test_the_http01_challenge_passes_through_the_gateway_and_a_certificate_for_t
 
 
 def test_https_serves_the_acme_certificate_to_a_client_trusting_only_pebble(harness, pebble_root, ca_file):
+    if harness.agent:
+        pytest.skip(f"{harness.agent} owns the Gateway and would undo the switch; the run without --gitops shows it")
     # While the gateway serves the test CA's certificate, trusting only Pebble's root fails, and the test CA's
     # succeeds: the listener is up, and the switch below is what makes the Pebble client succeed.
     assert https_status(harness, ca_file).holds

@@ -185,7 +185,7 @@ def flux_install(components: list[str], infrastructure: Path = INFRASTRUCTURE) -
 
 def flux_components_problems(docs: list[dict], environment: str) -> list[str]:
     """Flux installs an environment with the same components as infrastructure/overlays/<env>."""
-    infrastructure = next(
+    infrastructure: dict = next(
         (doc["spec"] for doc in docs if doc["kind"] == "Kustomization" and doc["metadata"]["name"] == "infrastructure"),
         {},
     )

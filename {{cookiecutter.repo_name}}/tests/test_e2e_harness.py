@@ -17,6 +17,7 @@ import trustme
 import yaml
 
 from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls
+from e2e.harness import gitops as harness_gitops
 from e2e.harness.retry import Check, eventually
 from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, gitops, install, kustomize, layout
 from repo_tools.mesh import Caller
@@ -417,7 +418,9 @@ def test_the_ci_workflow_matches_the_github_workflow_schema():
 def test_the_ci_workflow_runs_the_e2e_session_and_keeps_its_diagnostics():
     workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())
     steps = workflow["jobs"]["e2e"]["steps"]
-    assert any("nox -s e2e" in step.get("run", "") for step in steps)
+    assert workflow["jobs"]["e2e"]["strategy"]["matrix"]["install"] == ["overlays", "gitops"]
+    run = next(step["run"] for step in steps if "nox -s e2e" in step.get("run", ""))
+    assert "matrix.install == 'gitops' && '--gitops'" in run
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "failure()" and upload["with"]["path"] == "e2e-diagnostics/"
 
@@ -491,3 +494,81 @@ def test_the_e2e_host_resolves_to_the_gateway_inside_the_cluster_once(e2e_settin
     assert "reload" in patched  # CoreDNS picks the change up without a restart
     with pytest.raises(ValueError, match="no '.:53 {' server block"):
         acme.corefile_resolving("example.org:53 {\n}\n", e2e_settings.host, target)
+
+
+# --- The GitOps run: a snapshot served over Git, the agent's install, convergence ----------------------
+
+
+def test_the_gitops_agent_pulls_a_snapshot_of_this_repo_over_smart_http(tmp_path):
+    configured_url, branch = harness_gitops.configured_source()
+    served_url = "http://172.18.0.1:8418/"
+    replacements = {configured_url: served_url} if configured_url else {}
+    snapshot = harness_gitops.snapshot(REPO_ROOT, tmp_path / "snapshot", replacements, branch)
+    with harness_gitops.serve(snapshot, host="127.0.0.1") as port:
+        # Flux's source-controller (go-git) speaks only the smart protocol; Argo CD's git would fall back to dumb.
+        refs = requests.get(f"http://127.0.0.1:{port}/info/refs?service=git-upload-pack", timeout=10)
+        assert refs.headers["Content-Type"] == "application/x-git-upload-pack-advertisement"
+        clone = tmp_path / "clone"
+        subprocess.run(
+            ["git", "clone", "-q", "--branch", branch, f"http://127.0.0.1:{port}/", str(clone)],
+            check=True,
+            capture_output=True,
+        )
+    assert (clone / "contract.yaml").read_text() == (REPO_ROOT / "contract.yaml").read_text()
+    assert not (clone / ".venv").exists() and not (clone / "e2e" / "__pycache__").exists()
+    entry_point = clone / "clusters" / install.gitops_tool() / harness_gitops.E2E_ENVIRONMENT
+    if install.gitops_tool() == "argocd":
+        docs = kustomize.build(entry_point) + kustomize.build(entry_point / "applications")
+        sources = {doc["spec"]["source"]["repoURL"] for doc in docs if doc["kind"] == "Application"}
+        allowed = {repo for doc in docs if doc["kind"] == "AppProject" for repo in doc["spec"]["sourceRepos"]}
+        assert sources == allowed == {served_url}
+        assert configured_url not in (clone / "clusters" / "argocd" / "project" / "project.yaml").read_text()
+    else:
+        source = harness_gitops.flux_source(served_url, branch)
+        assert schema_errors(source) == []
+        kustomizations = gitops.flux_entry_points(entry_point)
+        assert {doc["spec"]["sourceRef"]["name"] for doc in kustomizations} == {source["metadata"]["name"]}
+
+
+def test_the_gitops_agent_is_installed_from_its_pinned_release():
+    url = harness_gitops.agent_manifests_url(install.gitops_tool())
+    pinned = VERSIONS["ARGOCD_VERSION" if install.gitops_tool() == "argocd" else "FLUX_VERSION"]
+    assert url.startswith("https://") and f"/{pinned}/" in url and url.endswith("/install.yaml")
+
+
+def test_the_runner_is_reached_at_the_ipv4_gateway_of_kinds_network():
+    assert harness_gitops.ipv4_gateway("fc00:f853:ccd:e793::1 172.18.0.1 ") == "172.18.0.1"
+    with pytest.raises(RuntimeError, match="no IPv4 gateway"):
+        harness_gitops.ipv4_gateway("fc00:f853:ccd:e793::1")
+
+
+def application(name: str, sync: str, health: str, phase: str | None = None) -> dict:
+    status: dict = {"sync": {"status": sync}, "health": {"status": health}}
+    if phase:
+        status["operationState"] = {"phase": phase, "message": "waiting for healthy state of apps/Deployment/x"}
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_argo_cd_has_converged_only_when_every_application_is_synced_healthy_and_its_sync_succeeded():
+    names = ["shop-e2e", "shop-e2e-infrastructure", "shop-e2e-apps"]
+    done = [application(name, "Synced", "Healthy", "Succeeded") for name in names]
+    assert harness_gitops.converged("argocd", done, names).done
+    between_waves = [*done[:2], application("shop-e2e-apps", "Synced", "Healthy", "Running")]
+    state = harness_gitops.converged("argocd", between_waves, names)
+    assert not state.done and "shop-e2e-apps: Synced, Healthy, sync Running" in state.status
+    state = harness_gitops.converged("argocd", done[:2], names)
+    assert not state.done and state.status == "shop-e2e-apps: not created yet"
+    degraded = [*done[:2], application("shop-e2e-apps", "Synced", "Degraded")]
+    assert not harness_gitops.converged("argocd", degraded, names).done
+
+
+def test_flux_has_converged_only_when_every_kustomization_is_ready():
+    def kustomization(name: str, ready: str, reason: str) -> dict:
+        condition = {"type": "Ready", "status": ready, "reason": reason, "message": "detail"}
+        return {"metadata": {"name": name}, "status": {"conditions": [condition]}}
+
+    ready = [kustomization("infrastructure", "True", "ReconciliationSucceeded"), kustomization("apps", "True", "x")]
+    assert harness_gitops.converged("flux", ready, ["infrastructure", "apps"]).done
+    waiting = [ready[0], kustomization("apps", "False", "DependencyNotReady")]
+    state = harness_gitops.converged("flux", waiting, ["infrastructure", "apps"])
+    assert not state.done and state.status == "apps: DependencyNotReady: detail"

@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from repo_tools import REPO_ROOT, VERSIONS, gitops, install, kustomize, layout
 from repo_tools.resources import describe

@@ -12,11 +12,12 @@ from pathlib import Path
 import trustme
 import yaml
 
-from e2e.harness import acme, commands, scenarios, tls
+from e2e.harness import acme, commands, gitops, scenarios, tls
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
 from repo_tools import REPO_ROOT, install, kustomize, rendered_install
+from repo_tools import gitops as repo_gitops
 from repo_tools.contract import Row
 
 log = logging.getLogger("e2e")
@@ -121,6 +122,7 @@ class Bringup:
     rows: list[Row]
     timings: list[tuple[str, float]] = field(default_factory=list)
     test_ca: trustme.CA = field(default_factory=trustme.CA)
+    agent: str = ""  # the GitOps agent that installed the cluster, if one did (--gitops)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -177,15 +179,49 @@ class Bringup:
         allocated = described.split("Allocated resources:", 1)[-1].split("Events:", 1)[0]
         log.info("e2e node after bring-up:%s", allocated.rstrip())
 
+    def sync_with_gitops(self, snapshot: Path, url: str, branch: str, timeout: float = 1500) -> None:
+        """Install the pinned agent, point it at the served snapshot's e2e entry point, and wait for convergence."""
+        tool = self.agent = install.gitops_tool()
+        namespace = gitops.ARGOCD_NAMESPACE if tool == "argocd" else gitops.FLUX_NAMESPACE
+        with self.phase(f"install {tool} from its release manifests"):
+            self.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
+            self.kubectl("-n", namespace, "apply", "--server-side", "-f", gitops.agent_manifests_url(tool))
+            self.kubectl("-n", namespace, "wait", "deployments", "--all", "--for=condition=Available", "--timeout=300s")
+        entry_point = snapshot / "clusters" / tool / gitops.E2E_ENVIRONMENT
+        if tool == "argocd":
+            docs = kustomize.build(entry_point) + kustomize.build(entry_point / "applications")
+            expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Application"]
+            self.apply(kustomize.render(entry_point))
+        else:
+            docs = [gitops.flux_source(url, branch), *repo_gitops.flux_entry_points(entry_point)]
+            expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Kustomization"]
+            self.apply(yaml.safe_dump_all(docs))
+        resource = "applications.argoproj.io" if tool == "argocd" else "kustomizations.kustomize.toolkit.fluxcd.io"
+        with self.phase(f"wait for {tool} to sync clusters/{tool}/{gitops.E2E_ENVIRONMENT}"):
+            deadline = time.monotonic() + timeout
+            while True:
+                objects = json.loads(self.kubectl("-n", namespace, "get", resource, "-o", "json"))["items"]
+                state = gitops.converged(tool, objects, expected)
+                if state.done:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{tool} did not converge in {timeout:.0f}s: {state.status}")
+                log.info("e2e waiting for %s: %s", tool, state.status)
+                time.sleep(15)
+        self.check_node_ports()
+
     def install_test_ca(self) -> None:
         with self.phase("create the test CA secret"):
+            namespace = self.settings.gateway.namespace
+            self.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
             self.apply(
                 tls.ca_secret_manifest(self.test_ca, self.settings.test_ca_secret, self.settings.gateway.namespace)
             )
 
-    def install_apps(self) -> None:
+    def install_apps(self, with_overlay: bool = True) -> None:
         with self.phase("apply the apps e2e overlay and the test clients"):
-            self.apply(kustomize.render(REPO_ROOT / "apps" / "overlays" / "e2e"))
+            if with_overlay:
+                self.apply(kustomize.render(REPO_ROOT / "apps" / "overlays" / "e2e"))
             existing = self.service_accounts()
             clients = {client for row in self.rows if (client := scenarios.client_for(row, self.settings))}
             extras = scenarios.client_manifests(clients, self.settings, existing) + scenarios.newcomer_manifests(
