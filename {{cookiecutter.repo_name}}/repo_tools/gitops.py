@@ -23,6 +23,7 @@ from repo_tools.resources import describe, of_kind
 ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
 # CRDs first, then the control plane, the gateway it injects, and cert-manager.
 INSTALL_ORDER = ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
+KIND_ONLY = "kind-node-ports"  # the e2e cluster's component
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 ISTIO_INGRESS_CONTROLLER = "istio.io/ingress-controller"
 # cert-manager's HTTP-01 solver serves one exact path per token; Istio routes it as an exact path match.
@@ -99,9 +100,14 @@ def install_order_problems(apps_overlays: list[str]) -> list[str]:
         for name in sorted(set(infrastructure) ^ set(apps_overlays))
     ]
     for name in infrastructure:
-        resources = read_yaml(overlays_dir / name / "kustomization.yaml").get("resources", [])
-        if resources != INSTALL_ORDER:
+        kustomization = read_yaml(overlays_dir / name / "kustomization.yaml")
+        if kustomization.get("resources", []) != INSTALL_ORDER:
             problems.append(f"infrastructure/overlays/{name}: resources must be {INSTALL_ORDER}, in this order")
+        if name != "e2e" and any(Path(c).name == KIND_ONLY for c in kustomization.get("components") or []):
+            problems.append(
+                f"infrastructure/overlays/{name}: {KIND_ONLY} opens the gateway on fixed ports of every node; "
+                "it is for the e2e cluster only"
+            )
     return problems
 
 

@@ -75,12 +75,17 @@ def test_a_gateway_installed_under_another_release_name_is_caught(repo_copy: Pat
     assert len(problems) == 1 and "make them agree" in problems[0]
 
 
-def test_only_the_e2e_install_exposes_the_gateway_on_fixed_node_ports():
-    assert {
-        name: gitops.overlay_components(name)
-        for name in INFRASTRUCTURE_OVERLAYS
-        if "kind-node-ports" in gitops.overlay_components(name)
-    } == {"e2e": ["kind-node-ports"]}
+def test_only_the_e2e_install_exposes_the_gateway_on_fixed_node_ports(monkeypatch, tmp_path):
+    assert [name for name in INFRASTRUCTURE_OVERLAYS if "kind-node-ports" in gitops.overlay_components(name)] == ["e2e"]
+    copy = tmp_path / "infrastructure" / "overlays"
+    shutil.copytree(REPO_ROOT / "infrastructure" / "overlays", copy)
+    prod = copy / "prod" / "kustomization.yaml"
+    prod.write_text(prod.read_text().replace("components: [", "components: [../../components/kind-node-ports, "))
+    monkeypatch.setattr(gitops, "REPO_ROOT", tmp_path)
+    assert gitops.install_order_problems(sorted(layout.overlays())) == [
+        "infrastructure/overlays/prod: kind-node-ports opens the gateway on fixed ports of every node; "
+        "it is for the e2e cluster only"
+    ]
 
 
 def test_the_gateway_namespace_does_not_opt_out_of_injection(gateway):
