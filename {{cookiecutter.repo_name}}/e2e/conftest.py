@@ -61,7 +61,7 @@ def tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         "kubectl": request.config.getoption("kind_kubectl_bin"),
         "helm": request.config.getoption("helm_bin"),
     }
-    reason = bringup.missing_prerequisites(shutil.which, docker_info, given)
+    reason = bringup.missing_prerequisites(shutil.which, docker_info, given, request.config.getoption("gitops"))
     if reason:
         outcome, message = bringup.unavailable(reason, dict(os.environ))
         if outcome == "fail":
@@ -160,8 +160,12 @@ def serve_snapshot(stack: contextlib.ExitStack, destination: Path) -> tuple[Path
 
 def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:
     bundle = Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S")
+    agent_namespaces = (
+        {gitops.ARGOCD_NAMESPACE if run.agent == "argocd" else gitops.FLUX_NAMESPACE} if run.agent else set()
+    )
     namespaces = sorted(
         {run.settings.app_namespace, run.settings.gateway.namespace, acme.NAMESPACE, *(s.namespace for s in run.stages)}
+        | agent_namespaces
     )
     pods = []
     for namespace in namespaces:

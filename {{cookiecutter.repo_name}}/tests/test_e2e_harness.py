@@ -345,6 +345,10 @@ def test_the_skip_reason_names_every_missing_tool_and_a_stopped_engine():
         "e2e needs `helm` on PATH"
     )
     assert bringup.missing_prerequisites(which(everything - {"helm"}), engine_up, none_given | {"helm": "/h"}) == ""
+    assert bringup.missing_prerequisites(which(everything), engine_up, none_given, gitops=True).startswith(
+        "e2e needs `git` on PATH"
+    )
+    assert bringup.missing_prerequisites(which(everything | {"git"}), engine_up, none_given, gitops=True) == ""
 
 
 def test_on_ci_a_missing_tool_fails_the_run_and_elsewhere_skips_it():
@@ -508,6 +512,8 @@ def test_the_gitops_agent_pulls_a_snapshot_of_this_repo_over_smart_http(tmp_path
         # Flux's source-controller (go-git) speaks only the smart protocol; Argo CD's git would fall back to dumb.
         refs = requests.get(f"http://127.0.0.1:{port}/info/refs?service=git-upload-pack", timeout=10)
         assert refs.headers["Content-Type"] == "application/x-git-upload-pack-advertisement"
+        push = requests.get(f"http://127.0.0.1:{port}/info/refs?service=git-receive-pack", timeout=10)
+        assert push.headers.get("Content-Type") != "application/x-git-receive-pack-advertisement"
         clone = tmp_path / "clone"
         subprocess.run(
             ["git", "clone", "-q", "--branch", branch, f"http://127.0.0.1:{port}/", str(clone)],
@@ -534,6 +540,26 @@ def test_the_gitops_agent_is_installed_from_its_pinned_release():
     url = harness_gitops.agent_manifests_url(install.gitops_tool())
     pinned = VERSIONS["ARGOCD_VERSION" if install.gitops_tool() == "argocd" else "FLUX_VERSION"]
     assert url.startswith("https://") and f"/{pinned}/" in url and url.endswith("/install.yaml")
+
+
+def test_flux_is_installed_with_the_three_controllers_the_entry_points_use():
+    controllers = [*harness_gitops.FLUX_CONTROLLERS, "notification-controller", "image-reflector-controller"]
+    published = yaml.safe_dump_all(
+        [{"kind": "CustomResourceDefinition", "metadata": {"name": "helmreleases.helm.toolkit.fluxcd.io"}}]
+        + [{"kind": "Deployment", "metadata": {"name": name}} for name in controllers]
+    )
+    kept = harness_gitops.agent_manifests("flux", published)
+    assert [doc["metadata"]["name"] for doc in kept if doc["kind"] == "Deployment"] == list(
+        harness_gitops.FLUX_CONTROLLERS
+    )
+    assert len(kept) == 4
+    assert len(harness_gitops.agent_manifests("argocd", published)) == len(controllers) + 1
+
+
+def test_the_entry_point_is_applied_under_a_field_manager_of_its_own():
+    tools = commands.Tools(kind="kind", kubectl="kubectl", helm="helm")
+    command = commands.apply_stdin(tools, harness_gitops.ENTRY_POINT_FIELD_MANAGER, "argocd")
+    assert command[2:4] == ["-n", "argocd"] and "--field-manager=e2e-entry-point" in command
 
 
 def test_the_runner_is_reached_at_the_ipv4_gateway_of_kinds_network():

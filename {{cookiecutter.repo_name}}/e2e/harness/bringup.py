@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 import trustme
 import yaml
 
@@ -90,13 +91,17 @@ def unavailable(reason: str, environ: dict[str, str]) -> tuple[str, str]:
 
 
 def missing_prerequisites(
-    which: Callable[[str], str | None], docker_info: Callable[[], tuple[int, str]], tools: dict[str, str | None]
+    which: Callable[[str], str | None],
+    docker_info: Callable[[], tuple[int, str]],
+    tools: dict[str, str | None],
+    gitops: bool = False,
 ) -> str:
     """Why the e2e suite cannot run here, naming every missing tool, or "" when it can.
 
-    tools: name -> path given by flag (or None).
+    tools: name -> path given by flag (or None). The GitOps run also commits a snapshot with git.
     """
-    missing = [name for name in ("docker", "kind", "kubectl", "helm") if not (tools.get(name) or which(name))]
+    needed = ("docker", "kind", "kubectl", "helm") + (("git",) if gitops else ())
+    missing = [name for name in needed if not (tools.get(name) or which(name))]
     if missing:
         return f"e2e needs {', '.join(f'`{name}`' for name in missing)} on PATH; see README.md for the pinned versions"
     exit_code, output = docker_info()
@@ -138,11 +143,13 @@ class Bringup:
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return commands.run_checked(commands.kubectl(self.tools, *args), stdin=stdin)
 
-    def apply(self, manifests: str, retry_for: float = 60.0) -> None:
+    def apply(
+        self, manifests: str, retry_for: float = 60.0, field_manager: str = "kubectl", namespace: str = ""
+    ) -> None:
         """kubectl apply, retried while Istio's or cert-manager's webhook is not serving yet."""
         deadline = time.monotonic() + retry_for
         while True:
-            result = commands.run(commands.apply_stdin(self.tools), stdin=manifests)
+            result = commands.run(commands.apply_stdin(self.tools, field_manager, namespace), stdin=manifests)
             if result.returncode == 0:
                 return
             if time.monotonic() > deadline or not any(message in result.stderr for message in WEBHOOK_NOT_READY):
@@ -184,18 +191,22 @@ class Bringup:
         tool = self.agent = install.gitops_tool()
         namespace = gitops.ARGOCD_NAMESPACE if tool == "argocd" else gitops.FLUX_NAMESPACE
         with self.phase(f"install {tool} from its release manifests"):
+            published = requests.get(gitops.agent_manifests_url(tool), timeout=120)
+            published.raise_for_status()
             self.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
-            self.kubectl("-n", namespace, "apply", "--server-side", "-f", gitops.agent_manifests_url(tool))
+            manifests = yaml.safe_dump_all(gitops.agent_manifests(tool, published.text))
+            self.apply(manifests, field_manager=tool, namespace=namespace)
             self.kubectl("-n", namespace, "wait", "deployments", "--all", "--for=condition=Available", "--timeout=300s")
         entry_point = snapshot / "clusters" / tool / gitops.E2E_ENVIRONMENT
         if tool == "argocd":
             docs = kustomize.build(entry_point) + kustomize.build(entry_point / "applications")
             expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Application"]
-            self.apply(kustomize.render(entry_point))
+            # As README.md bootstraps it: a field manager of its own, so that argocd-cm keeps the install's keys.
+            self.apply(kustomize.render(entry_point), field_manager=gitops.ENTRY_POINT_FIELD_MANAGER)
         else:
             docs = [gitops.flux_source(url, branch), *repo_gitops.flux_entry_points(entry_point)]
             expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Kustomization"]
-            self.apply(yaml.safe_dump_all(docs))
+            self.apply(yaml.safe_dump_all(docs), field_manager=gitops.ENTRY_POINT_FIELD_MANAGER)
         resource = "applications.argoproj.io" if tool == "argocd" else "kustomizations.kustomize.toolkit.fluxcd.io"
         with self.phase(f"wait for {tool} to sync clusters/{tool}/{gitops.E2E_ENVIRONMENT}"):
             deadline = time.monotonic() + timeout

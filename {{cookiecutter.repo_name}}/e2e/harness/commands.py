@@ -25,8 +25,12 @@ def render_with_helm(tools: Tools, directory: Path) -> list[str]:
     return [*kustomize.kustomize_command(), "--enable-helm", f"--helm-command={tools.helm}", str(directory)]
 
 
-def apply_stdin(tools: Tools) -> list[str]:
-    return kubectl(tools, "apply", "--server-side", "--force-conflicts", "-f", "-")
+def apply_stdin(tools: Tools, field_manager: str = "kubectl", namespace: str = "") -> list[str]:
+    """Server-side apply of stdin; a field manager of its own keeps one apply from removing another's fields."""
+    scope = ["-n", namespace] if namespace else []
+    return kubectl(
+        tools, *scope, "apply", "--server-side", "--force-conflicts", f"--field-manager={field_manager}", "-f", "-"
+    )
 
 
 def rollout_status(tools: Tools, namespace: str, deployment: str, timeout: str = "300s") -> list[str]:

@@ -16,15 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler
 
+import yaml
 from dulwich.repo import Repo
 from dulwich.server import BackendRepo, DictBackend
-from dulwich.web import make_server, make_wsgi_chain
+from dulwich.web import GunzipFilter, HTTPGitApplication, LimitedInputFilter, make_server
 
 from repo_tools import VERSIONS, gitops, install
 
 E2E_ENVIRONMENT = "e2e"
 FLUX_NAMESPACE = "flux-system"
 ARGOCD_NAMESPACE = "argocd"
+# Flux's release manifests carry every controller; this repo's entry points need these three, and the other
+# four would ask a 2-CPU runner for 350m more CPU.
+FLUX_CONTROLLERS = ("source-controller", "kustomize-controller", "helm-controller")
+ENTRY_POINT_FIELD_MANAGER = "e2e-entry-point"
 # What a working tree holds besides the repo: never part of what the agent syncs.
 NOT_COMMITTED = (".git", ".nox", ".venv", ".cache", "e2e-diagnostics", "__pycache__", ".pytest_cache", ".ruff_cache")
 
@@ -34,6 +39,14 @@ def agent_manifests_url(tool: str) -> str:
     if tool == "argocd":
         return f"https://raw.githubusercontent.com/argoproj/argo-cd/{VERSIONS['ARGOCD_VERSION']}/manifests/install.yaml"
     return f"https://github.com/fluxcd/flux2/releases/download/{VERSIONS['FLUX_VERSION']}/install.yaml"
+
+
+def agent_manifests(tool: str, published: str) -> list[dict]:
+    """The agent's release manifests as this repo needs them: Flux without the controllers it does not use."""
+    docs = [doc for doc in yaml.safe_load_all(published) if doc]
+    if tool == "flux":
+        docs = [doc for doc in docs if doc["kind"] != "Deployment" or doc["metadata"]["name"] in FLUX_CONTROLLERS]
+    return docs
 
 
 def configured_source() -> tuple[str, str]:
@@ -85,7 +98,9 @@ class QuietHandler(WSGIRequestHandler):
 def serve(repository: Path, host: str = "0.0.0.0", port: int = 0) -> Iterator[int]:  # noqa: S104 - kind's nodes connect
     """Serve one repository over Git's smart HTTP protocol at http://<host>:<port>/ until the block ends."""
     repositories: dict[str, BackendRepo] = {"/": Repo(str(repository))}
-    app = make_wsgi_chain(DictBackend(repositories))
+    git = HTTPGitApplication(DictBackend(repositories))
+    git.handlers.pop(b"git-receive-pack")  # fetch only: nobody who reaches the port can push into the snapshot
+    app = LimitedInputFilter(GunzipFilter(git))
     server = make_server(host, port, app, handler_class=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
