@@ -1,4 +1,5 @@
 """python -m repo_tools: every rule this repo promises, one line per rule family with what it counted.
+python -m repo_tools diff [BASE] [--markdown]: what a change does to each environment (repo_tools/review.py).
 
 The apps layer (build, schemas, invariants, the traffic contract, ACME), the install layer (chart pins, the
 gateway's identity, install order), the GitOps entry points (sync order, retries, health checks), and the
@@ -22,6 +23,8 @@ from repo_tools import (
     kustomize,
     layout,
     rendered_install,
+    renovate,
+    review,
     schemas,
 )
 from repo_tools.schemas import schema_errors
@@ -111,6 +114,9 @@ def validate_all() -> list[str]:
     problems += run("acme", certificates)
     problems += run("install", install_layer)
     problems += run("gitops", lambda: gitops_entry_points(gateway))
+    problems += run(
+        "renovate", lambda: (f"{len(renovate.pins())} pins", renovate.config_errors() + renovate.unmatched_pins())
+    )
     return problems + rendered_install_problems(gateway, built)
 
 
@@ -175,6 +181,8 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["diff"]:
+        return review.main(sys.argv[2:])
     schemas.use_disk_cache()
     problems = validate_all()
     schemas.save_disk_cache()

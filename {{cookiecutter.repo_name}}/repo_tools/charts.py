@@ -145,17 +145,15 @@ def helm_command() -> Iterator[str]:
         yield str(script)
 
 
-def render(overlay: Path) -> list[dict]:
-    """The documents of one infrastructure overlay with its charts rendered.
+def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
+    """The documents of one infrastructure overlay (of this repo, or a checkout of it at `root`), charts rendered.
 
     kustomize pulls charts into a charts/ folder beside each kustomization, so it renders a copy of
     infrastructure/ and the repo stays clean.
     """
-    relative = overlay.resolve().relative_to(REPO_ROOT)
+    relative = overlay.resolve().relative_to(root.resolve())
     with helm_command() as helm, tempfile.TemporaryDirectory(prefix="infrastructure-") as copy:
-        shutil.copytree(
-            REPO_ROOT / "infrastructure", Path(copy) / "infrastructure", ignore=shutil.ignore_patterns("charts")
-        )
+        shutil.copytree(root / "infrastructure", Path(copy) / "infrastructure", ignore=shutil.ignore_patterns("charts"))
         return kustomize.build(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
 
 

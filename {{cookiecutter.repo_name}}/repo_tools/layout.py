@@ -41,9 +41,9 @@ def app_kustomizations() -> dict[str, Path]:
     return {"base": APPS / "base"} | overlays()
 
 
-def public_host(kustomization_dir: Path) -> str:
+def public_host(kustomization_dir: Path, base: Path = APPS / "base") -> str:
     """The public-host setting an overlay (or the base) gives: its own configMapGenerator literal, else the base's."""
-    for directory in (kustomization_dir, APPS / "base"):
+    for directory in (kustomization_dir, base):
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
         for generator in kustomization.get("configMapGenerator", []):
             if generator.get("name") == "public-host":

@@ -19,7 +19,7 @@ import yaml
 from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls
 from e2e.harness import gitops as harness_gitops
 from e2e.harness.retry import Check, eventually
-from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, gitops, install, kustomize, layout
+from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, gitops, install, kustomize, layout, review
 from repo_tools.mesh import Caller
 from repo_tools.schemas import schema_errors
 
@@ -417,6 +417,18 @@ def test_the_ci_workflow_matches_the_github_workflow_schema():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pull_requests_get_the_change_review_in_the_summary_and_one_updated_comment():
+    job = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"]["change-review"]
+    assert job["permissions"]["pull-requests"] == "write"
+    steps = {step.get("name", step.get("uses", step.get("run"))): step for step in job["steps"]}
+    review_step = steps["Review the change (kubectl and helm come with the runner)"]["run"]
+    assert 'python -m repo_tools diff "origin/${GITHUB_BASE_REF}" --markdown > review.md' in review_step
+    assert 'cat review.md >> "$GITHUB_STEP_SUMMARY"' in review_step
+    comment = steps["Comment on the pull request"]["run"]
+    assert f'startswith("{review.MARKER}")' in comment and "--method PATCH" in comment
+    assert steps["Fail when a contract row broke"]["if"] == "steps.review.outputs.status == '2'"
 
 
 def test_the_ci_workflow_runs_the_e2e_session_and_keeps_its_diagnostics():

@@ -87,7 +87,7 @@ def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_setting
     assert bringup.node_port_mismatch(infrastructure("e2e"), e2e_settings) == ""
 
 
-def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp_path, monkeypatch):
+def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp_path):
     """kustomize merges Service ports on port + protocol: without `protocol: TCP` the node ports are dropped."""
     patch = REPO_ROOT / "infrastructure" / "components" / "kind-node-ports" / "gateway-nodeports.yaml"
     service = yaml.safe_load(patch.read_text())
@@ -98,8 +98,7 @@ def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp
     (copy_root / "infrastructure" / "components" / "kind-node-ports" / "gateway-nodeports.yaml").write_text(
         yaml.safe_dump(service)
     )
-    monkeypatch.setattr(charts, "REPO_ROOT", copy_root)
-    broken = charts.render(copy_root / "infrastructure" / "overlays" / "e2e")
+    broken = charts.render(copy_root / "infrastructure" / "overlays" / "e2e", copy_root)
     mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
     problems = rendered_install.node_ports_match_the_kind_mappings(broken, gateway, mapped)
     assert len(problems) == 2 and all("nodePort None" in problem for problem in problems)

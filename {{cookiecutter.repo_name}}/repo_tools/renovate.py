@@ -1,0 +1,133 @@
+"""Every pinned version in this repo is one that Renovate (renovate.json) can propose updates for.
+
+The pins: versions.env (all but KUBERNETES_VERSION, a choice rather than a pin), every chart version (helmCharts
+and Flux HelmReleases), and every container image the apps layer or the e2e harness runs. Renovate's managers
+are applied as Renovate applies them: the regex managers' patterns (JavaScript syntax, translated), and the
+built-in kustomize, flux and kubernetes managers over the files their `managerFilePatterns` select.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from repo_tools import REPO_ROOT, read_env_file
+
+CONFIG = REPO_ROOT / "renovate.json"
+NOT_PINS = {"KUBERNETES_VERSION"}
+IMAGE_CONSTANT = re.compile(r'^[A-Z_]+_IMAGE = "([^"]+)"$', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Pin:
+    where: str
+    name: str
+    version: str
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """registry/repository:tag[@digest] -> (repository with registry, tag)."""
+    name, _, tag = image.split("@")[0].rpartition(":")
+    return (name, tag) if name and "/" not in tag else (image, "")
+
+
+def yaml_documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)]
+
+
+def pins(root: Path = REPO_ROOT) -> list[Pin]:
+    found = []
+    environment = read_env_file(root / "versions.env")
+    for key, value in environment.items():
+        if key not in NOT_PINS:
+            found.append(Pin("versions.env", key, split_image(value)[1] or value))
+    for path in sorted((root / "infrastructure").rglob("*.yaml")):
+        for doc in yaml_documents(path):
+            where = str(path.relative_to(root))
+            found += [Pin(where, chart["name"], str(chart["version"])) for chart in doc.get("helmCharts") or []]
+            if doc.get("kind") == "HelmRelease":
+                chart = doc["spec"]["chart"]["spec"]
+                found.append(Pin(where, chart["chart"], str(chart["version"])))
+    for path in sorted((root / "apps").rglob("*.yaml")):
+        text = path.read_text()
+        images = re.findall(r"^\s*(?:image|value): ([\w./-]+:[\w.-]+)\s*$", text, re.MULTILINE)
+        found += [Pin(str(path.relative_to(root)), *split_image(image)) for image in images]
+    for path in sorted((root / "e2e" / "harness").glob("*.py")):
+        found += [
+            Pin(str(path.relative_to(root)), *split_image(image)) for image in IMAGE_CONSTANT.findall(path.read_text())
+        ]
+    return found
+
+
+def file_pattern(pattern: str) -> re.Pattern[str]:
+    """A managerFilePatterns entry: /regex/ as in JavaScript, else a glob."""
+    if pattern.startswith("/") and pattern.endswith("/"):
+        return re.compile(pattern[1:-1])
+    return re.compile(re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*") + "$")
+
+
+def selected(config: dict, root: Path) -> list[Path]:
+    patterns = [file_pattern(pattern) for pattern in config.get("managerFilePatterns", [])]
+    return [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and ".git" not in path.parts and any(p.search(str(path.relative_to(root))) for p in patterns)
+    ]
+
+
+def regex_matches(manager: dict, root: Path) -> set[tuple[str, str, str]]:
+    found = set()
+    for path in selected(manager, root):
+        text = path.read_text()
+        for expression in manager.get("matchStrings", []):
+            for match in re.finditer(expression.replace("(?<", "(?P<"), text):
+                # In an env file the pin is known by its key, which the match spans.
+                key = re.search(r"^([A-Z_]+)=", match.group(0), re.MULTILINE)
+                name = key.group(1) if path.suffix == ".env" and key else match["depName"]
+                found.add((str(path.relative_to(root)), name, match["currentValue"]))
+    return found
+
+
+def builtin_matches(config: dict, root: Path) -> set[tuple[str, str, str]]:
+    """What the kustomize (helmCharts), flux (HelmRelease) and kubernetes (image:) managers extract."""
+    found = set()
+    for path in selected(config.get("kustomize", {"managerFilePatterns": ["/(^|/)kustomization\\.ya?ml$/"]}), root):
+        for doc in yaml_documents(path):
+            found |= {(str(path.relative_to(root)), c["name"], str(c["version"])) for c in doc.get("helmCharts") or []}
+    for path in selected(config.get("flux", {}), root):
+        for doc in yaml_documents(path):
+            if doc.get("kind") == "HelmRelease":
+                chart = doc["spec"]["chart"]["spec"]
+                found.add((str(path.relative_to(root)), chart["chart"], str(chart["version"])))
+    for path in selected(config.get("kubernetes", {}), root):
+        for image in re.findall(r"^\s*image: ([\w./-]+:[\w.-]+)\s*$", path.read_text(), re.MULTILINE):
+            found.add((str(path.relative_to(root)), *split_image(image)))
+    return found
+
+
+def config_errors(config_file: Path = CONFIG) -> list[str]:
+    """renovate.json against Renovate's published schema, as check-jsonschema vendors it (offline)."""
+    schema = json.loads(
+        resources.files("check_jsonschema.builtin_schemas").joinpath("vendor/renovate.json").read_text()
+    )
+    config = json.loads(config_file.read_text())
+    return [
+        f"renovate.json: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+        for error in jsonschema.Draft7Validator(schema).iter_errors(config)
+    ]
+
+
+def unmatched_pins(root: Path = REPO_ROOT) -> list[str]:
+    config = json.loads((root / "renovate.json").read_text())
+    matched = builtin_matches(config, root)
+    for manager in config.get("customManagers", []):
+        matched |= regex_matches(manager, root)
+    return [
+        f"{pin.where}: {pin.name} {pin.version} is matched by no manager in renovate.json"
+        for pin in pins(root)
+        if (pin.where, pin.name, pin.version) not in matched
+    ]

@@ -1,0 +1,325 @@
+"""python -m repo_tools diff [BASE] [--markdown]: what a change does to each environment, before it is merged.
+
+Renders every environment at BASE (default: the merge base with the default branch) and in the working tree: the
+apps overlay, and the install overlay where its charts are at hand and infrastructure/ changed. Prints, per
+environment, the resources added, removed and changed, field by field (CRDs and webhook configurations only
+counted), and the traffic contract's rows whose verdict changed. Exit status: 0 nothing changed; 1 something
+changed and no row broke; 2 a contract row that held (or a new row) fails in the working tree; 3 BASE unusable.
+"""
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repo_tools import REPO_ROOT, charts, contract, kustomize, layout
+from repo_tools.resources import describe
+
+# Large generated bodies: a changed field count says enough, the values would drown the review.
+SUMMARIZED_KINDS = {"CustomResourceDefinition", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+LONGEST_VALUE = 60
+MARKER = "<!-- repo-tools-diff -->"  # finds the pull-request comment to update
+ABSENT = object()
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    resource: str
+    status: str  # "added", "removed", "changed"
+    fields: list[FieldChange] = field(default_factory=list)
+    summarized: bool = False
+
+
+@dataclass(frozen=True)
+class RowChange:
+    row: str
+    before: contract.Outcome | None
+    after: contract.Outcome | None
+
+    @property
+    def broke(self) -> bool:
+        return self.after is not None and not self.after.holds and (self.before is None or self.before.holds)
+
+    def sentence(self) -> str:
+        def state(outcome: contract.Outcome | None) -> str:
+            if outcome is None:
+                return "no such row"
+            if outcome.holds:
+                return f"holds, {outcome.verdict.outcome} ({outcome.verdict.because})"
+            return f"FAILS, {outcome.verdict.outcome} where the row expects {outcome.row.expected} ({outcome.verdict.because})"
+
+        word = "BROKE" if self.broke else ("fixed" if self.after is not None and self.after.holds else "changed")
+        return f"{word} {self.row!r}: before, {state(self.before)}; now, {state(self.after)}"
+
+
+@dataclass
+class EnvironmentReview:
+    name: str
+    resources: dict[str, list[ResourceChange]] = field(default_factory=dict)  # layer -> changes
+    rows: list[RowChange] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(self.resources.values()) or bool(self.rows)
+
+
+def git(*args: str, root: Path = REPO_ROOT) -> str:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def default_base(root: Path = REPO_ROOT) -> str:
+    """The merge base of HEAD with the default branch: origin's HEAD, else origin/main, main or master."""
+    candidates = ["origin/main", "origin/master", "main", "master"]
+    with contextlib.suppress(RuntimeError):
+        candidates.insert(0, git("symbolic-ref", "--short", "refs/remotes/origin/HEAD", root=root))
+    for candidate in candidates:
+        try:
+            return git("merge-base", "HEAD", candidate, root=root)
+        except RuntimeError:
+            continue
+    raise RuntimeError("no default branch to compare with: name BASE (a commit, branch or tag)")
+
+
+def checkout(ref: str, destination: Path, root: Path = REPO_ROOT) -> Path:
+    """The tree of `ref`, written to `destination` (git archive: no worktree, nothing left in the repo)."""
+    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", ref], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {ref} failed: {archive.stderr.decode().strip()}")
+    destination.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(destination)], input=archive.stdout, check=True)
+    return destination
+
+
+def install_layer_changed(ref: str, root: Path = REPO_ROOT) -> bool:
+    tracked = subprocess.run(["git", "-C", str(root), "diff", "--quiet", ref, "--", "infrastructure"], check=False)
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "infrastructure", root=root)
+    return tracked.returncode != 0 or bool(untracked)
+
+
+def shown(value: Any) -> str:
+    if value is ABSENT:
+        return "(absent)"
+    text = (value if isinstance(value, str) else json.dumps(value)).replace("\n", "\\n")
+    return text if len(text) <= LONGEST_VALUE else f"{text[:LONGEST_VALUE]}... ({len(text)} characters)"
+
+
+def field_changes(before: Any, after: Any, path: str = "") -> list[FieldChange]:
+    """Field-level differences as YAML paths; list items with a name are matched by name, others by position."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            change
+            for key in sorted(set(before) | set(after), key=str)
+            for change in field_changes(
+                before.get(key, ABSENT), after.get(key, ABSENT), f"{path}.{key}" if path else str(key)
+            )
+        ]
+    if isinstance(before, list) and isinstance(after, list):
+        if all(isinstance(item, dict) and "name" in item for item in before + after):
+            old = {item["name"]: item for item in before}
+            new = {item["name"]: item for item in after}
+            names = list(old) + [name for name in new if name not in old]
+            return [
+                change
+                for name in names
+                for change in field_changes(old.get(name, ABSENT), new.get(name, ABSENT), f"{path}[name={name}]")
+            ]
+        length = max(len(before), len(after))
+        padded = [(before + [ABSENT] * length)[:length], (after + [ABSENT] * length)[:length]]
+        return [
+            change
+            for i, (b, a) in enumerate(zip(*padded, strict=True))
+            for change in field_changes(b, a, f"{path}[{i}]")
+        ]
+    return [] if before == after else [FieldChange(path, before, after)]
+
+
+def resource_changes(before: list[dict], after: list[dict]) -> list[ResourceChange]:
+    old = {describe(doc): doc for doc in before}
+    new = {describe(doc): doc for doc in after}
+    changes = [ResourceChange(key, "added") for key in new if key not in old]
+    changes += [ResourceChange(key, "removed") for key in old if key not in new]
+    for key in (key for key in new if key in old):
+        fields = field_changes(old[key], new[key])
+        if fields:
+            changes.append(ResourceChange(key, "changed", fields, summarized=new[key]["kind"] in SUMMARIZED_KINDS))
+    return sorted(changes, key=lambda change: (change.status, change.resource))
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One side of the comparison: a checkout of the repo, its rendered environments and its contract."""
+
+    root: Path
+    apps: dict[str, list[dict] | str]  # environment -> documents, or why it does not build
+    infrastructure: dict[str, list[dict] | str]
+    rows: list[contract.Row] | str
+
+
+def build(directory: Path, render: Any = kustomize.build) -> list[dict] | str:
+    try:
+        return render(directory)
+    except (kustomize.KustomizeError, charts.ChartsUnavailable) as error:
+        return str(error).strip().splitlines()[-1]
+
+
+def read_tree(root: Path, with_install_layer: bool) -> Tree:
+    environments = sorted(path.parent.name for path in (root / "apps" / "overlays").glob("*/kustomization.yaml"))
+    apps = {name: build(root / "apps" / "overlays" / name) for name in environments}
+    infrastructure: dict[str, list[dict] | str] = {}
+    if with_install_layer:
+        overlays = sorted(path.parent for path in (root / "infrastructure" / "overlays").glob("*/kustomization.yaml"))
+        infrastructure = {path.name: build(path, lambda overlay: charts.render(overlay, root)) for path in overlays}
+    try:
+        rows: list[contract.Row] | str = contract.parse(yaml.safe_load((root / "contract.yaml").read_text()))
+    except (OSError, contract.ContractError) as error:
+        rows = f"contract.yaml does not load: {str(error).splitlines()[0]}"
+    return Tree(root, apps, infrastructure, rows)
+
+
+def outcomes(tree: Tree, environment: str) -> dict[str, contract.Outcome]:
+    docs = tree.apps.get(environment)
+    if not isinstance(docs, list) or isinstance(tree.rows, str):
+        return {}
+    base = tree.root / "apps" / "base"
+    gateway = layout.ingress_gateway(base / "ingress-gateway.env")
+    host = layout.public_host(tree.root / "apps" / "overlays" / environment, base)
+    return {outcome.row.name: outcome for outcome in contract.check(environment, docs, tree.rows, gateway, host)}
+
+
+def review_environment(name: str, before: Tree, after: Tree) -> EnvironmentReview:
+    review = EnvironmentReview(name)
+    for layer in ("apps", "infrastructure"):
+        old, new = getattr(before, layer).get(name, []), getattr(after, layer).get(name, [])
+        for side, docs in (("BASE", old), ("the working tree", new)):
+            if isinstance(docs, str):
+                review.notes.append(f"{layer}/overlays/{name} does not build at {side}: {docs}")
+        if isinstance(old, list) and isinstance(new, list):
+            review.resources[layer] = resource_changes(old, new)
+    if name not in before.apps:
+        review.notes.append("new environment: everything in it is added")
+    old_outcomes, new_outcomes = outcomes(before, name), outcomes(after, name)
+    for row in list(old_outcomes) + [row for row in new_outcomes if row not in old_outcomes]:
+        was, now = old_outcomes.get(row), new_outcomes.get(row)
+        if was is None or now is None or was.holds != now.holds or was.verdict != now.verdict:
+            review.rows.append(RowChange(row, was, now))
+    return review
+
+
+def review(base: str, root: Path = REPO_ROOT) -> tuple[list[EnvironmentReview], list[str]]:
+    """Each environment's review, and notes that apply to all of them."""
+    notes = []
+    with_install_layer = install_layer_changed(base, root)
+    if with_install_layer and charts.unavailable_reason():
+        notes.append(f"infrastructure/ changed but is not rendered: {charts.unavailable_reason()}")
+        with_install_layer = False
+    elif not with_install_layer:
+        notes.append("infrastructure/ is unchanged: the install layer is not rendered")
+    with tempfile.TemporaryDirectory(prefix="repo-tools-diff-") as scratch:
+        before = read_tree(checkout(base, Path(scratch) / "base", root), with_install_layer)
+        after = read_tree(root, with_install_layer)
+        for tree, side in ((before, "BASE"), (after, "the working tree")):
+            if isinstance(tree.rows, str):
+                notes.append(f"at {side}, {tree.rows}")
+        environments = sorted(set(before.apps) | set(after.apps))
+        return [review_environment(name, before, after) for name in environments], notes
+
+
+def exit_status(reviews: list[EnvironmentReview]) -> int:
+    if any(row.broke for env in reviews for row in env.rows):
+        return 2
+    return 1 if any(env.changed for env in reviews) else 0
+
+
+def counts(changes: list[ResourceChange]) -> str:
+    return ", ".join(f"{sum(c.status == s for c in changes)} {s}" for s in ("added", "removed", "changed"))
+
+
+def text(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
+    lines = [f"Changes from {base} to the working tree"] + [f"note: {note}" for note in notes]
+    for env in reviews:
+        lines.append(f"\n== {env.name} ==" + ("" if env.changed else " (no change)"))
+        lines += [f"  note: {note}" for note in env.notes]
+        for layer, changes in env.resources.items():
+            if not changes:
+                continue
+            lines.append(f"  {layer}: {counts(changes)}")
+            for change in changes:
+                sign = {"added": "+", "removed": "-", "changed": "~"}[change.status]
+                if change.summarized:
+                    lines.append(f"    {sign} {change.resource} ({len(change.fields)} fields changed, not shown)")
+                    continue
+                lines.append(f"    {sign} {change.resource}")
+                lines += [f"        {f.path}: {shown(f.before)} -> {shown(f.after)}" for f in change.fields]
+        if env.rows:
+            lines.append("  contract:")
+            lines += [f"    {row.sentence()}" for row in env.rows]
+    lines.append("\n" + verdict_line(reviews))
+    return "\n".join(lines) + "\n"
+
+
+def verdict_line(reviews: list[EnvironmentReview]) -> str:
+    broke = sum(row.broke for env in reviews for row in env.rows)
+    changed = [env.name for env in reviews if env.changed]
+    if broke:
+        return f"contract broken: {broke} verdict(s) that held now fail; changed: {', '.join(changed)}"
+    return f"changed: {', '.join(changed)}; every contract row that held still holds" if changed else "no change"
+
+
+def markdown(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
+    lines = [
+        MARKER,
+        f"### What this change does, per environment (from `{base[:12]}`)",
+        "",
+        f"**{verdict_line(reviews)}**",
+        "",
+    ]
+    lines += [f"> {note}" for note in notes]
+    for env in reviews:
+        if not env.changed and not env.notes:
+            continue
+        lines += ["", f"#### {env.name}", ""]
+        lines += [f"> {note}" for note in env.notes]
+        for row in env.rows:
+            lines.append(f"- **contract** {row.sentence()}")
+        for layer, changes in env.resources.items():
+            if not changes:
+                continue
+            lines += ["", f"<details><summary>{layer}: {counts(changes)}</summary>", ""]
+            for change in changes:
+                detail = f" ({len(change.fields)} fields changed, not shown)" if change.summarized else ""
+                lines.append(f"- {change.status} `{change.resource}`{detail}")
+                if not change.summarized:
+                    lines += [f"  - `{f.path}`: `{shown(f.before)}` → `{shown(f.after)}`" for f in change.fields]
+            lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def main(arguments: list[str]) -> int:
+    as_markdown = "--markdown" in arguments
+    refs = [argument for argument in arguments if argument != "--markdown"]
+    try:
+        base = refs[0] if refs else default_base()
+        git("rev-parse", "--verify", f"{base}^{{commit}}")
+        reviews, notes = review(base)
+    except RuntimeError as error:
+        print(f"diff: {error}", file=sys.stderr)
+        return 3
+    sys.stdout.write(markdown(reviews, notes, base) if as_markdown else text(reviews, notes, base))
+    return exit_status(reviews)

@@ -1,0 +1,139 @@
+"""python -m repo_tools diff: a git history made from this repo, one change per commit, reviewed as a pull request
+would be: the resources that change per environment, field by field, and the contract rows whose verdict changes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2e.harness.gitops import snapshot
+from repo_tools import REPO_ROOT, VERSIONS, charts, contract, install, kustomize, layout, review
+from repo_tools.resources import describe
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    return snapshot(REPO_ROOT, tmp_path / "repo", {}, "main")
+
+
+def commit(root: Path, message: str) -> None:
+    git = ["git", "-C", str(root), "-c", "user.name=review", "-c", "user.email=review@localhost"]
+    subprocess.run([*git, "commit", "-q", "-am", message], check=True)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def reviewed(root: Path) -> tuple[list[review.EnvironmentReview], str, str]:
+    reviews, notes = review.review("HEAD~1", root)
+    return reviews, review.text(reviews, notes, "HEAD~1"), review.markdown(reviews, notes, "HEAD~1")
+
+
+def backend_container(root: Path) -> dict:
+    deployment = yaml.safe_load((root / "apps" / "base" / "backend" / "deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def move_the_backend_port(root: Path) -> tuple[str, int]:
+    """Give the backend's container port the next number; returns its YAML path and the old number."""
+    container = backend_container(root)
+    port = container["ports"][0]
+    deployment = root / "apps" / "base" / "backend" / "deployment.yaml"
+    edit(deployment, f"containerPort: {port['containerPort']}", f"containerPort: {port['containerPort'] + 1}")
+    path = f"spec.template.spec.containers[name={container['name']}].ports[name={port['name']}].containerPort"
+    return path, port["containerPort"]
+
+
+def test_a_changed_port_shows_as_one_field_in_every_environment(history):
+    field, port = move_the_backend_port(history)
+    commit(history, "backend listens elsewhere")
+    reviews, text, markdown = reviewed(history)
+    assert [env.name for env in reviews if env.changed] == sorted(layout.overlays())
+    name = backend_container(history)["name"]
+    deployment = next(
+        doc
+        for doc in kustomize.build(REPO_ROOT / "apps" / "base")
+        if doc["kind"] == "Deployment" and doc["spec"]["template"]["spec"]["containers"][0]["name"] == name
+    )
+    for env in reviews:
+        assert [(c.resource, [f.path for f in c.fields]) for c in env.resources["apps"]] == [
+            (describe(deployment), [field])
+        ]
+    assert f"        {field}: {port} -> {port + 1}" in text
+    assert f"  - `{field}`: `{port}` → `{port + 1}`" in markdown
+    assert review.exit_status(reviews) == 1
+    assert "every contract row that held still holds" in text
+
+
+def test_a_route_given_a_timeout_changes_the_route_and_no_verdict(history):
+    routes = history / "apps" / "base" / "gateway" / "virtualservice.yaml"
+    route = next(r for r in yaml.safe_load(routes.read_text())["spec"]["http"] if r["name"].endswith("-api"))
+    edit(routes, f"    - name: {route['name']}\n", f"    - name: {route['name']}\n      timeout: 10s\n")
+    commit(history, "a timeout for the API")
+    reviews, text, markdown = reviewed(history)
+    assert f"        spec.http[name={route['name']}].timeout: (absent) -> 10s" in text
+    assert f"`spec.http[name={route['name']}].timeout`: `(absent)` → `10s`" in markdown
+    assert all(not env.rows for env in reviews) and review.exit_status(reviews) == 1
+
+
+def test_a_policy_that_drops_a_caller_names_the_contract_row_it_breaks(history):
+    rows = contract.load(history / "contract.yaml")
+    frontend = next(row for row in rows if not isinstance(row.caller, str) and row.expected.startswith("reaches "))
+    principal = frontend.caller.principal
+    edit(history / "apps" / "base" / "zero-trust" / "backend.yaml", f"- {principal}\n", f"- {principal}-retired\n")
+    commit(history, "the backend no longer admits the frontend")
+    reviews, text, markdown = reviewed(history)
+    assert review.exit_status(reviews) == 2
+    for env in reviews:
+        assert [row.row for row in env.rows if row.broke] == [frontend.name]
+    assert f"BROKE {frontend.name!r}: before, holds, {frontend.expected}" in text
+    assert f"now, FAILS, denied where the row expects {frontend.expected}" in text
+    assert f"- **contract** BROKE {frontend.name!r}" in markdown
+    assert markdown.startswith(review.MARKER) and "**contract broken: " in markdown
+
+
+@pytest.mark.skipif(bool(charts.unavailable_reason()), reason=charts.unavailable_reason() or "charts at hand")
+def test_a_chart_version_bump_renders_the_install_layer_and_summarizes_crds(history):
+    edit(history / "versions.env", f"ISTIO_VERSION={VERSIONS['ISTIO_VERSION']}", "ISTIO_VERSION=1.31.4")
+    assert install.pin_versions(history)  # every copy of the version follows versions.env
+    commit(history, "Istio 1.31.4")
+    reviews, text, markdown = reviewed(history)
+    assert "infrastructure/ is unchanged" not in text
+    prod = next(env for env in reviews if env.name == "prod")
+    changed = {change.resource: change for change in prod.resources["infrastructure"]}
+    istiod = changed["Deployment istio-system/istiod"]
+    assert any(f.path.endswith(".image") and "1.31" in str(f.after) for f in istiod.fields)
+    crds = [change for change in changed.values() if change.resource.startswith("CustomResourceDefinition ")]
+    assert crds and all(change.summarized for change in crds)
+    assert f"~ {crds[0].resource} ({len(crds[0].fields)} fields changed, not shown)" in text
+    assert review.exit_status(reviews) == 1
+
+
+def test_an_environment_new_since_base_is_listed_as_added(history):
+    new = history / "apps" / "overlays" / "qa"
+    new.mkdir()
+    (new / "kustomization.yaml").write_text((history / "apps" / "overlays" / "dev" / "kustomization.yaml").read_text())
+    subprocess.run(["git", "-C", str(history), "add", "-A"], check=True)
+    commit(history, "a qa environment")
+    reviews, text, _ = reviewed(history)
+    qa = next(env for env in reviews if env.name == "qa")
+    assert "new environment: everything in it is added" in qa.notes
+    assert qa.resources["apps"] and all(change.status == "added" for change in qa.resources["apps"])
+    assert not [row for row in qa.rows if row.broke]
+    assert [env.name for env in reviews if env.changed] == ["qa"]
+
+
+def test_the_command_says_no_change_and_exits_0_then_1_once_something_changes(history):
+    command = [sys.executable, "-m", "repo_tools", "diff", "HEAD"]
+    unchanged = subprocess.run(command, cwd=history, capture_output=True, text=True, check=False)
+    assert unchanged.returncode == 0 and unchanged.stdout.rstrip().endswith("no change")
+    move_the_backend_port(history)
+    changed = subprocess.run([*command, "--markdown"], cwd=history, capture_output=True, text=True, check=False)
+    assert changed.returncode == 1 and changed.stdout.startswith(review.MARKER)
+    missing = subprocess.run([*command[:-1], "no-such-ref"], cwd=history, capture_output=True, text=True, check=False)
+    assert missing.returncode == 3 and "no-such-ref" in missing.stderr
