@@ -8,6 +8,7 @@ built-in kustomize, flux and kubernetes managers over the files their `managerFi
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ from repo_tools import REPO_ROOT, read_env_file
 CONFIG = REPO_ROOT / "renovate.json"
 NOT_PINS = {"KUBERNETES_VERSION"}
 IMAGE_CONSTANT = re.compile(r'^[A-Z_]+_IMAGE = "([^"]+)"$', re.MULTILINE)
+PATCHED_IMAGE = re.compile(r"path: \S+/image\n\s*value: (\S+)\n")
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,25 @@ class Pin:
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """registry/repository:tag[@digest] -> (repository with registry, tag)."""
-    name, _, tag = image.split("@")[0].rpartition(":")
-    return (name, tag) if name and "/" not in tag else (image, "")
+    """registry[:port]/repository[:tag][@digest] -> (name, tag, or the digest where there is no tag)."""
+    name, _, digest = image.partition("@")
+    repository, _, tag = name.rpartition(":")
+    if not repository or "/" in tag:
+        repository, tag = name, ""
+    return repository, tag or digest
+
+
+def images(value: object) -> Iterator[str]:
+    """Every `image:` string in a manifest."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "image" and isinstance(item, str):
+                yield item
+            else:
+                yield from images(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from images(item)
 
 
 def yaml_documents(path: Path) -> list[dict]:
@@ -53,9 +71,9 @@ def pins(root: Path = REPO_ROOT) -> list[Pin]:
                 chart = doc["spec"]["chart"]["spec"]
                 found.append(Pin(where, chart["chart"], str(chart["version"])))
     for path in sorted((root / "apps").rglob("*.yaml")):
-        text = path.read_text()
-        images = re.findall(r"^\s*(?:image|value): ([\w./-]+:[\w.-]+)\s*$", text, re.MULTILINE)
-        found += [Pin(str(path.relative_to(root)), *split_image(image)) for image in images]
+        patched = PATCHED_IMAGE.findall(path.read_text())  # JSON patches that set an image, in a kustomization
+        in_manifests = [image for doc in yaml_documents(path) for image in images(doc)]
+        found += [Pin(str(path.relative_to(root)), *split_image(image)) for image in patched + in_manifests]
     for path in sorted((root / "e2e" / "harness").glob("*.py")):
         found += [
             Pin(str(path.relative_to(root)), *split_image(image)) for image in IMAGE_CONSTANT.findall(path.read_text())
@@ -104,7 +122,7 @@ def builtin_matches(config: dict, root: Path) -> set[tuple[str, str, str]]:
                 chart = doc["spec"]["chart"]["spec"]
                 found.add((str(path.relative_to(root)), chart["chart"], str(chart["version"])))
     for path in selected(config.get("kubernetes", {}), root):
-        for image in re.findall(r"^\s*image: ([\w./-]+:[\w.-]+)\s*$", path.read_text(), re.MULTILINE):
+        for image in (image for doc in yaml_documents(path) for image in images(doc)):
             found.add((str(path.relative_to(root)), *split_image(image)))
     return found
 

@@ -1,18 +1,24 @@
 """python -m repo_tools diff [BASE] [--markdown]: what a change does to each environment, before it is merged.
 
 Renders every environment at BASE (default: the merge base with the default branch) and in the working tree: the
-apps overlay, and the install overlay where its charts are at hand and infrastructure/ changed. Prints, per
+apps overlay, its GitOps entry point (clusters/), and the install overlay where its charts are at hand and
+infrastructure/ changed. Prints, per
 environment, the resources added, removed and changed, field by field (CRDs and webhook configurations only
 counted), and the traffic contract's rows whose verdict changed. Exit status: 0 nothing changed; 1 something
 changed and no row broke; 2 a contract row that held (or a new row) fails in the working tree; 3 BASE unusable.
 """
 
+import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,28 +175,49 @@ class Tree:
     root: Path
     apps: dict[str, list[dict] | str]  # environment -> documents, or why it does not build
     infrastructure: dict[str, list[dict] | str]
+    clusters: dict[str, list[dict] | str]  # the GitOps entry points
     rows: list[contract.Row] | str
 
 
-def build(directory: Path, render: Any = kustomize.build) -> list[dict] | str:
+def build(render: Callable[[], list[dict]]) -> list[dict] | str:
     try:
-        return render(directory)
+        return render()
     except (kustomize.KustomizeError, charts.ChartsUnavailable) as error:
         return str(error).strip().splitlines()[-1]
 
 
-def read_tree(root: Path, with_install_layer: bool) -> Tree:
-    environments = sorted(path.parent.name for path in (root / "apps" / "overlays").glob("*/kustomization.yaml"))
-    apps = {name: build(root / "apps" / "overlays" / name) for name in environments}
-    infrastructure: dict[str, list[dict] | str] = {}
-    if with_install_layer:
-        overlays = sorted(path.parent for path in (root / "infrastructure" / "overlays").glob("*/kustomization.yaml"))
-        infrastructure = {path.name: build(path, lambda overlay: charts.render(overlay, root)) for path in overlays}
+def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) -> Tree:
+    environments = sorted(
+        path.parent.name
+        for path in (root / "apps" / "overlays").glob("*/kustomization.yaml")
+        if not only or path.parent.name in only
+    )
+    renders: dict[tuple[str, str], Callable[[], list[dict]]] = {}
+    for name in environments:
+        renders["apps", name] = partial(kustomize.build, root / "apps" / "overlays" / name)
+        for entry_point in (root / "clusters").glob(f"*/{name}"):
+            renders["clusters", name] = partial(entry_points, entry_point)
+        overlay = root / "infrastructure" / "overlays" / name
+        if with_install_layer and (overlay / "kustomization.yaml").is_file():
+            renders["infrastructure", name] = partial(charts.render, overlay, root)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        built = dict(zip(renders, pool.map(build, renders.values()), strict=True))
+    layers: dict[str, dict[str, list[dict] | str]] = {"apps": {}, "infrastructure": {}, "clusters": {}}
+    for (layer, name), docs in built.items():
+        layers[layer][name] = docs
     try:
         rows: list[contract.Row] | str = contract.parse(yaml.safe_load((root / "contract.yaml").read_text()))
     except (OSError, contract.ContractError) as error:
         rows = f"contract.yaml does not load: {str(error).splitlines()[0]}"
-    return Tree(root, apps, infrastructure, rows)
+    return Tree(root, layers["apps"], layers["infrastructure"], layers["clusters"], rows)
+
+
+def entry_points(directory: Path) -> list[dict]:
+    """What an environment's GitOps entry point applies: a kustomization (Argo CD), or the files Flux reads."""
+    if not (directory / "kustomization.yaml").is_file():
+        return [doc for path in sorted(directory.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    nested = [path.parent for path in sorted(directory.glob("*/kustomization.yaml"))]
+    return kustomize.build(directory) + [doc for child in nested for doc in kustomize.build(child)]
 
 
 def outcomes(tree: Tree, environment: str) -> dict[str, contract.Outcome]:
@@ -205,11 +232,11 @@ def outcomes(tree: Tree, environment: str) -> dict[str, contract.Outcome]:
 
 def review_environment(name: str, before: Tree, after: Tree) -> EnvironmentReview:
     review = EnvironmentReview(name)
-    for layer in ("apps", "infrastructure"):
+    for layer in ("apps", "infrastructure", "clusters"):
         old, new = getattr(before, layer).get(name, []), getattr(after, layer).get(name, [])
         for side, docs in (("BASE", old), ("the working tree", new)):
             if isinstance(docs, str):
-                review.notes.append(f"{layer}/overlays/{name} does not build at {side}: {docs}")
+                review.notes.append(f"{layer} of {name} does not build at {side}: {docs}")
         if isinstance(old, list) and isinstance(new, list):
             review.resources[layer] = resource_changes(old, new)
     if name not in before.apps:
@@ -222,8 +249,8 @@ def review_environment(name: str, before: Tree, after: Tree) -> EnvironmentRevie
     return review
 
 
-def review(base: str, root: Path = REPO_ROOT) -> tuple[list[EnvironmentReview], list[str]]:
-    """Each environment's review, and notes that apply to all of them."""
+def review(base: str, root: Path = REPO_ROOT, only: Collection[str] = ()) -> tuple[list[EnvironmentReview], list[str]]:
+    """Each environment's review (every one, or those named in `only`), and notes that apply to all of them."""
     notes = []
     with_install_layer = install_layer_changed(base, root)
     if with_install_layer and charts.unavailable_reason():
@@ -232,8 +259,8 @@ def review(base: str, root: Path = REPO_ROOT) -> tuple[list[EnvironmentReview], 
     elif not with_install_layer:
         notes.append("infrastructure/ is unchanged: the install layer is not rendered")
     with tempfile.TemporaryDirectory(prefix="repo-tools-diff-") as scratch:
-        before = read_tree(checkout(base, Path(scratch) / "base", root), with_install_layer)
-        after = read_tree(root, with_install_layer)
+        before = read_tree(checkout(base, Path(scratch) / "base", root), with_install_layer, only)
+        after = read_tree(root, with_install_layer, only)
         for tree, side in ((before, "BASE"), (after, "the working tree")):
             if isinstance(tree.rows, str):
                 notes.append(f"at {side}, {tree.rows}")
@@ -312,14 +339,19 @@ def markdown(reviews: list[EnvironmentReview], notes: list[str], base: str) -> s
 
 
 def main(arguments: list[str]) -> int:
-    as_markdown = "--markdown" in arguments
-    refs = [argument for argument in arguments if argument != "--markdown"]
+    parser = argparse.ArgumentParser(prog="python -m repo_tools diff", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "base", nargs="?", help="commit, branch or tag (default: the merge base with the default branch)"
+    )
+    parser.add_argument("--markdown", action="store_true", help="Markdown for a pull request, instead of text")
+    parser.add_argument("--environment", action="append", default=[], help="review only this one (repeatable)")
+    options = parser.parse_args(arguments)
     try:
-        base = refs[0] if refs else default_base()
+        base = options.base or default_base()
         git("rev-parse", "--verify", f"{base}^{{commit}}")
-        reviews, notes = review(base)
+        reviews, notes = review(base, only=options.environment)
     except RuntimeError as error:
         print(f"diff: {error}", file=sys.stderr)
         return 3
-    sys.stdout.write(markdown(reviews, notes, base) if as_markdown else text(reviews, notes, base))
+    sys.stdout.write(markdown(reviews, notes, base) if options.markdown else text(reviews, notes, base))
     return exit_status(reviews)

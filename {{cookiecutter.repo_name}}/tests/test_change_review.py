@@ -29,8 +29,8 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def reviewed(root: Path) -> tuple[list[review.EnvironmentReview], str, str]:
-    reviews, notes = review.review("HEAD~1", root)
+def reviewed(root: Path, only: tuple[str, ...] = ()) -> tuple[list[review.EnvironmentReview], str, str]:
+    reviews, notes = review.review("HEAD~1", root, only)
     return reviews, review.text(reviews, notes, "HEAD~1"), review.markdown(reviews, notes, "HEAD~1")
 
 
@@ -102,9 +102,10 @@ def test_a_chart_version_bump_renders_the_install_layer_and_summarizes_crds(hist
     edit(history / "versions.env", f"ISTIO_VERSION={VERSIONS['ISTIO_VERSION']}", "ISTIO_VERSION=1.31.4")
     assert install.pin_versions(history)  # every copy of the version follows versions.env
     commit(history, "Istio 1.31.4")
-    reviews, text, markdown = reviewed(history)
+    reviews, text, markdown = reviewed(history, only=("prod",))  # every environment renders the same way
     assert "infrastructure/ is unchanged" not in text
-    prod = next(env for env in reviews if env.name == "prod")
+    assert [env.name for env in reviews] == ["prod"]
+    prod = reviews[0]
     changed = {change.resource: change for change in prod.resources["infrastructure"]}
     istiod = changed["Deployment istio-system/istiod"]
     assert any(f.path.endswith(".image") and "1.31" in str(f.after) for f in istiod.fields)
@@ -112,6 +113,21 @@ def test_a_chart_version_bump_renders_the_install_layer_and_summarizes_crds(hist
     assert crds and all(change.summarized for change in crds)
     assert f"~ {crds[0].resource} ({len(crds[0].fields)} fields changed, not shown)" in text
     assert review.exit_status(reviews) == 1
+
+
+def test_an_entry_point_change_shows_in_its_environment_only(history):
+    tool = install.gitops_tool()
+    if tool == "argocd":
+        path, old, new, field = "applications/apps.yaml", "limit: 10", "limit: 3", "spec.syncPolicy.retry.limit"
+    else:
+        path, old, new, field = "apps.yaml", "retryInterval: 1m", "retryInterval: 5m", "spec.retryInterval"
+    edit(history / "clusters" / tool / "prod" / path, old, new)
+    commit(history, "prod retries differently")
+    reviews, text, _ = reviewed(history)
+    assert [env.name for env in reviews if env.changed] == ["prod"]
+    prod = next(env for env in reviews if env.name == "prod")
+    assert [[f.path for f in change.fields] for change in prod.resources["clusters"]] == [[field]]
+    assert "  clusters: 0 added, 0 removed, 1 changed" in text
 
 
 def test_an_environment_new_since_base_is_listed_as_added(history):
@@ -129,7 +145,7 @@ def test_an_environment_new_since_base_is_listed_as_added(history):
 
 
 def test_the_command_says_no_change_and_exits_0_then_1_once_something_changes(history):
-    command = [sys.executable, "-m", "repo_tools", "diff", "HEAD"]
+    command = [sys.executable, "-m", "repo_tools", "diff", "--environment", "dev", "HEAD"]
     unchanged = subprocess.run(command, cwd=history, capture_output=True, text=True, check=False)
     assert unchanged.returncode == 0 and unchanged.stdout.rstrip().endswith("no change")
     move_the_backend_port(history)
