@@ -143,7 +143,7 @@ def gitops_entry_points(gateway: layout.IngressGateway) -> tuple[str, list[str]]
             docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
             found += gitops.flux_order_problems(docs, environment)
             found += gitops.flux_components_problems(docs, environment)
-            installed = gitops.flux_install([f"flux/components/{c}" for c in gitops.overlay_components(environment)])
+            installed = gitops.flux_install(gitops.flux_listed_components(docs))
             found += [f"{environment}: {error}" for doc in installed for error in schema_errors(doc)]
             found += [f"{environment}: {problem}" for problem in install.helm_release_problems(installed, gateway)]
         found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]

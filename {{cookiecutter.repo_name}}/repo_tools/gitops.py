@@ -21,6 +21,7 @@ from repo_tools.mesh import host_matches, string_match
 from repo_tools.resources import describe, of_kind
 
 ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
+INFRASTRUCTURE = REPO_ROOT / "infrastructure"
 # CRDs first, then the control plane, the gateway it injects, and cert-manager.
 INSTALL_ORDER = ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
 KIND_ONLY = "kind-node-ports"  # the e2e cluster's component
@@ -171,9 +172,6 @@ def flux_order_problems(docs: list[dict], environment: str) -> list[str]:
     return problems
 
 
-INFRASTRUCTURE = REPO_ROOT / "infrastructure"
-
-
 def overlay_components(environment: str) -> list[str]:
     """The components infrastructure/overlays/<env> lists, by name."""
     kustomization = read_yaml(INFRASTRUCTURE / "overlays" / environment / "kustomization.yaml")
@@ -189,13 +187,18 @@ def flux_install(components: list[str], infrastructure: Path = INFRASTRUCTURE) -
         return kustomize.build(Path(scratch))
 
 
-def flux_components_problems(docs: list[dict], environment: str) -> list[str]:
-    """Flux installs an environment with the same components as infrastructure/overlays/<env>."""
+def flux_listed_components(docs: list[dict]) -> list[str]:
+    """The components Flux's infrastructure Kustomization of an environment applies, relative to infrastructure/."""
     infrastructure: dict = next(
         (doc["spec"] for doc in docs if doc["kind"] == "Kustomization" and doc["metadata"]["name"] == "infrastructure"),
         {},
     )
-    listed = [Path(component).name for component in infrastructure.get("components") or []]
+    return list(infrastructure.get("components") or [])
+
+
+def flux_components_problems(docs: list[dict], environment: str) -> list[str]:
+    """Flux installs an environment with the same components as infrastructure/overlays/<env>."""
+    listed = [Path(component).name for component in flux_listed_components(docs)]
     wanted = overlay_components(environment)
     if listed != wanted:
         return [
@@ -204,7 +207,7 @@ def flux_components_problems(docs: list[dict], environment: str) -> list[str]:
         ]
     return [
         f"clusters/flux/{environment}/infrastructure.yaml: component {component} is not in infrastructure/flux/components"
-        for component in infrastructure.get("components") or []
+        for component in flux_listed_components(docs)
         if not (INFRASTRUCTURE / component / "kustomization.yaml").is_file()
     ]
 
