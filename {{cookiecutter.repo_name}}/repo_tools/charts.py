@@ -107,8 +107,9 @@ def _template(arguments: list[str], recorded: Recordings) -> str:
     text = source.read_text()
     if "--include-crds" in arguments or "\nkind: CustomResourceDefinition" not in text:
         return text
-    documents = [doc for doc in yaml.safe_load_all(text) if doc and doc.get("kind") != "CustomResourceDefinition"]
-    return yaml.safe_dump_all(documents, sort_keys=False)
+    loaded = yaml.load_all(text, Loader=kustomize.SAFE_LOADER)
+    documents = [doc for doc in loaded if doc and doc.get("kind") != "CustomResourceDefinition"]
+    return yaml.dump_all(documents, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def recorded_helm(arguments: list[str], recorded: Recordings) -> str:
