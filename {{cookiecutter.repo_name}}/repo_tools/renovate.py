@@ -6,11 +6,13 @@ are applied as Renovate applies them: the regex managers' patterns (JavaScript s
 built-in kustomize, flux and kubernetes managers over the files their `managerFilePatterns` select.
 """
 
+import importlib.util
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -88,18 +90,31 @@ def file_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*") + "$")
 
 
-def selected(config: dict, root: Path) -> list[Path]:
+def repo_files(root: Path) -> list[str]:
+    """The files Renovate sees: what git tracks or would track, else every file outside hidden folders."""
+    listed = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        return sorted(set(listed.stdout.splitlines()))
+    found = []
+    for folder, directories, files in os.walk(root):
+        directories[:] = [name for name in directories if not name.startswith(".") and name != "__pycache__"]
+        found += [str((Path(folder) / name).relative_to(root)) for name in files]
+    return sorted(found)
+
+
+def selected(config: dict, root: Path, files: list[str]) -> list[Path]:
     patterns = [file_pattern(pattern) for pattern in config.get("managerFilePatterns", [])]
-    return [
-        path
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and ".git" not in path.parts and any(p.search(str(path.relative_to(root))) for p in patterns)
-    ]
+    return [root / name for name in files if any(pattern.search(name) for pattern in patterns)]
 
 
-def regex_matches(manager: dict, root: Path) -> set[tuple[str, str, str]]:
+def regex_matches(manager: dict, root: Path, files: list[str]) -> set[tuple[str, str, str]]:
     found = set()
-    for path in selected(manager, root):
+    for path in selected(manager, root, files):
         text = path.read_text()
         for expression in manager.get("matchStrings", []):
             for match in re.finditer(expression.replace("(?<", "(?P<"), text):
@@ -110,18 +125,19 @@ def regex_matches(manager: dict, root: Path) -> set[tuple[str, str, str]]:
     return found
 
 
-def builtin_matches(config: dict, root: Path) -> set[tuple[str, str, str]]:
+def builtin_matches(config: dict, root: Path, files: list[str]) -> set[tuple[str, str, str]]:
     """What the kustomize (helmCharts), flux (HelmRelease) and kubernetes (image:) managers extract."""
     found = set()
-    for path in selected(config.get("kustomize", {"managerFilePatterns": ["/(^|/)kustomization\\.ya?ml$/"]}), root):
+    kustomize = config.get("kustomize", {"managerFilePatterns": ["/(^|/)kustomization\\.ya?ml$/"]})
+    for path in selected(kustomize, root, files):
         for doc in yaml_documents(path):
             found |= {(str(path.relative_to(root)), c["name"], str(c["version"])) for c in doc.get("helmCharts") or []}
-    for path in selected(config.get("flux", {}), root):
+    for path in selected(config.get("flux", {}), root, files):
         for doc in yaml_documents(path):
             if doc.get("kind") == "HelmRelease":
                 chart = doc["spec"]["chart"]["spec"]
                 found.add((str(path.relative_to(root)), chart["chart"], str(chart["version"])))
-    for path in selected(config.get("kubernetes", {}), root):
+    for path in selected(config.get("kubernetes", {}), root, files):
         for image in (image for doc in yaml_documents(path) for image in images(doc)):
             found.add((str(path.relative_to(root)), *split_image(image)))
     return found
@@ -129,9 +145,10 @@ def builtin_matches(config: dict, root: Path) -> set[tuple[str, str, str]]:
 
 def config_errors(config_file: Path = CONFIG) -> list[str]:
     """renovate.json against Renovate's published schema, as check-jsonschema vendors it (offline)."""
-    schema = json.loads(
-        resources.files("check_jsonschema.builtin_schemas").joinpath("vendor/renovate.json").read_text()
-    )
+    package = importlib.util.find_spec("check_jsonschema")  # its location only: importing it loads its CLI
+    assert package is not None and package.submodule_search_locations, "check-jsonschema is not installed"
+    vendored = Path(package.submodule_search_locations[0]) / "builtin_schemas" / "vendor" / "renovate.json"
+    schema = json.loads(vendored.read_text())
     config = json.loads(config_file.read_text())
     return [
         f"renovate.json: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
@@ -141,9 +158,10 @@ def config_errors(config_file: Path = CONFIG) -> list[str]:
 
 def unmatched_pins(root: Path = REPO_ROOT) -> list[str]:
     config = json.loads((root / "renovate.json").read_text())
-    matched = builtin_matches(config, root)
+    files = repo_files(root)
+    matched = builtin_matches(config, root, files)
     for manager in config.get("customManagers", []):
-        matched |= regex_matches(manager, root)
+        matched |= regex_matches(manager, root, files)
     return [
         f"{pin.where}: {pin.name} {pin.version} is matched by no manager in renovate.json"
         for pin in pins(root)
