@@ -428,6 +428,7 @@ def test_pull_requests_get_the_change_review_in_the_summary_and_one_updated_comm
     assert 'cat review.md >> "$GITHUB_STEP_SUMMARY"' in review_step
     comment = steps["Comment on the pull request"]["run"]
     assert f'startswith("{review.MARKER}")' in comment and "--method PATCH" in comment
+    assert "head -n 4 review.md" in comment and "-F body=@comment.md" in comment
     assert steps["Fail when a contract row broke"]["if"] == "steps.review.outputs.status == '2'"
 
 

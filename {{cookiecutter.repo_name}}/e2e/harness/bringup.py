@@ -223,8 +223,11 @@ class Bringup:
 
     def install_test_ca(self) -> None:
         with self.phase("create the test CA secret"):
+            # Before --gitops syncs the gateway's namespace; a field manager of its own so that it never removes
+            # fields the install applied to the same Namespace.
             namespace = self.settings.gateway.namespace
-            self.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
+            namespace_manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            self.apply(yaml.safe_dump(namespace_manifest), field_manager="e2e-harness")
             self.apply(
                 tls.ca_secret_manifest(self.test_ca, self.settings.test_ca_secret, self.settings.gateway.namespace)
             )
