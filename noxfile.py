@@ -11,6 +11,8 @@ PYTHON_TOOLING = ["hooks", "local_extensions", "tests", "e2e", "benchmarks", "no
 
 nox.options.sessions = ["lint", "tests", "security"]
 nox.options.error_on_missing_interpreters = True
+# uv installs each session's requirements in seconds; plain virtualenv and pip where uv is missing.
+nox.options.default_venv_backend = "uv|virtualenv"
 
 
 def install_test_requirements(session: nox.Session) -> None:
