@@ -2,9 +2,8 @@
 
 Renders every environment at BASE (default: the merge base with the default branch) and in the working tree: the
 apps overlay, its GitOps entry point (clusters/), and the install overlay where its charts are at hand and
-infrastructure/ changed. Prints, per
-environment, the resources added, removed and changed, field by field (CRDs and webhook configurations only
-counted), and the traffic contract's rows whose verdict changed. Exit status: 0 nothing changed; 1 something
+infrastructure/ changed. Prints, per environment, the resources added, removed and changed, field by field (CRDs
+and webhook configurations only counted), and the traffic contract's rows whose verdict changed. Exit status: 0 nothing changed; 1 something
 changed and no row broke; 2 a contract row that held (or a new row) fails in the working tree; 3 BASE unusable.
 """
 
@@ -67,7 +66,12 @@ class RowChange:
                 return f"holds, {outcome.verdict.outcome} ({outcome.verdict.because})"
             return f"FAILS, {outcome.verdict.outcome} where the row expects {outcome.row.expected} ({outcome.verdict.because})"
 
-        word = "BROKE" if self.broke else ("fixed" if self.after is not None and self.after.holds else "changed")
+        if self.broke:
+            word = "BROKE"
+        elif self.after is None:
+            word = "removed"
+        else:
+            word = "added" if self.before is None else ("fixed" if self.after.holds else "changed")
         return f"{word} {self.row!r}: before, {state(self.before)}; now, {state(self.after)}"
 
 
@@ -243,9 +247,11 @@ def review_environment(name: str, before: Tree, after: Tree) -> EnvironmentRevie
         review.notes.append("new environment: everything in it is added")
     old_outcomes, new_outcomes = outcomes(before, name), outcomes(after, name)
     for row in list(old_outcomes) + [row for row in new_outcomes if row not in old_outcomes]:
-        was, now = old_outcomes.get(row), new_outcomes.get(row)
-        if was is None or now is None or was.holds != now.holds or was.verdict != now.verdict:
-            review.rows.append(RowChange(row, was, now))
+        change = RowChange(row, old_outcomes.get(row), new_outcomes.get(row))
+        if name not in before.apps and not change.broke:
+            continue  # a new environment: only the rows it fails are news
+        if change.before is None or change.after is None or change.before.verdict != change.after.verdict:
+            review.rows.append(change)
     return review
 
 
