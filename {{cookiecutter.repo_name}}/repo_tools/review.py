@@ -23,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from repo_tools import REPO_ROOT, charts, contract, kustomize, layout
+from repo_tools import REPO_ROOT, charts, contract, gitops, kustomize, layout
 from repo_tools.resources import describe
 
+LAYERS = ("apps", "clusters", "flux install", "infrastructure")
 # Large generated bodies: a changed field count says enough, the values would drown the review.
 SUMMARIZED_KINDS = {"CustomResourceDefinition", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 LONGEST_VALUE = 60
@@ -81,10 +82,15 @@ class EnvironmentReview:
     resources: dict[str, list[ResourceChange]] = field(default_factory=dict)  # layer -> changes
     rows: list[RowChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unbuildable: list[str] = field(default_factory=list)  # what no longer builds in the working tree
 
     @property
     def changed(self) -> bool:
-        return any(self.resources.values()) or bool(self.rows)
+        return any(self.resources.values()) or bool(self.rows) or bool(self.unbuildable)
+
+    @property
+    def broke(self) -> bool:
+        return bool(self.unbuildable) or any(row.broke for row in self.rows)
 
 
 def git(*args: str, root: Path = REPO_ROOT) -> str:
@@ -123,11 +129,28 @@ def install_layer_changed(ref: str, root: Path = REPO_ROOT) -> bool:
     return tracked.returncode != 0 or bool(untracked)
 
 
-def shown(value: Any) -> str:
+def shown(value: Any, start: int = 0) -> str:
+    """A value on one line, at most LONGEST_VALUE characters of it from `start` (where it differs from the other)."""
     if value is ABSENT:
         return "(absent)"
     text = (value if isinstance(value, str) else json.dumps(value)).replace("\n", "\\n")
-    return text if len(text) <= LONGEST_VALUE else f"{text[:LONGEST_VALUE]}... ({len(text)} characters)"
+    if len(text) <= LONGEST_VALUE:
+        return text
+    start = max(0, min(start, len(text) - LONGEST_VALUE))
+    excerpt = ("..." if start else "") + text[start : start + LONGEST_VALUE] + "..."
+    return f"{excerpt} ({len(text)} characters)"
+
+
+def difference(change: "FieldChange") -> tuple[str, str]:
+    """Both values as shown, each from a little before the first character where they differ."""
+    if not (isinstance(change.before, str) and isinstance(change.after, str)):
+        return shown(change.before), shown(change.after)
+    before, after = (value.replace("\n", "\\n") for value in (change.before, change.after))
+    common = next(
+        (i for i, (b, a) in enumerate(zip(before, after, strict=False)) if b != a), min(len(before), len(after))
+    )
+    start = max(0, common - 10)
+    return shown(change.before, start), shown(change.after, start)
 
 
 def field_changes(before: Any, after: Any, path: str = "") -> list[FieldChange]:
@@ -177,17 +200,24 @@ class Tree:
     """One side of the comparison: a checkout of the repo, its rendered environments and its contract."""
 
     root: Path
-    apps: dict[str, list[dict] | str]  # environment -> documents, or why it does not build
-    infrastructure: dict[str, list[dict] | str]
-    clusters: dict[str, list[dict] | str]  # the GitOps entry points
+    layers: dict[str, dict[str, list[dict] | str]]  # layer -> environment -> documents, or why they do not build
     rows: list[contract.Row] | str
+
+    @property
+    def apps(self) -> dict[str, list[dict] | str]:
+        return self.layers["apps"]
 
 
 def build(render: Callable[[], list[dict]]) -> list[dict] | str:
     try:
         return render()
-    except (kustomize.KustomizeError, charts.ChartsUnavailable) as error:
+    except (kustomize.KustomizeError, charts.ChartsUnavailable, yaml.YAMLError, OSError) as error:
         return str(error).strip().splitlines()[-1]
+
+
+def flux_install(entry_point: Path, root: Path) -> list[dict]:
+    """What Flux installs for an environment: infrastructure/ with the components its entry point lists."""
+    return gitops.flux_install(gitops.flux_listed_components(entry_points(entry_point)), root / "infrastructure")
 
 
 def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) -> Tree:
@@ -201,19 +231,23 @@ def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) 
         renders["apps", name] = partial(kustomize.build, root / "apps" / "overlays" / name)
         for entry_point in (root / "clusters").glob(f"*/{name}"):
             renders["clusters", name] = partial(entry_points, entry_point)
+            if entry_point.parent.name == "flux":  # Flux installs HelmReleases, not the overlay below
+                renders["flux install", name] = partial(flux_install, entry_point, root)
         overlay = root / "infrastructure" / "overlays" / name
         if with_install_layer and (overlay / "kustomization.yaml").is_file():
             renders["infrastructure", name] = partial(charts.render, overlay, root)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         built = dict(zip(renders, pool.map(build, renders.values()), strict=True))
-    layers: dict[str, dict[str, list[dict] | str]] = {"apps": {}, "infrastructure": {}, "clusters": {}}
+    layers: dict[str, dict[str, list[dict] | str]] = {layer: {} for layer in LAYERS}
     for (layer, name), docs in built.items():
         layers[layer][name] = docs
     try:
         rows: list[contract.Row] | str = contract.parse(yaml.safe_load((root / "contract.yaml").read_text()))
-    except (OSError, contract.ContractError) as error:
+    except FileNotFoundError:
+        rows = "there is no contract.yaml"
+    except (OSError, yaml.YAMLError, contract.ContractError) as error:
         rows = f"contract.yaml does not load: {str(error).splitlines()[0]}"
-    return Tree(root, layers["apps"], layers["infrastructure"], layers["clusters"], rows)
+    return Tree(root, layers, rows)
 
 
 def entry_points(directory: Path) -> list[dict]:
@@ -236,15 +270,23 @@ def outcomes(tree: Tree, environment: str) -> dict[str, contract.Outcome]:
 
 def review_environment(name: str, before: Tree, after: Tree) -> EnvironmentReview:
     review = EnvironmentReview(name)
-    for layer in ("apps", "infrastructure", "clusters"):
-        old, new = getattr(before, layer).get(name, []), getattr(after, layer).get(name, [])
-        for side, docs in (("BASE", old), ("the working tree", new)):
-            if isinstance(docs, str):
-                review.notes.append(f"{layer} of {name} does not build at {side}: {docs}")
+    for layer in LAYERS:
+        old, new = before.layers[layer].get(name, []), after.layers[layer].get(name, [])
+        if isinstance(old, str):
+            review.notes.append(f"{layer} of {name} does not build at BASE: {old}")
+        if isinstance(new, str):
+            review.unbuildable.append(f"{layer} of {name} does not build in the working tree: {new}")
         if isinstance(old, list) and isinstance(new, list):
             review.resources[layer] = resource_changes(old, new)
     if name not in before.apps:
         review.notes.append("new environment: everything in it is added")
+    if name not in after.apps:
+        review.notes.append(f"environment removed: apps/overlays/{name} is gone")
+        return review
+    if isinstance(after.rows, str):
+        review.unbuildable.append(f"in the working tree, {after.rows}")
+    if review.unbuildable:
+        return review  # no verdicts to compare: the working tree's side is missing
     old_outcomes, new_outcomes = outcomes(before, name), outcomes(after, name)
     for row in list(old_outcomes) + [row for row in new_outcomes if row not in old_outcomes]:
         change = RowChange(row, old_outcomes.get(row), new_outcomes.get(row))
@@ -264,18 +306,22 @@ def review(base: str, root: Path = REPO_ROOT, only: Collection[str] = ()) -> tup
         with_install_layer = False
     elif not with_install_layer:
         notes.append("infrastructure/ is unchanged: the install layer is not rendered")
+    elif charts.recordings() is not None:
+        notes.append(
+            "the install layer is rendered from recorded renders, matched by chart and minor version: values files "
+            "and patch releases show as recorded"
+        )
     with tempfile.TemporaryDirectory(prefix="repo-tools-diff-") as scratch:
         before = read_tree(checkout(base, Path(scratch) / "base", root), with_install_layer, only)
         after = read_tree(root, with_install_layer, only)
-        for tree, side in ((before, "BASE"), (after, "the working tree")):
-            if isinstance(tree.rows, str):
-                notes.append(f"at {side}, {tree.rows}")
+        if isinstance(before.rows, str):
+            notes.append(f"at BASE, {before.rows}")
         environments = sorted(set(before.apps) | set(after.apps))
         return [review_environment(name, before, after) for name in environments], notes
 
 
 def exit_status(reviews: list[EnvironmentReview]) -> int:
-    if any(row.broke for env in reviews for row in env.rows):
+    if any(env.broke for env in reviews):
         return 2
     return 1 if any(env.changed for env in reviews) else 0
 
@@ -288,6 +334,7 @@ def text(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
     lines = [f"Changes from {base} to the working tree"] + [f"note: {note}" for note in notes]
     for env in reviews:
         lines.append(f"\n== {env.name} ==" + ("" if env.changed else " (no change)"))
+        lines += [f"  BROKEN: {problem}" for problem in env.unbuildable]
         lines += [f"  note: {note}" for note in env.notes]
         for layer, changes in env.resources.items():
             if not changes:
@@ -299,7 +346,7 @@ def text(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
                     lines.append(f"    {sign} {change.resource} ({len(change.fields)} fields changed, not shown)")
                     continue
                 lines.append(f"    {sign} {change.resource}")
-                lines += [f"        {f.path}: {shown(f.before)} -> {shown(f.after)}" for f in change.fields]
+                lines += [f"        {f.path}: {' -> '.join(difference(f))}" for f in change.fields]
         if env.rows:
             lines.append("  contract:")
             lines += [f"    {row.sentence()}" for row in env.rows]
@@ -310,6 +357,9 @@ def text(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
 def verdict_line(reviews: list[EnvironmentReview]) -> str:
     broke = sum(row.broke for env in reviews for row in env.rows)
     changed = [env.name for env in reviews if env.changed]
+    unbuildable = [env.name for env in reviews if env.unbuildable]
+    if unbuildable:
+        return f"the working tree does not build or load for: {', '.join(unbuildable)}"
     if broke:
         return f"contract broken: {broke} verdict(s) that held now fail; changed: {', '.join(changed)}"
     return f"changed: {', '.join(changed)}; every contract row that held still holds" if changed else "no change"
@@ -328,6 +378,7 @@ def markdown(reviews: list[EnvironmentReview], notes: list[str], base: str) -> s
         if not env.changed and not env.notes:
             continue
         lines += ["", f"#### {env.name}", ""]
+        lines += [f"- **broken** {problem}" for problem in env.unbuildable]
         lines += [f"> {note}" for note in env.notes]
         for row in env.rows:
             lines.append(f"- **contract** {row.sentence()}")
@@ -339,7 +390,7 @@ def markdown(reviews: list[EnvironmentReview], notes: list[str], base: str) -> s
                 detail = f" ({len(change.fields)} fields changed, not shown)" if change.summarized else ""
                 lines.append(f"- {change.status} `{change.resource}`{detail}")
                 if not change.summarized:
-                    lines += [f"  - `{f.path}`: `{shown(f.before)}` → `{shown(f.after)}`" for f in change.fields]
+                    lines += [f"  - `{f.path}`: `{difference(f)[0]}` → `{difference(f)[1]}`" for f in change.fields]
             lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -356,7 +407,7 @@ def main(arguments: list[str]) -> int:
         base = options.base or default_base()
         git("rev-parse", "--verify", f"{base}^{{commit}}")
         reviews, notes = review(base, only=options.environment)
-    except RuntimeError as error:
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
         print(f"diff: {error}", file=sys.stderr)
         return 3
     sys.stdout.write(markdown(reviews, notes, base) if options.markdown else text(reviews, notes, base))

@@ -1,6 +1,7 @@
 """python -m repo_tools diff: a git history made from this repo, one change per commit, reviewed as a pull request
 would be: the resources that change per environment, field by field, and the contract rows whose verdict changes."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,41 @@ def test_the_command_says_no_change_and_exits_0_then_1_once_something_changes(hi
     assert changed.returncode == 1 and changed.stdout.startswith(review.MARKER)
     missing = subprocess.run([*command[:-1], "no-such-ref"], cwd=history, capture_output=True, text=True, check=False)
     assert missing.returncode == 3 and "no-such-ref" in missing.stderr
+
+
+@pytest.mark.skipif(install.gitops_tool() != "flux", reason="this repo syncs with Argo CD: no HelmReleases")
+def test_a_helm_release_change_shows_in_what_flux_installs(history):
+    edit(history / "infrastructure" / "flux" / "releases.yaml", "retries: 3", "retries: 5")
+    commit(history, "more install retries")
+    reviews, text, _ = reviewed(history, only=("dev",))
+    changes = reviews[0].resources["flux install"]
+    assert [change.resource for change in changes] == ["HelmRelease istio-system/istio-base"]
+    assert "spec.install.remediation.retries: 3 -> 5" in text
+
+
+def test_a_working_tree_that_no_longer_builds_or_loads_is_a_broken_change(history):
+    (history / "apps" / "overlays" / "dev" / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
+    reviews, text, _ = reviewed_against_head(history)
+    dev = next(env for env in reviews if env.name == "dev")
+    assert dev.unbuildable and dev.unbuildable[0].startswith("apps of dev does not build in the working tree")
+    assert review.exit_status(reviews) == 2 and "the working tree does not build or load for: dev" in text
+    subprocess.run(["git", "-C", str(history), "checkout", "-q", "."], check=True)
+    (history / "contract.yaml").write_text("rows: [ : broken\n")
+    reviews, text, _ = reviewed_against_head(history)
+    assert review.exit_status(reviews) == 2
+    assert "BROKEN: in the working tree, contract.yaml does not load" in text
+
+
+def test_a_removed_environment_is_said_so_and_a_long_value_shows_where_it_differs(history):
+    shutil.rmtree(history / "apps" / "overlays" / "staging")
+    reviews, _, _ = reviewed_against_head(history)
+    staging = next(env for env in reviews if env.name == "staging")
+    assert "environment removed: apps/overlays/staging is gone" in staging.notes and staging.rows == []
+    before = "x" * 100 + "timeout = 10" + "y" * 100
+    shown_before, shown_after = review.difference(review.FieldChange("data.script", before, before.replace("10", "30")))
+    assert "timeout = 10" in shown_before and "timeout = 30" in shown_after
+
+
+def reviewed_against_head(root: Path) -> tuple[list[review.EnvironmentReview], str, str]:
+    reviews, notes = review.review("HEAD", root)
+    return reviews, review.text(reviews, notes, "HEAD"), review.markdown(reviews, notes, "HEAD")

@@ -423,7 +423,9 @@ def test_pull_requests_get_the_change_review_in_the_summary_and_one_updated_comm
     job = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"]["change-review"]
     assert job["permissions"]["pull-requests"] == "write"
     steps = {step.get("name", step.get("uses", step.get("run"))): step for step in job["steps"]}
-    review_step = steps["Review the change (kubectl and helm come with the runner)"]["run"]
+    review_step = steps["Review the change"]["run"]
+    assert '[ "$(head -n 1 review.md)" = "<!-- repo-tools-diff -->" ]' in review_step
+    assert {"azure/setup-kubectl@v4", "azure/setup-helm@v4"} <= set(steps)
     assert 'python -m repo_tools diff "origin/${GITHUB_BASE_REF}" --markdown > review.md' in review_step
     assert 'cat review.md >> "$GITHUB_STEP_SUMMARY"' in review_step
     comment = steps["Comment on the pull request"]["run"]
