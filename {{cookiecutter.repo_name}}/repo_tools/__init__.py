@@ -3,9 +3,13 @@
 Imported by the offline tests (tests/), the command line (python -m repo_tools) and the e2e harness.
 """
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Results that depend only on their inputs (schema verdicts, renders of recorded charts) are kept here;
+# $REPO_TOOLS_CACHE_DIR lets several checkouts share them.
+CACHE_DIR = Path(os.environ.get("REPO_TOOLS_CACHE_DIR") or REPO_ROOT / ".cache" / "repo_tools")
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ kustomize renders `helmCharts` by calling a `helm` executable (`--helm-command`)
     python -m repo_tools.charts template RELEASE CHART_DIR --namespace NS -f VALUES [--include-crds]
 """
 
+import hashlib
 import os
 import shutil
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, kustomize
+from repo_tools import CACHE_DIR, REPO_ROOT, kustomize
 
 RECORDED_FIXTURES = "RECORDED_FIXTURES"
 ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
@@ -153,9 +154,32 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
     infrastructure/ and the repo stays clean.
     """
     relative = overlay.resolve().relative_to(root.resolve())
-    with helm_command() as helm, tempfile.TemporaryDirectory(prefix="infrastructure-") as copy:
-        shutil.copytree(root / "infrastructure", Path(copy) / "infrastructure", ignore=shutil.ignore_patterns("charts"))
-        return kustomize.build(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
+    recorded = recordings()
+    cached = CACHE_DIR / "renders" / f"{render_key(relative, root, recorded)}.yaml" if recorded else None
+    if cached is not None and cached.is_file():
+        text = cached.read_text()
+    else:
+        with helm_command() as helm, tempfile.TemporaryDirectory(prefix="infrastructure-") as copy:
+            shutil.copytree(
+                root / "infrastructure", Path(copy) / "infrastructure", ignore=shutil.ignore_patterns("charts")
+            )
+            text = kustomize.render(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(text)
+            partial.replace(cached)  # atomic: a reader sees the whole render or none
+    return [doc for doc in yaml.load_all(text, Loader=kustomize.SAFE_LOADER) if doc]
+
+
+def render_key(relative: Path, root: Path, recorded: Recordings) -> str:
+    """What a render from recordings depends on: the install layer's files, the recordings, this stand-in, kustomize."""
+    digest = hashlib.sha256(f"{relative}\0{recorded.root}\0{kustomize.kustomize_command()}".encode())
+    digest.update(Path(__file__).read_bytes())
+    for path in sorted((root / "infrastructure").rglob("*")):
+        if path.is_file() and "charts" not in path.relative_to(root).parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def main(arguments: list[str]) -> int:

@@ -29,7 +29,7 @@ import kubernetes_validate
 import pydantic
 import yaml
 
-from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, charts, kustomize
+from repo_tools import CACHE_DIR, KUBERNETES_VERSION, VERSIONS, charts, kustomize
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 from repo_tools.resources import describe
 
@@ -48,8 +48,6 @@ CUSTOM_RESOURCE_MODELS = {
 }
 
 
-# $REPO_TOOLS_CACHE_DIR lets several checkouts share results (a result depends only on the fingerprint and the document).
-CACHE_DIR = Path(os.environ.get("REPO_TOOLS_CACHE_DIR") or REPO_ROOT / ".cache" / "repo_tools")
 SCHEMA_PACKAGES = (
     "kubernetes-validate",
     "jsonschema",

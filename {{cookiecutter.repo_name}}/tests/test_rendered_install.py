@@ -212,3 +212,18 @@ def test_a_load_balancer_service_not_marked_optional_would_hold_the_waves_back()
         "a load-balancer address) without metrics-server or a load-balancer provider, and would hold the sync "
         "waves back"
     ]
+
+
+@pytest.mark.skipif(charts.recordings() is None, reason="only renders of recorded charts are kept")
+def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")
+    copy_root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "infrastructure", copy_root / "infrastructure", ignore=shutil.ignore_patterns("charts"))
+    overlay = copy_root / "infrastructure" / "overlays" / "dev"
+    rendered = charts.render(overlay, copy_root)
+    (kept,) = (tmp_path / "cache" / "renders").glob("*.yaml")
+    kept.write_text("kind: Kept\nmetadata: {name: from-the-cache}\n")
+    assert charts.render(overlay, copy_root) == [{"kind": "Kept", "metadata": {"name": "from-the-cache"}}]
+    values = copy_root / "infrastructure" / "istiod" / "values.yaml"
+    values.write_text(values.read_text() + "\n")
+    assert charts.render(overlay, copy_root) == rendered
