@@ -12,6 +12,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("REPO_TOOLS_CACHE_DIR") or REPO_ROOT / ".cache" / "repo_tools")
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file so that a concurrent reader sees the old content or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=value lines, as kustomize's configMapGenerator `envs` reads them; '#' starts a comment line."""
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))

@@ -140,7 +140,7 @@ def gitops_entry_points(gateway: layout.IngressGateway) -> tuple[str, list[str]]
             docs = entry_points[environment]
             found += gitops.argocd_order_problems(docs, environment)
         else:
-            docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+            docs = gitops.entry_point_documents(REPO_ROOT / "clusters" / "flux" / environment)
             found += gitops.flux_order_problems(docs, environment)
             found += gitops.flux_components_problems(docs, environment)
             installed = gitops.flux_install(gitops.flux_listed_components(docs))
@@ -170,7 +170,7 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
             found = [error for doc in docs for error in schema_errors(doc)]
             found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
             found += rendered_install.selectors_select_the_gateway_pods(docs, apps.get(name, []), gateway)
-            if rendered_install.lists_high_availability(infrastructure_overlay):
+            if gitops.HIGH_AVAILABILITY in gitops.overlay_components(name):
                 found += rendered_install.high_availability_holds(docs, gateway)
             if argocd_settings is not None:
                 found += gitops.install_settles_without_metrics_or_load_balancer(argocd_settings, docs)

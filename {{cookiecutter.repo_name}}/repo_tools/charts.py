@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import CACHE_DIR, REPO_ROOT, kustomize
+from repo_tools import CACHE_DIR, REPO_ROOT, kustomize, write_atomically
 
 RECORDED_FIXTURES = "RECORDED_FIXTURES"
 ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
@@ -165,10 +165,7 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
             )
             text = kustomize.render(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(text)
-            partial.replace(cached)  # atomic: a reader sees the whole render or none
+            write_atomically(cached, text)
     return [doc for doc in yaml.load_all(text, Loader=kustomize.SAFE_LOADER) if doc]
 
 

@@ -25,6 +25,7 @@ INFRASTRUCTURE = REPO_ROOT / "infrastructure"
 # CRDs first, then the control plane, the gateway it injects, and cert-manager.
 INSTALL_ORDER = ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
 KIND_ONLY = "kind-node-ports"  # the e2e cluster's component
+HIGH_AVAILABILITY = "gateway-high-availability"  # staging's and prod's component
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 ISTIO_INGRESS_CONTROLLER = "istio.io/ingress-controller"
 # cert-manager's HTTP-01 solver serves one exact path per token; Istio routes it as an exact path match.
@@ -77,9 +78,13 @@ def entry_point_problems(docs: list[dict]) -> list[str]:
     ]
 
 
-def flux_entry_points(environment: Path) -> list[dict]:
-    """The Flux objects of clusters/flux/<env>; Flux itself generates their kustomization.yaml."""
-    return [doc for path in sorted(environment.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+def entry_point_documents(directory: Path) -> list[dict]:
+    """What an environment's entry point (clusters/<tool>/<env>) applies: its kustomization and the nested one of
+    the Applications (Argo CD), or the files Flux reads (Flux itself generates their kustomization.yaml)."""
+    if not (directory / "kustomization.yaml").is_file():
+        return [doc for path in sorted(directory.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    nested = sorted(path.parent for path in directory.glob("*/kustomization.yaml"))
+    return [doc for kustomization in (directory, *nested) for doc in kustomize.build(kustomization)]
 
 
 def environments(tool: str) -> list[str]:
@@ -88,8 +93,7 @@ def environments(tool: str) -> list[str]:
 
 
 def argocd_entry_points(environment: str) -> list[dict]:
-    directory = REPO_ROOT / "clusters" / "argocd" / environment
-    return kustomize.build(directory) + kustomize.build(directory / "applications")
+    return entry_point_documents(REPO_ROOT / "clusters" / "argocd" / environment)
 
 
 def install_order_problems(apps_overlays: list[str]) -> list[str]:
@@ -214,7 +218,7 @@ def flux_components_problems(docs: list[dict], environment: str) -> list[str]:
 
 def high_availability_settings(infrastructure: Path = INFRASTRUCTURE) -> dict:
     """The gateway's high-availability settings as the kustomize component writes them, in the chart's terms."""
-    component = infrastructure / "components" / "gateway-high-availability"
+    component = infrastructure / "components" / HIGH_AVAILABILITY
     hpa = next(
         yaml.safe_load(entry["patch"])
         for entry in read_yaml(component / "kustomization.yaml").get("patches", [])
@@ -258,7 +262,7 @@ def flux_twins_problems(gateway: IngressGateway, infrastructure: Path = INFRASTR
             problems.append(f"{where}: the build has no HelmRelease {gateway.service_account}, the gateway's release")
             continue
         values = release.get("values") or {}
-        wanted_values = high_availability_settings(infrastructure) if component == "gateway-high-availability" else {}
+        wanted_values = high_availability_settings(infrastructure) if component == HIGH_AVAILABILITY else {}
         if values != wanted_values:
             problems.append(
                 f"{where}: sets the gateway's values {values}; infrastructure/components/{component} means {wanted_values}"

@@ -5,7 +5,6 @@ the matching apps overlay) and returns sentences naming the resource and what to
 """
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,7 +14,6 @@ from repo_tools.install import Chart
 from repo_tools.layout import IngressGateway
 from repo_tools.resources import describe, of_kind, pod_labels, selects
 
-HIGH_AVAILABILITY_COMPONENT = "components/gateway-high-availability"
 # Values that are whole upstream APIs rather than chart keys: istiod passes meshConfig through as Istio's
 # MeshConfig, whose fields the chart's defaults list only in part.
 FREE_FORM_VALUES = {"istiod": ("meshConfig.", "pilot.meshConfig.")}
@@ -109,11 +107,6 @@ def node_ports_match_the_kind_mappings(
         if rendered.get(port) != node_port
     ]
     return problems
-
-
-def lists_high_availability(overlay: Path) -> bool:
-    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    return any(component.endswith(HIGH_AVAILABILITY_COMPONENT) for component in kustomization.get("components", []))
 
 
 def high_availability_holds(infrastructure: list[dict], gateway: IngressGateway) -> list[str]:

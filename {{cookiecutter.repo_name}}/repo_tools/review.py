@@ -217,7 +217,8 @@ def build(render: Callable[[], list[dict]]) -> list[dict] | str:
 
 def flux_install(entry_point: Path, root: Path) -> list[dict]:
     """What Flux installs for an environment: infrastructure/ with the components its entry point lists."""
-    return gitops.flux_install(gitops.flux_listed_components(entry_points(entry_point)), root / "infrastructure")
+    listed = gitops.flux_listed_components(gitops.entry_point_documents(entry_point))
+    return gitops.flux_install(listed, root / "infrastructure")
 
 
 def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) -> Tree:
@@ -230,7 +231,7 @@ def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) 
     for name in environments:
         renders["apps", name] = partial(kustomize.build, root / "apps" / "overlays" / name)
         for entry_point in (root / "clusters").glob(f"*/{name}"):
-            renders["clusters", name] = partial(entry_points, entry_point)
+            renders["clusters", name] = partial(gitops.entry_point_documents, entry_point)
             if entry_point.parent.name == "flux":  # Flux installs HelmReleases, not the overlay below
                 renders["flux install", name] = partial(flux_install, entry_point, root)
         overlay = root / "infrastructure" / "overlays" / name
@@ -248,14 +249,6 @@ def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) 
     except (OSError, yaml.YAMLError, contract.ContractError) as error:
         rows = f"contract.yaml does not load: {str(error).splitlines()[0]}"
     return Tree(root, layers, rows)
-
-
-def entry_points(directory: Path) -> list[dict]:
-    """What an environment's GitOps entry point applies: a kustomization (Argo CD), or the files Flux reads."""
-    if not (directory / "kustomization.yaml").is_file():
-        return [doc for path in sorted(directory.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
-    nested = [path.parent for path in sorted(directory.glob("*/kustomization.yaml"))]
-    return kustomize.build(directory) + [doc for child in nested for doc in kustomize.build(child)]
 
 
 def outcomes(tree: Tree, environment: str) -> dict[str, contract.Outcome]:

@@ -18,7 +18,6 @@ is not validated twice; importing the typed models alone takes seconds.
 import hashlib
 import importlib
 import json
-import os
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +28,7 @@ import kubernetes_validate
 import pydantic
 import yaml
 
-from repo_tools import CACHE_DIR, KUBERNETES_VERSION, VERSIONS, charts, kustomize
+from repo_tools import CACHE_DIR, KUBERNETES_VERSION, VERSIONS, charts, kustomize, write_atomically
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 from repo_tools.resources import describe
 
@@ -100,14 +99,11 @@ def use_disk_cache() -> None:
 def save_disk_cache() -> None:
     if _disk is None:
         return
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     current = cache_file()
     for stale in CACHE_DIR.glob("schema-results-*.json"):
         if stale != current:
             stale.unlink(missing_ok=True)
-    partial = current.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(_disk))
-    partial.replace(current)  # atomic: a reader sees the old results or the new, never half
+    write_atomically(current, json.dumps(_disk))
 
 
 @cache

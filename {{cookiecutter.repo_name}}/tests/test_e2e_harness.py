@@ -547,7 +547,7 @@ def test_the_gitops_agent_pulls_a_snapshot_of_this_repo_over_smart_http(tmp_path
     else:
         source = harness_gitops.flux_source(served_url, branch)
         assert schema_errors(source) == []
-        kustomizations = gitops.flux_entry_points(entry_point)
+        kustomizations = gitops.entry_point_documents(entry_point)
         assert {doc["spec"]["sourceRef"]["name"] for doc in kustomizations} == {source["metadata"]["name"]}
 
 

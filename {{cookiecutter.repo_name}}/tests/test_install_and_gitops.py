@@ -185,7 +185,7 @@ def test_flux_helm_releases_build_validate_and_follow_the_install_order(gateway)
 @flux_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(environment):
-    docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+    docs = gitops.entry_point_documents(REPO_ROOT / "clusters" / "flux" / environment)
     assert [error for doc in docs for error in schema_errors(doc)] == []
     assert gitops.flux_order_problems(docs, environment) == []
     apps = next(doc for doc in docs if doc["metadata"]["name"] == "apps")
@@ -198,7 +198,7 @@ def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(en
 @flux_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_flux_installs_each_environment_with_the_components_of_its_overlay(environment):
-    docs = gitops.flux_entry_points(REPO_ROOT / "clusters" / "flux" / environment)
+    docs = gitops.entry_point_documents(REPO_ROOT / "clusters" / "flux" / environment)
     assert gitops.flux_components_problems(docs, environment) == []
     infrastructure = next(doc for doc in docs if doc["metadata"]["name"] == "infrastructure")
     infrastructure["spec"]["components"] = ["flux/components/kind-node-ports", "flux/components/no-such-part"]

@@ -199,12 +199,12 @@ class Bringup:
             self.kubectl("-n", namespace, "wait", "deployments", "--all", "--for=condition=Available", "--timeout=300s")
         entry_point = snapshot / "clusters" / tool / gitops.E2E_ENVIRONMENT
         if tool == "argocd":
-            docs = kustomize.build(entry_point) + kustomize.build(entry_point / "applications")
+            docs = repo_gitops.entry_point_documents(entry_point)
             expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Application"]
             # As README.md bootstraps it: a field manager of its own, so that argocd-cm keeps the install's keys.
             self.apply(kustomize.render(entry_point), field_manager=gitops.ENTRY_POINT_FIELD_MANAGER)
         else:
-            docs = [gitops.flux_source(url, branch), *repo_gitops.flux_entry_points(entry_point)]
+            docs = [gitops.flux_source(url, branch), *repo_gitops.entry_point_documents(entry_point)]
             expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Kustomization"]
             self.apply(yaml.safe_dump_all(docs), field_manager=gitops.ENTRY_POINT_FIELD_MANAGER)
         resource = "applications.argoproj.io" if tool == "argocd" else "kustomizations.kustomize.toolkit.fluxcd.io"
