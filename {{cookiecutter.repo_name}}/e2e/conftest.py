@@ -160,9 +160,7 @@ def serve_snapshot(stack: contextlib.ExitStack, destination: Path) -> tuple[Path
 
 def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:
     bundle = Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S")
-    agent_namespaces = (
-        {gitops.ARGOCD_NAMESPACE if run.agent == "argocd" else gitops.FLUX_NAMESPACE} if run.agent else set()
-    )
+    agent_namespaces = {gitops.AGENTS[run.agent].namespace} if run.agent else set()
     namespaces = sorted(
         {run.settings.app_namespace, run.settings.gateway.namespace, acme.NAMESPACE, *(s.namespace for s in run.stages)}
         | agent_namespaces

@@ -4,6 +4,7 @@ Imported by the offline tests (tests/), the command line (python -m repo_tools) 
 """
 
 import os
+import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,24 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(text)
     partial.replace(path)
+
+
+def repo_files(root: Path) -> list[str]:
+    """The repo's files, as git sees them (tracked, or new and not ignored); outside git, every file outside hidden
+    folders and caches. What Renovate reads, and what the e2e run commits."""
+    listed = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        return sorted({name for name in listed.stdout.splitlines() if (root / name).is_file()})  # not deleted ones
+    found = []
+    for folder, directories, files in os.walk(root):
+        directories[:] = [name for name in directories if not name.startswith(".") and name != "__pycache__"]
+        found += [str((Path(folder) / name).relative_to(root)) for name in files]
+    return sorted(found)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -166,7 +166,7 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
             text = kustomize.render(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
         if cached is not None:
             write_atomically(cached, text)
-    return [doc for doc in yaml.load_all(text, Loader=kustomize.SAFE_LOADER) if doc]
+    return kustomize.parse(text)
 
 
 def render_key(relative: Path, root: Path, recorded: Recordings) -> str:

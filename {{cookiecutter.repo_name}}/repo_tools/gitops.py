@@ -82,7 +82,7 @@ def entry_point_documents(directory: Path) -> list[dict]:
     """What an environment's entry point (clusters/<tool>/<env>) applies: its kustomization and the nested one of
     the Applications (Argo CD), or the files Flux reads (Flux itself generates their kustomization.yaml)."""
     if not (directory / "kustomization.yaml").is_file():
-        return [doc for path in sorted(directory.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+        return [doc for path in sorted(directory.glob("*.yaml")) for doc in kustomize.parse(path.read_text())]
     nested = sorted(path.parent for path in directory.glob("*/kustomization.yaml"))
     return [doc for kustomization in (directory, *nested) for doc in kustomize.build(kustomization)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, read_env_file
+from repo_tools import REPO_ROOT, kustomize, read_env_file
 from repo_tools.layout import IngressGateway
 
 ISTIO_CHARTS = "https://istio-release.storage.googleapis.com/charts"
@@ -74,7 +74,7 @@ def plain_resources(root: Path = REPO_ROOT) -> list[dict]:
         for entry in read_yaml(kustomization).get("resources", []):
             path = kustomization.parent / entry
             if path.is_file():
-                found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+                found += kustomize.parse(path.read_text())
     return found
 
 
@@ -164,7 +164,7 @@ def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
             )
     releases = root / "infrastructure" / "flux" / "releases.yaml"
     if releases.is_file():
-        for release in (doc for doc in yaml.safe_load_all(releases.read_text()) if doc):
+        for release in kustomize.parse(releases.read_text()):
             chart = release["spec"]["chart"]["spec"]
             pinned = versions[PINNED_BY_SOURCE[chart["sourceRef"]["name"]]]
             if str(chart["version"]) != pinned:

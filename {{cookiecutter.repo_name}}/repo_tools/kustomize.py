@@ -42,6 +42,11 @@ def render(directory: Path, *options: str) -> str:
     return result.stdout
 
 
+def parse(stream: str) -> list[dict]:
+    """The non-empty documents of a YAML stream."""
+    return [doc for doc in yaml.load_all(stream, Loader=SAFE_LOADER) if doc]
+
+
 def build(directory: Path, *options: str) -> list[dict]:
     """The documents of one kustomization, parsed; empty documents are dropped."""
-    return [doc for doc in yaml.load_all(render(directory, *options), Loader=SAFE_LOADER) if doc]
+    return parse(render(directory, *options))

@@ -8,9 +8,7 @@ built-in kustomize, flux and kubernetes managers over the files their `managerFi
 
 import importlib.util
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from repo_tools import REPO_ROOT, read_env_file
+from repo_tools import REPO_ROOT, read_env_file, repo_files
 
 CONFIG = REPO_ROOT / "renovate.json"
 NOT_PINS = {"KUBERNETES_VERSION"}
@@ -88,23 +86,6 @@ def file_pattern(pattern: str) -> re.Pattern[str]:
     if pattern.startswith("/") and pattern.endswith("/"):
         return re.compile(pattern[1:-1])
     return re.compile(re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*") + "$")
-
-
-def repo_files(root: Path) -> list[str]:
-    """The files Renovate sees: what git tracks or would track, else every file outside hidden folders."""
-    listed = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if listed.returncode == 0:
-        return sorted(set(listed.stdout.splitlines()))
-    found = []
-    for folder, directories, files in os.walk(root):
-        directories[:] = [name for name in directories if not name.startswith(".") and name != "__pycache__"]
-        found += [str((Path(folder) / name).relative_to(root)) for name in files]
-    return sorted(found)
 
 
 def selected(config: dict, root: Path, files: list[str]) -> list[Path]:

@@ -243,7 +243,7 @@ def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) 
     for (layer, name), docs in built.items():
         layers[layer][name] = docs
     try:
-        rows: list[contract.Row] | str = contract.parse(yaml.safe_load((root / "contract.yaml").read_text()))
+        rows: list[contract.Row] | str = contract.load(root / "contract.yaml")
     except FileNotFoundError:
         rows = "there is no contract.yaml"
     except (OSError, yaml.YAMLError, contract.ContractError) as error:

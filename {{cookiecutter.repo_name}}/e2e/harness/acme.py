@@ -10,7 +10,7 @@ import json
 
 from e2e.harness.settings import Settings
 from repo_tools import REPO_ROOT, kustomize
-from repo_tools.resources import of_kind
+from repo_tools.resources import of_kind, service_fqdn
 
 # https://github.com/letsencrypt/pebble/releases/tag/v2.10.1 (images are tagged without the "v")
 PEBBLE_IMAGE = "ghcr.io/letsencrypt/pebble:2.10.1"
@@ -27,7 +27,7 @@ SMALL = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128
 
 
 def directory_url() -> str:
-    return f"https://{ISSUER}.{NAMESPACE}.svc.cluster.local:{ACME_PORT}/dir"
+    return f"https://{service_fqdn(ISSUER, NAMESPACE)}:{ACME_PORT}/dir"
 
 
 def root_certificate_path() -> str:
@@ -106,7 +106,7 @@ def ca_manifests(gateway_address: str) -> list[dict]:
         deployment(
             ISSUER,
             PEBBLE_IMAGE,
-            ["-config", "/config/pebble-config.json", "-dnsserver", f"{dns}.{NAMESPACE}.svc.cluster.local:{DNS_PORT}"],
+            ["-config", "/config/pebble-config.json", "-dnsserver", f"{service_fqdn(dns, NAMESPACE)}:{DNS_PORT}"],
             [ACME_PORT, MANAGEMENT_PORT],
             container={
                 # Validate at once, and never reject a good nonce: the run has no time for Pebble's chaos.

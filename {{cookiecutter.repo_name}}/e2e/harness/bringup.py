@@ -20,6 +20,7 @@ from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
 from repo_tools import REPO_ROOT, install, kustomize, rendered_install
 from repo_tools import gitops as repo_gitops
 from repo_tools.contract import Row
+from repo_tools.resources import service_fqdn
 
 log = logging.getLogger("e2e")
 WEBHOOK_NOT_READY = ("failed calling webhook", "no endpoints available for service", "connection refused")
@@ -163,7 +164,7 @@ class Bringup:
     def install_infrastructure(self) -> None:
         with self.phase("render infrastructure/overlays/e2e with helm"):
             rendered = commands.run_checked(commands.render_with_helm(self.tools, INFRASTRUCTURE_OVERLAY))
-        docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+        docs = kustomize.parse(rendered)
         for stage, stage_docs in zip(self.stages, split_by_stage(docs, self.stages), strict=True):
             with self.phase(f"install {stage.name}"):
                 self.apply(yaml.safe_dump_all(stage_docs))
@@ -189,7 +190,8 @@ class Bringup:
     def sync_with_gitops(self, snapshot: Path, url: str, branch: str, timeout: float = 1500) -> None:
         """Install the pinned agent, point it at the served snapshot's e2e entry point, and wait for convergence."""
         tool = self.agent = install.gitops_tool()
-        namespace = gitops.ARGOCD_NAMESPACE if tool == "argocd" else gitops.FLUX_NAMESPACE
+        agent = gitops.AGENTS[tool]
+        namespace = agent.namespace
         with self.phase(f"install {tool} from its release manifests"):
             published = requests.get(gitops.agent_manifests_url(tool), timeout=120)
             published.raise_for_status()
@@ -200,18 +202,16 @@ class Bringup:
         entry_point = snapshot / "clusters" / tool / gitops.E2E_ENVIRONMENT
         if tool == "argocd":
             docs = repo_gitops.entry_point_documents(entry_point)
-            expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Application"]
             # As README.md bootstraps it: a field manager of its own, so that argocd-cm keeps the install's keys.
             self.apply(kustomize.render(entry_point), field_manager=gitops.ENTRY_POINT_FIELD_MANAGER)
         else:
             docs = [gitops.flux_source(url, branch), *repo_gitops.entry_point_documents(entry_point)]
-            expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Kustomization"]
             self.apply(yaml.safe_dump_all(docs), field_manager=gitops.ENTRY_POINT_FIELD_MANAGER)
-        resource = "applications.argoproj.io" if tool == "argocd" else "kustomizations.kustomize.toolkit.fluxcd.io"
+        expected = [doc["metadata"]["name"] for doc in docs if doc["kind"] == agent.reports]
         with self.phase(f"wait for {tool} to sync clusters/{tool}/{gitops.E2E_ENVIRONMENT}"):
             deadline = time.monotonic() + timeout
             while True:
-                objects = json.loads(self.kubectl("-n", namespace, "get", resource, "-o", "json"))["items"]
+                objects = json.loads(self.kubectl("-n", namespace, "get", agent.resource, "-o", "json"))["items"]
                 state = gitops.converged(tool, objects, expected)
                 if state.done:
                     break
@@ -280,8 +280,8 @@ class Bringup:
 
     def resolve_the_host_to_the_gateway_in_cluster(self, service: dict) -> None:
         coredns = json.loads(self.kubectl("-n", "kube-system", "get", "configmap", "coredns", "-o", "json"))
-        service_fqdn = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
-        corefile = acme.corefile_resolving(coredns["data"]["Corefile"], self.settings.host, service_fqdn)
+        host = service_fqdn(service["metadata"]["name"], service["metadata"]["namespace"])
+        corefile = acme.corefile_resolving(coredns["data"]["Corefile"], self.settings.host, host)
         patch = json.dumps({"data": {"Corefile": corefile}})
         self.kubectl("-n", "kube-system", "patch", "configmap", "coredns", "--type=merge", "-p", patch)
 

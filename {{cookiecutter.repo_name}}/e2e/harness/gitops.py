@@ -16,22 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler
 
-import yaml
 from dulwich.repo import Repo
 from dulwich.server import BackendRepo, DictBackend
 from dulwich.web import GunzipFilter, HTTPGitApplication, LimitedInputFilter, make_server
 
-from repo_tools import VERSIONS, gitops, install
+from repo_tools import VERSIONS, gitops, install, kustomize, repo_files
 
 E2E_ENVIRONMENT = "e2e"
-FLUX_NAMESPACE = "flux-system"
-ARGOCD_NAMESPACE = "argocd"
 # Flux's release manifests carry every controller; this repo's entry points need these three, and the other
 # four would ask a 2-CPU runner for 350m more CPU.
 FLUX_CONTROLLERS = ("source-controller", "kustomize-controller", "helm-controller")
 ENTRY_POINT_FIELD_MANAGER = "e2e-entry-point"
-# What a working tree holds besides the repo: never part of what the agent syncs.
-NOT_COMMITTED = (".git", ".nox", ".venv", ".cache", "e2e-diagnostics", "__pycache__", ".pytest_cache", ".ruff_cache")
 
 
 def agent_manifests_url(tool: str) -> str:
@@ -43,7 +38,7 @@ def agent_manifests_url(tool: str) -> str:
 
 def agent_manifests(tool: str, published: str) -> list[dict]:
     """The agent's release manifests as this repo needs them: Flux without the controllers it does not use."""
-    docs = [doc for doc in yaml.safe_load_all(published) if doc]
+    docs = kustomize.parse(published)
     if tool == "flux":
         docs = [doc for doc in docs if doc["kind"] != "Deployment" or doc["metadata"]["name"] in FLUX_CONTROLLERS]
     return docs
@@ -75,7 +70,9 @@ def free_port() -> int:
 
 def snapshot(source: Path, destination: Path, replacements: dict[str, str], branch: str) -> Path:
     """The working tree as one commit on `branch` of a new repository, with each replacement made in its files."""
-    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(*NOT_COMMITTED))
+    for name in repo_files(source):
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, destination / name)
     for path in destination.rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             text = path.read_text()
@@ -116,9 +113,22 @@ def flux_source(url: str, branch: str) -> dict:
     return {
         "apiVersion": "source.toolkit.fluxcd.io/v1",
         "kind": "GitRepository",
-        "metadata": {"name": "flux-system", "namespace": FLUX_NAMESPACE},
+        "metadata": {"name": "flux-system", "namespace": AGENTS["flux"].namespace},
         "spec": {"interval": "1m", "url": url, "ref": {"branch": branch}},
     }
+
+
+@dataclass(frozen=True)
+class Agent:
+    namespace: str
+    reports: str  # the kind whose objects say whether the sync converged
+    resource: str  # that kind, as kubectl names it
+
+
+AGENTS = {
+    "argocd": Agent("argocd", "Application", "applications.argoproj.io"),
+    "flux": Agent("flux-system", "Kustomization", "kustomizations.kustomize.toolkit.fluxcd.io"),
+}
 
 
 @dataclass(frozen=True)

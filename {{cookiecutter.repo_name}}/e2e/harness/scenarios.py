@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from e2e.harness.commands import TIMED_OUT
 from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
 from repo_tools.contract import Newcomer, Row
+from repo_tools.resources import service_fqdn
 
 # A server without a sidecar next to the app: a plaintext client must reach it before "no answer" from
 # the app can be blamed on mutual TLS.
@@ -166,7 +167,7 @@ def client_manifests(
 
 
 def plaintext_control_url(settings: Settings) -> str:
-    return f"http://{PLAINTEXT_CONTROL}.{settings.app_namespace}.svc.cluster.local/"
+    return f"http://{service_fqdn(PLAINTEXT_CONTROL, settings.app_namespace)}/"
 
 
 def newcomer_manifests(rows: list[Row], settings: Settings) -> list[dict]:
