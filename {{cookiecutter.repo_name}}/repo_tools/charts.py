@@ -14,6 +14,7 @@ kustomize renders `helmCharts` by calling a `helm` executable (`--helm-command`)
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,10 @@ import yaml
 from repo_tools import CACHE_DIR, REPO_ROOT, kustomize, write_atomically
 
 RECORDED_FIXTURES = "RECORDED_FIXTURES"
+# The Gateway API's release file of CRDs, as infrastructure/gateway-api lists it.
+GATEWAY_API_RELEASE = re.compile(
+    r"https://github\.com/kubernetes-sigs/gateway-api/releases/download/(?P<version>v[^/\s]+)/standard-install\.yaml"
+)
 ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
 # (release, namespace) each recording was made with: see the fixtures' README.
 RECORDED_RELEASES = {
@@ -61,6 +66,9 @@ class Recordings:
 
     def values_schema(self, chart: str, version: str) -> Path:
         return self.default_values(chart, version).with_suffix("").with_suffix(".schema.json")
+
+    def gateway_api_crds(self, version: str) -> Path:
+        return self.root / "crds" / f"gateway-api-{version}-standard.yaml"
 
     def crds(self) -> list[Path]:
         return sorted((self.root / "crds").glob("*.yaml"))
@@ -147,11 +155,35 @@ def helm_command() -> Iterator[str]:
         yield str(script)
 
 
+@contextmanager
+def infrastructure_copy(root: Path = REPO_ROOT) -> Iterator[Path]:
+    """A scratch copy of infrastructure/ to build: kustomize pulls charts beside each kustomization, and with
+    recordings at hand, each remote release file a kustomization lists is answered from its recorded copy."""
+    recorded = recordings()
+    with tempfile.TemporaryDirectory(prefix="infrastructure-") as scratch:
+        copy = Path(scratch) / "infrastructure"
+        shutil.copytree(root / "infrastructure", copy, ignore=shutil.ignore_patterns("charts"))
+        if recorded is not None:
+            for kustomization in copy.rglob("kustomization.yaml"):
+                _answer_remote_resources(kustomization, recorded)
+        yield copy
+
+
+def _answer_remote_resources(kustomization: Path, recorded: Recordings) -> None:
+    text = kustomization.read_text()
+    for match in GATEWAY_API_RELEASE.finditer(text):
+        source = recorded.gateway_api_crds(match["version"])
+        if not source.is_file():
+            raise ChartsUnavailable(f"no recording of the Gateway API {match['version']} CRDs (looked for {source})")
+        shutil.copyfile(source, kustomization.parent / source.name)
+        text = text.replace(match[0], source.name)
+    kustomization.write_text(text)
+
+
 def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
     """The documents of one infrastructure overlay (of this repo, or a checkout of it at `root`), charts rendered.
 
-    kustomize pulls charts into a charts/ folder beside each kustomization, so it renders a copy of
-    infrastructure/ and the repo stays clean.
+    It renders a copy of infrastructure/ (infrastructure_copy), so the repo stays clean.
     """
     relative = overlay.resolve().relative_to(root.resolve())
     recorded = recordings()
@@ -159,11 +191,8 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
     if cached is not None and cached.is_file():
         text = cached.read_text()
     else:
-        with helm_command() as helm, tempfile.TemporaryDirectory(prefix="infrastructure-") as copy:
-            shutil.copytree(
-                root / "infrastructure", Path(copy) / "infrastructure", ignore=shutil.ignore_patterns("charts")
-            )
-            text = kustomize.render(Path(copy) / relative, "--enable-helm", f"--helm-command={helm}")
+        with helm_command() as helm, infrastructure_copy(root) as copy:
+            text = kustomize.render(copy.parent / relative, "--enable-helm", f"--helm-command={helm}")
         if cached is not None:
             write_atomically(cached, text)
     return kustomize.parse(text)

@@ -6,15 +6,13 @@ Lua 5.1, the language version of Argo CD's interpreter, against the objects the 
 """
 
 import fnmatch
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, kustomize
+from repo_tools import REPO_ROOT, charts, kustomize
 from repo_tools.install import Chart, read_yaml
 from repo_tools.layout import IngressGateway, overlays
 from repo_tools.mesh import host_matches, string_match
@@ -184,11 +182,10 @@ def overlay_components(environment: str) -> list[str]:
 
 def flux_install(components: list[str], infrastructure: Path = INFRASTRUCTURE) -> list[dict]:
     """What Flux's infrastructure Kustomization builds: infrastructure/, with the components it lists applied."""
-    with tempfile.TemporaryDirectory() as scratch:
-        root = os.path.relpath(infrastructure, scratch)  # kustomize refuses absolute paths here
-        kustomization = {"resources": [root], "components": [f"{root}/{component}" for component in components]}
-        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-        return kustomize.build(Path(scratch))
+    with charts.infrastructure_copy(infrastructure.parent) as copy:
+        kustomization = {"resources": ["infrastructure"], "components": [f"infrastructure/{c}" for c in components]}
+        (copy.parent / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return kustomize.build(copy.parent)
 
 
 def flux_listed_components(docs: list[dict]) -> list[str]:

@@ -12,22 +12,42 @@ APPS = REPO_ROOT / "apps"
 INGRESS_GATEWAY_SETTINGS = APPS / "base" / "ingress-gateway.env"
 
 
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
 @dataclass(frozen=True)
 class IngressGateway:
+    """Where the ingress gateway runs and who it is. With the Gateway API, Istio deploys it for the Gateway
+    named `gateway_name` (pods labelled with that name, ServiceAccount <name>-istio); with Istio's own API,
+    the gateway chart deploys it (pods labelled istio=<istio_label>, ServiceAccount = release name)."""
+
     namespace: str
     service_account: str
-    istio_label: str
+    istio_label: str = ""
+    gateway_name: str = ""
 
     @property
     def principal(self) -> str:
         return principal(self.namespace, self.service_account)
+
+    @property
+    def gateway_api(self) -> bool:
+        return bool(self.gateway_name)
+
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        """The label every pod of the gateway carries and everything that selects them uses."""
+        return {GATEWAY_NAME_LABEL: self.gateway_name} if self.gateway_api else {"istio": self.istio_label}
 
 
 def ingress_gateway(settings: Path = INGRESS_GATEWAY_SETTINGS) -> IngressGateway:
     """The gateway's namespace and ServiceAccount, from the file kustomize reads them from too."""
     values = read_env_file(settings)
     return IngressGateway(
-        namespace=values["namespace"], service_account=values["serviceAccount"], istio_label=values["istioLabel"]
+        namespace=values["namespace"],
+        service_account=values["serviceAccount"],
+        istio_label=values.get("istioLabel", ""),
+        gateway_name=values.get("gatewayName", ""),
     )
 
 
