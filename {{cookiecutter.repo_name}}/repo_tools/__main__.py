@@ -17,6 +17,7 @@ from repo_tools import (
     REPO_ROOT,
     charts,
     contract,
+    gateway_api,
     gitops,
     install,
     invariants,
@@ -168,12 +169,17 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
         def check(name=name, infrastructure_overlay=infrastructure_overlay) -> tuple[str, list[str]]:
             docs = charts.render(infrastructure_overlay)
             found = [error for doc in docs for error in schema_errors(doc)]
-            found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
-            found += rendered_install.selectors_select_the_gateway_pods(docs, apps.get(name, []), gateway)
-            if gitops.HIGH_AVAILABILITY in gitops.overlay_components(name):
-                found += rendered_install.high_availability_holds(docs, gateway)
+
             if argocd_settings is not None:
                 found += gitops.install_settles_without_metrics_or_load_balancer(argocd_settings, docs)
+            try:  # what Istio deploys for a Gateway of the apps layer (managed by istiod, not by the GitOps agent)
+                docs = docs + gateway_api.deployed_gateway(apps.get(name, []), gateway)
+            except ValueError as refused:
+                found.append(str(refused))
+            found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
+            found += rendered_install.selectors_select_the_gateway_pods(docs, apps.get(name, []), gateway)
+            if gitops.HIGH_AVAILABILITY in gitops.environment_components(name):
+                found += rendered_install.high_availability_holds(docs, gateway)
             return f"{len(docs)} documents of infrastructure/overlays/{name}", found
 
         problems += run("rendered", check)

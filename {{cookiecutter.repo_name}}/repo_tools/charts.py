@@ -29,8 +29,11 @@ from repo_tools import CACHE_DIR, REPO_ROOT, kustomize, write_atomically
 
 RECORDED_FIXTURES = "RECORDED_FIXTURES"
 # The Gateway API's release file of CRDs, as infrastructure/gateway-api lists it.
+GATEWAY_API_RELEASE_URL = (
+    "https://github.com/kubernetes-sigs/gateway-api/releases/download/{version}/standard-install.yaml"
+)
 GATEWAY_API_RELEASE = re.compile(
-    r"https://github\.com/kubernetes-sigs/gateway-api/releases/download/(?P<version>v[^/\s]+)/standard-install\.yaml"
+    re.escape(GATEWAY_API_RELEASE_URL).replace(re.escape("{version}"), r"(?P<version>v[^/\s]+)")
 )
 ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
 # (release, namespace) each recording was made with: see the fixtures' README.

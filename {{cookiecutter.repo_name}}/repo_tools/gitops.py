@@ -12,16 +12,26 @@ from typing import Any
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, charts, kustomize
+from repo_tools import REPO_ROOT, charts, gateway_api, kustomize
 from repo_tools.install import Chart, read_yaml
-from repo_tools.layout import IngressGateway, overlays
+from repo_tools.layout import IngressGateway, ingress_gateway, overlays
 from repo_tools.mesh import host_matches, string_match
-from repo_tools.resources import describe, of_kind
+from repo_tools.resources import Unmodelled, describe, namespace_of, of_kind
 
 ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
 INFRASTRUCTURE = REPO_ROOT / "infrastructure"
+
+
 # CRDs first, then the control plane, the gateway it injects, and cert-manager.
-INSTALL_ORDER = ["../../istio-base", "../../istiod", "../../istio-gateway", "../../cert-manager"]
+def install_order() -> list[str]:
+    """The parts every infrastructure overlay installs, in order: the Gateway API's CRDs first where they are
+    used; the gateway chart where Istio's own API is."""
+    parts = ["istio-base", "istiod", "istio-gateway", "cert-manager"]
+    if ingress_gateway().gateway_api:
+        parts = ["gateway-api", *(part for part in parts if part != "istio-gateway")]
+    return [f"../../{part}" for part in parts]
+
+
 KIND_ONLY = "kind-node-ports"  # the e2e cluster's component
 HIGH_AVAILABILITY = "gateway-high-availability"  # staging's and prod's component
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
@@ -104,12 +114,12 @@ def install_order_problems(apps_overlays: list[str]) -> list[str]:
     ]
     for name in infrastructure:
         kustomization = read_yaml(overlays_dir / name / "kustomization.yaml")
-        if kustomization.get("resources", []) != INSTALL_ORDER:
-            problems.append(f"infrastructure/overlays/{name}: resources must be {INSTALL_ORDER}, in this order")
-        if name != "e2e" and any(Path(c).name == KIND_ONLY for c in kustomization.get("components") or []):
+        order = install_order()
+        if kustomization.get("resources", []) != order:
+            problems.append(f"infrastructure/overlays/{name}: resources must be {order}, in this order")
+        if name != "e2e" and KIND_ONLY in environment_components(name):
             problems.append(
-                f"infrastructure/overlays/{name}: {KIND_ONLY} opens the gateway on fixed ports of every node; "
-                "it is for the e2e cluster only"
+                f"{name}: {KIND_ONLY} opens the gateway on fixed ports of every node; it is for the e2e cluster only"
             )
     return problems
 
@@ -178,6 +188,14 @@ def overlay_components(environment: str) -> list[str]:
     """The components infrastructure/overlays/<env> lists, by name."""
     kustomization = read_yaml(INFRASTRUCTURE / "overlays" / environment / "kustomization.yaml")
     return [Path(component).name for component in kustomization.get("components") or []]
+
+
+def environment_components(environment: str) -> list[str]:
+    """The components an environment applies in either layer, by name: the gateway's own are in the install
+    layer with Istio's API, and in the apps layer with the Gateway API (they shape the Gateway's options)."""
+    apps = REPO_ROOT / "apps" / "overlays" / environment / "kustomization.yaml"
+    kustomization = read_yaml(apps) if apps.is_file() else {}  # a missing overlay is install_order_problems'
+    return overlay_components(environment) + [Path(c).name for c in kustomization.get("components") or []]
 
 
 def flux_install(components: list[str], infrastructure: Path = INFRASTRUCTURE) -> list[dict]:
@@ -378,6 +396,13 @@ def acme_http01_challenges_are_served(
     }
     for issuer in of_kind(apps, "Issuer", "ClusterIssuer"):
         for solver in (issuer["spec"].get("acme") or {}).get("solvers", []):
+            route_solver = (solver.get("http01") or {}).get("gatewayHTTPRoute")
+            if route_solver is not None:
+                problems += [
+                    f"{describe(issuer)}: {problem}"
+                    for host in issued_hosts(apps, issuer)
+                    for problem in challenge_route_problems(apps, issuer, route_solver, host, gateway)
+                ]
             ingress = (solver.get("http01") or {}).get("ingress")
             if ingress is None:
                 continue
@@ -397,6 +422,44 @@ def acme_http01_challenges_are_served(
             for host in issued_hosts(apps, issuer):
                 problems += [f"{describe(issuer)}: {problem}" for problem in challenge_path_problems(apps, host)]
     return problems
+
+
+def challenge_route_problems(
+    apps: list[dict], issuer: dict, solver: dict, host: str, gateway: IngressGateway
+) -> list[str]:
+    """The HTTPRoute cert-manager adds for a challenge (pkg/issuer/acme/http/httproute.go: in the Certificate's
+    namespace, the solver's parentRefs, an Exact match on the token's path, the solver Service on 8089) must
+    win http://<host>/.well-known/acme-challenge/<token> on the gateway."""
+    namespace = next(
+        (namespace_of(cert) for cert in of_kind(apps, "Certificate") if host in cert["spec"].get("dnsNames", [])),
+        namespace_of(issuer),
+    )
+    challenge = {
+        "apiVersion": f"{gateway_api.GROUP}/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "cm-acme-http-solver", "namespace": namespace},
+        "spec": {
+            "parentRefs": solver.get("parentRefs") or [],
+            "hostnames": [host],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "Exact", "value": CHALLENGE_PATH}}],
+                    "backendRefs": [{"name": "cm-acme-http-solver", "namespace": namespace, "port": 8089}],
+                }
+            ],
+        },
+    }
+    try:
+        answer = gateway_api.route([*apps, challenge], gateway, "http", host, CHALLENGE_PATH, "GET")
+    except Unmodelled as unmodelled:
+        return [f"cannot tell whether the challenge route answers http://{host}{CHALLENGE_PATH}: {unmodelled}"]
+    if isinstance(answer, gateway_api.Routed) and answer.service == f"cm-acme-http-solver.{namespace}":
+        return []
+    return [
+        f"the route cert-manager adds in {namespace} would not answer http://{host}{CHALLENGE_PATH}: "
+        f"{answer.because}; name the Gateway's port-80 listener in the solver's parentRefs and let that listener "
+        f"admit routes from {namespace}"
+    ]
 
 
 def issued_hosts(apps: list[dict], issuer: dict) -> list[str]:

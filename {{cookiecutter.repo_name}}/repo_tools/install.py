@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from repo_tools import REPO_ROOT, kustomize, read_env_file
+from repo_tools.charts import GATEWAY_API_RELEASE
 from repo_tools.layout import IngressGateway
 
 ISTIO_CHARTS = "https://istio-release.storage.googleapis.com/charts"
@@ -100,15 +101,38 @@ def chart_problems(root: Path = REPO_ROOT) -> list[str]:
     return problems
 
 
+def gateway_api_releases(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
+    """(kustomization, version) of every Gateway API CRD release the install layer lists."""
+    return [
+        (kustomization, match["version"])
+        for kustomization in sorted((root / "infrastructure").glob("*/kustomization.yaml"))
+        for resource in read_yaml(kustomization).get("resources", [])
+        if (match := GATEWAY_API_RELEASE.fullmatch(str(resource)))
+    ]
+
+
 def gateway_identity_problems(gateway: IngressGateway, root: Path = REPO_ROOT) -> list[str]:
-    """The gateway chart installs the ServiceAccount, namespace and pod label the apps layer trusts."""
+    """With the Gateway API, its CRDs are installed at the pinned version and istiod deploys the gateway; else the
+    gateway chart installs the ServiceAccount, namespace and pod label the apps layer trusts."""
     gateways = [chart for chart in charts(root) if chart.repo == ISTIO_CHARTS and chart.name == "gateway"]
+    if gateway.gateway_api:
+        pinned = read_env_file(root / "versions.env").get("GATEWAY_API_VERSION")
+        releases = gateway_api_releases(root)
+        problems = [
+            f"{chart.where}: istiod deploys the gateway for the Gateway; remove the chart" for chart in gateways
+        ]
+        if [version for _, version in releases] != [pinned]:
+            problems.append(
+                f"infrastructure/: install the Gateway API CRDs once, from the v{str(pinned).lstrip('v')} release "
+                f"(GATEWAY_API_VERSION in versions.env); found {[f'{path.parent.name}: {v}' for path, v in releases]}"
+            )
+        return problems
     if len(gateways) != 1:
         return [f"infrastructure/: expected one Istio gateway chart, found {len(gateways)}"]
     chart = gateways[0]
     service_account = chart.values.get("serviceAccount", {}).get("name") or chart.release
     label = chart.values.get("labels", {}).get("istio") or chart.release.removeprefix("istio-")
-    installed = IngressGateway(chart.namespace, service_account, label)
+    installed = IngressGateway(chart.namespace, service_account, istio_label=label)
     if installed != gateway:
         return [
             f"{chart.where}: installs the gateway as {installed}, but apps/base/ingress-gateway.env says {gateway}; "
@@ -137,7 +161,7 @@ def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path 
         for dependency in spec.get("dependsOn", []):
             if dependency["name"] not in releases:
                 problems.append(f"HelmRelease {name}: dependsOn {dependency['name']}, which is not in the build")
-    order = {"istiod": "istio-base", gateway.service_account: "istiod"}
+    order = {"istiod": "istio-base"} | ({} if gateway.gateway_api else {gateway.service_account: "istiod"})
     for name, needs in order.items():
         if name in releases and needs not in [d["name"] for d in releases[name]["spec"].get("dependsOn", [])]:
             problems.append(f"HelmRelease {name}: must dependOn {needs}")
@@ -145,7 +169,10 @@ def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path 
     if base.get("install", {}).get("crds") != "Create" or base.get("upgrade", {}).get("crds") != "CreateReplace":
         problems.append("HelmRelease istio-base: set install.crds Create and upgrade.crds CreateReplace")
     gateway_release = releases.get(gateway.service_account)
-    if gateway_release is None or gateway_release["metadata"].get("namespace") != gateway.namespace:
+    if gateway.gateway_api:
+        if gateway_release is not None:
+            problems.append(f"HelmRelease {gateway.service_account}: istiod deploys the gateway; remove the release")
+    elif gateway_release is None or gateway_release["metadata"].get("namespace") != gateway.namespace:
         problems.append(
             f"HelmRelease {gateway.service_account} in {gateway.namespace} (apps/base/ingress-gateway.env) is missing"
         )
@@ -153,7 +180,8 @@ def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path 
 
 
 def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
-    """Rewrite every chart version (helmCharts and Flux HelmReleases) to versions.env; returns the changed files."""
+    """Rewrite every chart version (helmCharts and Flux HelmReleases) and the Gateway API CRDs' release to
+    versions.env; returns the changed files."""
     versions = read_env_file(root / "versions.env")
     replacements: dict[Path, list[tuple[str, str]]] = {}
     for chart in charts(root):
@@ -171,6 +199,11 @@ def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
                 replacements.setdefault(releases, []).append(
                     (f'version: "{chart["version"]}"\n', f'version: "{pinned}"\n')
                 )
+    for kustomization, version in gateway_api_releases(root):
+        if version != versions.get("GATEWAY_API_VERSION", version):
+            replacements.setdefault(kustomization, []).append(
+                (f"/download/{version}/", f"/download/{versions['GATEWAY_API_VERSION']}/")
+            )
     for path, pairs in replacements.items():
         text = path.read_text()
         for old, new in pairs:

@@ -6,6 +6,7 @@ and returns one sentence per violation that names the resource to fix.
 
 from collections.abc import Callable, Iterator
 
+from repo_tools import gateway_api
 from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Mesh, Unmodelled, Verdict
 from repo_tools.resources import (
@@ -26,6 +27,20 @@ Check = Callable[[Docs, IngressGateway], list[str]]
 
 def app_namespaces(docs: Docs) -> list[str]:
     return [name_of(doc) for doc in of_kind(docs, "Namespace")]
+
+
+def istio_gateways(docs: Docs) -> list[dict]:
+    return [gw for gw in of_kind(docs, "Gateway") if gw["apiVersion"].startswith("networking.istio.io/")]
+
+
+def kubernetes_gateways(docs: Docs) -> list[dict]:
+    return [gw for gw in of_kind(docs, "Gateway") if gw["apiVersion"].startswith(f"{gateway_api.GROUP}/")]
+
+
+def listeners(docs: Docs) -> Iterator[tuple[dict, dict]]:
+    for gw in kubernetes_gateways(docs):
+        for listener in gw["spec"].get("listeners", []):
+            yield gw, listener
 
 
 def policy_sources(policy: dict) -> Iterator[tuple[int, dict]]:
@@ -118,8 +133,14 @@ def workloads_have_own_identity(docs: Docs, gateway: IngressGateway) -> list[str
 
 def tls_secrets_live_with_the_gateway(docs: Docs, gateway: IngressGateway) -> list[str]:
     certificates = list(of_kind(docs, "Certificate"))
-    problems = []
-    for gw in of_kind(docs, "Gateway"):
+    problems = [
+        f"{describe(gw)} listener {listener['name']}: {problem}"
+        for gw, listener in listeners(docs)
+        if listener.get("protocol") == "HTTPS"
+        for problem in [gateway_api.tls_problem(docs, gw, listener)]
+        if problem
+    ]
+    for gw in istio_gateways(docs):
         for server in gw.get("spec", {}).get("servers", []):
             secret = (server.get("tls") or {}).get("credentialName")
             if not secret:
@@ -154,8 +175,20 @@ def certificates_have_issuers(docs: Docs, gateway: IngressGateway) -> list[str]:
 
 
 def hosts_are_exact(docs: Docs, gateway: IngressGateway) -> list[str]:
-    problems = []
-    for gw in of_kind(docs, "Gateway"):
+    problems = [
+        f"{describe(gw)} listener {listener['name']}: hostname {listener.get('hostname')!r} "
+        + ("is a wildcard" if listener.get("hostname") else "is missing, so it serves every host")
+        + "; bind the app's own domain"
+        for gw, listener in listeners(docs)
+        if not listener.get("hostname") or "*" in listener["hostname"]
+    ]
+    for http_route in of_kind(docs, "HTTPRoute"):
+        problems += [
+            f"{describe(http_route)}: hostname {host!r} is a wildcard; route the app's own domain"
+            for host in http_route["spec"].get("hostnames", [])
+            if "*" in host
+        ]
+    for gw in istio_gateways(docs):
         for server in gw.get("spec", {}).get("servers", []):
             problems += [
                 f"{describe(gw)}: host {host!r} is a wildcard; bind the app's own domain"
@@ -172,12 +205,55 @@ def hosts_are_exact(docs: Docs, gateway: IngressGateway) -> list[str]:
 
 
 def gateways_select_the_installed_gateway(docs: Docs, gateway: IngressGateway) -> list[str]:
-    return [
+    """Every Gateway is served by the gateway apps/base/ingress-gateway.env names, whose identity Istio derives."""
+    problems = [
         f"{describe(gw)}: selector {gw.get('spec', {}).get('selector')} does not pick the ingress gateway's pods "
         f"(istio: {gateway.istio_label})"
-        for gw in of_kind(docs, "Gateway")
-        if gw.get("spec", {}).get("selector") != {"istio": gateway.istio_label}
+        for gw in istio_gateways(docs)
+        if gateway.gateway_api or gw.get("spec", {}).get("selector") != {"istio": gateway.istio_label}
     ]
+    for gw in kubernetes_gateways(docs):
+        if (
+            gw is not gateway_api.the_gateway(docs, gateway)
+            or gw["spec"].get("gatewayClassName") != gateway_api.GATEWAY_CLASS
+        ):
+            problems.append(
+                f"{describe(gw)} (class {gw['spec'].get('gatewayClassName')}): the settings name Gateway "
+                f"{gateway.namespace}/{gateway.gateway_name or '(none)'} of class {gateway_api.GATEWAY_CLASS}, "
+                "and the policies admit only its identity"
+            )
+        elif gateway.service_account != f"{name_of(gw)}-{gateway_api.GATEWAY_CLASS}":
+            problems.append(
+                f"{describe(gw)}: Istio runs its gateway as ServiceAccount {name_of(gw)}-{gateway_api.GATEWAY_CLASS}, "
+                f"but apps/base/ingress-gateway.env says {gateway.service_account}"
+            )
+    return problems
+
+
+def listeners_admit_only_the_apps_routes(docs: Docs, gateway: IngressGateway) -> list[str]:
+    """Port 443 takes HTTPRoutes from the app's namespace only, port 80 from the gateway's own only."""
+    own = set(app_namespaces(docs))
+    problems = []
+    for gw, listener in listeners(docs):
+        allowed = listener.get("allowedRoutes") or {}
+        source = (allowed.get("namespaces") or {}).get("from", "Same")
+        selector = (allowed.get("namespaces") or {}).get("selector") or {}
+        admitted = (
+            {namespace_of(gw)}
+            if source == "Same"
+            else {selector.get("matchLabels", {}).get("kubernetes.io/metadata.name")}
+            if source == "Selector" and set(selector) == {"matchLabels"} and len(selector["matchLabels"]) == 1
+            else set()
+        )
+        if not admitted or not admitted <= own | {namespace_of(gw)}:
+            problems.append(
+                f"{describe(gw)} listener {listener['name']}: allowedRoutes admit routes from {source} "
+                f"{selector or ''}; admit only the app's namespace (from: Selector on kubernetes.io/metadata.name) "
+                "or the gateway's own (from: Same)"
+            )
+        if [k.get("kind") for k in allowed.get("kinds") or []] != ["HTTPRoute"]:
+            problems.append(f"{describe(gw)} listener {listener['name']}: allowedRoutes.kinds must be [HTTPRoute]")
+    return problems
 
 
 def gateways_serve_https_only(docs: Docs, gateway: IngressGateway) -> list[str]:
@@ -191,7 +267,34 @@ def gateways_serve_https_only(docs: Docs, gateway: IngressGateway) -> list[str]:
         for condition in route.get("match") or []
         for value in (condition.get("uri") or {}).values()
     }
-    for gw in of_kind(docs, "Gateway"):
+    paths |= {
+        match.get("path", {}).get("value", "/")
+        for http_route in of_kind(docs, "HTTPRoute")
+        for rule in http_route["spec"].get("rules", [])
+        for match in rule.get("matches") or []
+    }
+    for gw, listener in listeners(docs):
+        if listener.get("protocol") != "HTTP":
+            continue
+        for path in sorted(paths):
+            try:
+                verdict = model.from_internet("http", listener.get("hostname") or "", path)
+            except Unmodelled as unmodelled:
+                verdict = Verdict("unknown", str(unmodelled))
+            if verdict.outcome != "redirect https":
+                problems.append(
+                    f"{describe(gw)} listener {listener['name']}: http://{listener.get('hostname')}{path} is not "
+                    f"redirected to HTTPS ({verdict.because}); attach only an HTTPRoute whose one rule is a "
+                    "RequestRedirect to scheme https"
+                )
+                break
+    for gw in kubernetes_gateways(docs):
+        if not any(
+            listener.get("protocol") == "HTTPS" and (listener.get("tls") or {}).get("mode", "Terminate") == "Terminate"
+            for listener in gw["spec"].get("listeners", [])
+        ):
+            problems.append(f"{describe(gw)}: add an HTTPS listener that terminates TLS with a certificateRef")
+    for gw in istio_gateways(docs):
         servers = gw.get("spec", {}).get("servers", [])
         for server in servers:
             if server["port"].get("protocol") != "HTTP":
@@ -236,33 +339,41 @@ def gateway_routes_reach_admitting_workloads(docs: Docs, gateway: IngressGateway
     services = {f"{name_of(svc)}.{namespace_of(svc)}.svc.cluster.local": svc for svc in of_kind(docs, "Service")}
     policies = list(of_kind(docs, "AuthorizationPolicy"))
     problems = []
-    for vs in of_kind(docs, "VirtualService"):
-        if not vs.get("spec", {}).get("gateways"):
+    for where, host in gateway_destinations(docs):
+        service = services.get(host)
+        if service is None:
+            problems.append(f"{where}: no Service {host} in this build")
             continue
-        for route in vs["spec"].get("http", []):
-            for destination in route.get("route", []):
-                host = service_fqdn(destination["destination"]["host"], namespace_of(vs))
-                service = services.get(host)
-                if service is None:
-                    problems.append(f"{describe(vs)} route {route.get('name', '?')}: no Service {host} in this build")
-                    continue
-                selector = service["spec"].get("selector", {})
-                admitted = any(
-                    namespace_of(policy) == namespace_of(service)
-                    and policy["spec"].get("action", "ALLOW") == "ALLOW"
-                    and selects(policy["spec"].get("selector", {}).get("matchLabels", {}), selector)
-                    and policy["spec"].get("selector")
-                    and any(
-                        gateway.principal in (source.get("principals") or []) for _, source in policy_sources(policy)
-                    )
-                    for policy in policies
-                )
-                if not admitted:
-                    problems.append(
-                        f"{describe(vs)} route {route.get('name', '?')}: {describe(service)} has no ALLOW rule for "
-                        f"the ingress gateway ({gateway.principal}), so routed requests get 403"
-                    )
+        selector = service["spec"].get("selector", {})
+        admitted = any(
+            namespace_of(policy) == namespace_of(service)
+            and policy["spec"].get("action", "ALLOW") == "ALLOW"
+            and selects(policy["spec"].get("selector", {}).get("matchLabels", {}), selector)
+            and policy["spec"].get("selector")
+            and any(gateway.principal in (source.get("principals") or []) for _, source in policy_sources(policy))
+            for policy in policies
+        )
+        if not admitted:
+            problems.append(
+                f"{where}: {describe(service)} has no ALLOW rule for "
+                f"the ingress gateway ({gateway.principal}), so routed requests get 403"
+            )
     return problems
+
+
+def gateway_destinations(docs: Docs) -> Iterator[tuple[str, str]]:
+    """(route, Service FQDN) for every destination a route of the ingress gateway sends requests to."""
+    for vs in of_kind(docs, "VirtualService"):
+        if vs.get("spec", {}).get("gateways"):
+            for route in vs["spec"].get("http", []):
+                for destination in route.get("route", []):
+                    host = service_fqdn(destination["destination"]["host"], namespace_of(vs))
+                    yield f"{describe(vs)} route {route.get('name', '?')}", host
+    for http_route in of_kind(docs, "HTTPRoute"):
+        for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
+            for backend in rule.get("backendRefs") or []:
+                host = service_fqdn(f"{backend['name']}.{backend.get('namespace', namespace_of(http_route))}", "")
+                yield f"{describe(http_route)} rule {rule.get('name') or number}", host
 
 
 def workloads_are_hardened(docs: Docs, gateway: IngressGateway) -> list[str]:
@@ -382,6 +493,7 @@ CHECKS: dict[str, Check] = {
         certificates_have_issuers,
         hosts_are_exact,
         gateways_select_the_installed_gateway,
+        listeners_admit_only_the_apps_routes,
         gateways_serve_https_only,
         path_prefixes_stop_at_a_segment,
         gateway_routes_reach_admitting_workloads,

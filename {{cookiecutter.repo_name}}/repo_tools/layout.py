@@ -35,6 +35,15 @@ class IngressGateway:
         return bool(self.gateway_name)
 
     @property
+    def deployment(self) -> str:
+        """Both ways name the gateway's Deployment as its ServiceAccount (release name; <gateway>-<class>)."""
+        return self.service_account
+
+    @property
+    def selector(self) -> str:
+        return ",".join(f"{key}={value}" for key, value in self.pod_labels.items())
+
+    @property
     def pod_labels(self) -> dict[str, str]:
         """The label every pod of the gateway carries and everything that selects them uses."""
         return {GATEWAY_NAME_LABEL: self.gateway_name} if self.gateway_api else {"istio": self.istio_label}

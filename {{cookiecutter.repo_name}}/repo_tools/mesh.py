@@ -1,10 +1,11 @@
 """What Istio would do with one request, worked out from rendered documents.
 
-Follows Istio's documented semantics for the constructs this repo uses: Gateway server and host
-matching, httpsRedirect and redirect routes, VirtualService first-match routing (exact, prefix, regex), destination
-host resolution, PeerAuthentication precedence (workload > namespace > mesh, port-level modes),
-and AuthorizationPolicy selection and evaluation (CUSTOM, then DENY, then ALLOW; allow-nothing;
-principals, namespaces, paths, methods, ports, hosts and their wildcard forms).
+Follows Istio's documented semantics for the constructs this repo uses: the Kubernetes Gateway API at the
+edge (repo_tools.gateway_api); Istio's Gateway server and host matching, httpsRedirect and redirect routes,
+VirtualService first-match routing (exact, prefix, regex); destination host resolution, PeerAuthentication
+precedence (workload > namespace > mesh, port-level modes), and AuthorizationPolicy selection and evaluation
+(CUSTOM, then DENY, then ALLOW; allow-nothing; principals, namespaces, paths, methods, ports, hosts and their
+wildcard forms).
 
 Anything else that could change the answer (a `when` condition, JWT principals, IP blocks,
 CUSTOM policies, fault injection, ...) raises Unmodelled: the verdict is "unknown", never a guess.
@@ -18,17 +19,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from repo_tools import gateway_api
 from repo_tools.layout import IngressGateway
-from repo_tools.resources import describe, principal, selects, service_fqdn
+from repo_tools.resources import Unmodelled, describe, principal, selects, service_fqdn
 
 ROOT_NAMESPACE = "istio-system"
 HTTP_ONLY_OPERATION_FIELDS = {"paths", "notPaths", "methods", "notMethods", "hosts", "notHosts"}
 ROUTE_FIELDS_THAT_DO_NOT_CHANGE_THE_ANSWER = {"name", "match", "route", "timeout", "retries", "headers", "corsPolicy"}
 MATCH_FIELDS = {"uri", "method", "port", "name", "ignoreUriCase"}
-
-
-class Unmodelled(Exception):
-    """A construct the verifier does not model; the message names the resource and the construct."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,8 @@ class Mesh:
     # --- from the internet, through the ingress gateway ---------------------------------------
 
     def from_internet(self, scheme: str, host: str, path: str, method: str = "GET") -> Verdict:
+        if self.gateway.gateway_api:
+            return self.through_gateway_api(scheme, host, path, method)
         port = 443 if scheme == "https" else 80
         server_match = self.gateway_server(host, port)
         if server_match is None:
@@ -94,6 +94,17 @@ class Mesh:
         gateway_caller = Caller(self.gateway.namespace, self.gateway.service_account)
         verdict = self.call(gateway_caller, workload, target_port, path_at_destination, method, host)
         return Verdict(verdict.outcome, f"{routed}; {verdict.because}")
+
+    def through_gateway_api(self, scheme: str, host: str, path: str, method: str) -> Verdict:
+        routed = gateway_api.route(self.docs, self.gateway, scheme, host, path, method)
+        if isinstance(routed, gateway_api.Refused):
+            return Verdict(routed.outcome, routed.because)
+        name, namespace = routed.service.split(".")
+        self.refuse_destination_rules(name, namespace)
+        workload, target_port = self.workload_for(name, routed.port, None, namespace)
+        gateway_caller = Caller(self.gateway.namespace, self.gateway.service_account)
+        verdict = self.call(gateway_caller, workload, target_port, routed.path, method, host)
+        return Verdict(verdict.outcome, f"{routed.because}; {verdict.because}")
 
     def gateway_server(self, host: str, port: int) -> tuple[dict, int, dict] | None:
         for gw in self.of_kind("Gateway"):

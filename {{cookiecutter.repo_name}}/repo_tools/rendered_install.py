@@ -1,4 +1,6 @@
 """Rules over the install layer as the charts really render it (repo_tools.charts), beside the apps layer.
+With the Gateway API, the gateway's objects are the ones Istio deploys for the apps layer's Gateway
+(repo_tools.gateway_api.deployed_gateway), added to the install layer's before these rules run.
 
 Each rule takes the rendered documents of one infrastructure overlay (and, where it compares the two layers,
 the matching apps overlay) and returns sentences naming the resource and what to change.
@@ -42,11 +44,12 @@ def the_gateway_is_installed_as_the_apps_layer_expects(
     if deployment is None:
         return [
             f"no Deployment in {gateway.namespace} runs as ServiceAccount {gateway.service_account} "
-            "(apps/base/ingress-gateway.env): the gateway chart installs it elsewhere or under another name"
+            "(apps/base/ingress-gateway.env): the gateway chart, or istiod for the Gateway, deploys it elsewhere "
+            "or under another name"
         ]
     labels = pod_labels(deployment)
-    if labels.get("istio") != gateway.istio_label:
-        return [f"{describe(deployment)}: its pods carry istio={labels.get('istio')!r}, not {gateway.istio_label!r}"]
+    if not selects(gateway.pod_labels, labels):
+        return [f"{describe(deployment)}: its pods carry {labels}, not {gateway.pod_labels}"]
     return []
 
 
@@ -102,7 +105,7 @@ def node_ports_match_the_kind_mappings(
     problems = [] if service["spec"].get("type") == "NodePort" else [f"{describe(service)}: type is not NodePort"]
     problems += [
         f"{describe(service)}: port {port} has nodePort {rendered.get(port)}, but kind maps {node_port} "
-        "(a patch entry without `protocol: TCP` does not merge with the chart's port)"
+        "(with the gateway chart, a patch entry without `protocol: TCP` does not merge with the chart's port)"
         for port, node_port in sorted(mapped.items())
         if rendered.get(port) != node_port
     ]

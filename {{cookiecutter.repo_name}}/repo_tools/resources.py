@@ -5,6 +5,12 @@ model and the rules load without any schema tooling."""
 from collections.abc import Iterable, Iterator
 
 TRUST_DOMAIN = "cluster.local"
+
+
+class Unmodelled(Exception):
+    """A construct the traffic model does not follow; the message names the resource and the construct."""
+
+
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 
 

@@ -4,7 +4,8 @@ Built-in kinds use the Kubernetes OpenAPI schemas of kubernetes-validate in stri
 Custom resources use, in this order:
 1. the CustomResourceDefinitions of the versions this repo installs, when recorded upstream output is at hand
    ($RECORDED_FIXTURES: Istio's base chart and cert-manager's chart as rendered for the pinned versions, the
-   Gateway API and Argo CD CRDs), made strict: an object refuses fields its schema does not list;
+   Gateway API and Argo CD CRDs), made strict: an object refuses fields its schema does not list; without them,
+   the Gateway API's CRDs are downloaded from its release URL at the pinned version (no typed models exist);
 2. otherwise the typed models of cloudcoil (Istio, cert-manager, Flux; they stop at Istio 1.24 on Python 3.11);
    as those drop unknown fields silently, every field of the input is also checked to have survived parsing;
 3. for Argo CD, the hand-written schemas in argocd_schema.py.
@@ -18,6 +19,7 @@ is not validated twice; importing the typed models alone takes seconds.
 import hashlib
 import importlib
 import json
+import urllib.request
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -139,15 +141,32 @@ def strict(schema: dict) -> dict:
 
 
 def crd_sources() -> list[Path]:
-    """The recorded files whose CRDs are the schemas of the versions this repo installs; none without recordings."""
+    """The recorded files whose CRDs are the schemas of the versions this repo installs. Without recordings, only
+    the Gateway API's release file (no typed models exist for it), downloaded once into the cache."""
     recorded = charts.recordings()
     if recorded is None:
-        return []
+        return [path for path in [gateway_api_release_file()] if path is not None]
     return [
         recorded.render("base", VERSIONS["ISTIO_VERSION"]),
         recorded.render("cert-manager", VERSIONS["CERT_MANAGER_VERSION"]),
         *recorded.crds(),
     ]
+
+
+@cache
+def gateway_api_release_file() -> Path | None:
+    """The pinned Gateway API release's CRDs, from the project's release URL; None where it cannot be fetched."""
+    version = VERSIONS.get("GATEWAY_API_VERSION")
+    if version is None:
+        return None
+    cached = CACHE_DIR / f"gateway-api-{version}-standard-install.yaml"
+    if not cached.is_file():
+        try:
+            with urllib.request.urlopen(charts.GATEWAY_API_RELEASE_URL.format(version=version), timeout=30) as response:
+                write_atomically(cached, response.read().decode())
+        except OSError:
+            return None
+    return cached
 
 
 @cache
@@ -182,6 +201,9 @@ def _custom_resource_errors(doc: dict) -> list[str]:
     if argocd_schema is not None:
         return _json_schema_errors(jsonschema.Draft202012Validator(argocd_schema), doc)
     model = _model(doc.get("apiVersion", ""), doc.get("kind", ""))
+    if model is None and str(doc.get("apiVersion")).startswith("gateway.networking.k8s.io/"):
+        url = charts.GATEWAY_API_RELEASE_URL.format(version=VERSIONS.get("GATEWAY_API_VERSION"))
+        return [f"no schema: the Gateway API's CRDs are recorded nowhere here and {url} could not be downloaded"]
     if model is None:
         return [
             f"no schema for apiVersion {doc.get('apiVersion')!r} kind {doc.get('kind')!r}; add its model to "

@@ -7,6 +7,10 @@ import pytest
 from repo_tools import kustomize, layout
 
 KUSTOMIZATIONS = layout.app_kustomizations()
+GATEWAY_API = layout.ingress_gateway().gateway_api
+# Mistakes only one ingress API can make: each test runs in the repos baked with that API.
+istio_api_only = pytest.mark.skipif(GATEWAY_API, reason="about Istio's own ingress API; this repo uses the Gateway API")
+gateway_api_only = pytest.mark.skipif(not GATEWAY_API, reason="about the Gateway API; this repo uses Istio's own API")
 _built: dict[Path, list[dict]] = {}
 
 
@@ -50,3 +54,12 @@ def backend_policy(docs: list[dict]) -> dict:
         and doc["metadata"].get("annotations", {}).get("admits") == "ingress-gateway"
         and doc["spec"]["rules"][0].get("to")
     )
+
+
+def app_route(docs: list[dict]) -> dict:
+    """The app's routes on the public host: the VirtualService, or the HTTPRoute on the HTTPS listener."""
+    return find(docs, "HTTPRoute" if GATEWAY_API else "VirtualService", "public-routes")
+
+
+def the_gateway(docs: list[dict]) -> dict:
+    return find(docs, "Gateway", layout.ingress_gateway().gateway_name or "public-gateway")

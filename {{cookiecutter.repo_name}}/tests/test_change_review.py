@@ -72,13 +72,23 @@ def test_a_changed_port_shows_as_one_field_in_every_environment(history):
 
 
 def test_a_route_given_a_timeout_changes_the_route_and_no_verdict(history):
-    routes = history / "apps" / "base" / "gateway" / "virtualservice.yaml"
-    route = next(r for r in yaml.safe_load(routes.read_text())["spec"]["http"] if r["name"].endswith("-api"))
-    edit(routes, f"    - name: {route['name']}\n", f"    - name: {route['name']}\n      timeout: 10s\n")
+    if layout.ingress_gateway().gateway_api:
+        routes, field, timeout = history / "apps" / "base" / "gateway" / "httproute.yaml", "rules", "timeouts"
+        route, value = yaml.safe_load(routes.read_text())["spec"]["rules"][0], '{"request": "10s"}'
+        edit(
+            routes,
+            f"    - name: {route['name']}\n",
+            f"    - name: {route['name']}\n      timeouts:\n        request: 10s\n",
+        )
+    else:
+        routes, field, timeout = history / "apps" / "base" / "gateway" / "virtualservice.yaml", "http", "timeout"
+        value = "10s"
+        route = next(r for r in yaml.safe_load(routes.read_text())["spec"]["http"] if r["name"].endswith("-api"))
+        edit(routes, f"    - name: {route['name']}\n", f"    - name: {route['name']}\n      timeout: 10s\n")
     commit(history, "a timeout for the API")
     reviews, text, markdown = reviewed(history, only=("dev",))
-    assert f"        spec.http[name={route['name']}].timeout: (absent) -> 10s" in text
-    assert f"`spec.http[name={route['name']}].timeout`: `(absent)` → `10s`" in markdown
+    assert f"        spec.{field}[name={route['name']}].{timeout}: (absent) -> {value}" in text
+    assert f"`spec.{field}[name={route['name']}].{timeout}`: `(absent)` → `{value}`" in markdown
     assert all(not env.rows for env in reviews) and review.exit_status(reviews) == 1
 
 

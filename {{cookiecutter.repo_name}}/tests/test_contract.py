@@ -7,7 +7,16 @@ import sys
 
 import pytest
 import yaml
-from conftest import KUSTOMIZATIONS, app_namespace, backend_policy, find
+from conftest import (
+    KUSTOMIZATIONS,
+    app_namespace,
+    app_route,
+    backend_policy,
+    find,
+    gateway_api_only,
+    istio_api_only,
+    the_gateway,
+)
 
 from repo_tools import REPO_ROOT, charts, contract, layout
 
@@ -41,6 +50,7 @@ def test_the_contract_covers_the_promised_rows():
     assert sum(row.caller == "internet" for row in ROWS) >= 5
 
 
+@istio_api_only
 def test_an_api_prefix_without_its_slash_sends_lookalike_paths_to_the_backend(rendered):
     docs = rendered("dev")
     api_route = next(
@@ -84,6 +94,78 @@ def test_a_tls_secret_in_the_app_namespace_fails_every_https_row(rendered):
     assert f"Certificate {app_namespace(docs)}/" in next(iter(broken.values())).line()
 
 
+@gateway_api_only
+def test_a_regular_expression_for_the_api_catches_lookalike_paths(rendered):
+    docs = rendered("dev")
+    api_rule, frontend_rule = app_route(docs)["spec"]["rules"]
+    prefix = api_rule["matches"][0]["path"]["value"]
+    api_rule["matches"] = [{"path": {"type": "RegularExpression", "value": f"{prefix}.*"}}]
+    frontend_rule["matches"] = [{"path": {"type": "RegularExpression", "value": "/.*"}}]
+    broken = failing(docs)
+    assert set(broken) == {row_named("ary stays"), row_named("-docs stays")}
+    assert (
+        f"HTTPRoute {app_namespace(docs)}/public-routes rule {api_rule['name']}"
+        in broken[row_named("ary stays")].line()
+    )
+
+
+@gateway_api_only
+def test_a_regular_expression_loses_to_any_path_prefix_so_the_api_goes_to_the_frontend(rendered):
+    docs = rendered("dev")
+    api_rule = app_route(docs)["spec"]["rules"][0]
+    api_rule["matches"] = [
+        {"path": {"type": "RegularExpression", "value": api_rule["matches"][0]["path"]["value"] + "(/.*)?"}}
+    ]
+    broken = failing(docs)
+    assert set(broken) == {row_named(" reaches the backend"), row_named("/orders reaches the backend")}
+    assert "rule " + app_route(docs)["spec"]["rules"][1]["name"] in broken[row_named("/orders reaches")].line()
+
+
+@gateway_api_only
+def test_the_http_listener_serving_the_app_instead_of_redirecting_serves_plain_http(rendered):
+    docs = rendered("dev")
+    docs = [doc for doc in docs if not (doc["kind"] == "HTTPRoute" and doc["metadata"]["name"] == "https-redirect")]
+    app_route(docs)["spec"]["parentRefs"][0].pop("sectionName")
+    https_listener = the_gateway(docs)["spec"]["listeners"][1]
+    the_gateway(docs)["spec"]["listeners"][0]["allowedRoutes"] = https_listener["allowedRoutes"]
+    broken = failing(docs)
+    assert set(broken) == {row_named("plain HTTP")}
+    assert "listener http serves plain HTTP" in broken[row_named("plain HTTP")].line()
+
+
+@gateway_api_only
+def test_a_route_attached_to_the_wrong_listener_routes_nothing_over_https(rendered):
+    docs = rendered("dev")
+    app_route(docs)["spec"]["parentRefs"][0]["sectionName"] = "http"
+    broken = failing(docs)
+    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.scheme == "https"}
+    assert set(broken) == https_rows
+    assert all(o.verdict.outcome == "no-route" and "listener https" in o.line() for o in broken.values())
+
+
+@gateway_api_only
+def test_a_gateway_bound_to_another_host_serves_no_listener(rendered):
+    docs = rendered("dev")
+    for listener in the_gateway(docs)["spec"]["listeners"]:
+        listener["hostname"] = "other.example.org"
+    broken = failing(docs)
+    # HTTPS listeners are picked by SNI, so the handshake itself fails; plain HTTP finds no listener.
+    assert {name: o.verdict.outcome for name, o in broken.items()} == {
+        row.name: "tls-failure" if row.request.scheme == "https" else "no-route"
+        for row in ROWS
+        if row.caller == "internet"
+    }
+
+
+@gateway_api_only
+def test_a_route_for_another_host_is_not_served(rendered):
+    docs = rendered("dev")
+    app_route(docs)["spec"]["hostnames"] = ["other.example.org"]
+    broken = failing(docs)
+    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.scheme == "https"}
+    assert set(broken) == https_rows
+
+
 def test_without_allow_nothing_a_new_workload_admits_everyone(rendered):
     docs = [doc for doc in rendered("dev") if doc["metadata"]["name"] != "allow-nothing"]
     broken = failing(docs)
@@ -102,6 +184,7 @@ def test_permissive_mtls_lets_plaintext_clients_get_an_answer(rendered):
     )
 
 
+@istio_api_only
 def test_http_without_redirect_serves_plain_http(rendered):
     docs = rendered("dev")
     find(docs, "VirtualService", "public-routes")["spec"]["http"].pop(0)
@@ -113,6 +196,7 @@ def test_http_without_redirect_serves_plain_http(rendered):
     )
 
 
+@istio_api_only
 def test_a_gateway_bound_to_another_host_routes_nothing(rendered):
     docs = rendered("dev")
     for server in find(docs, "Gateway", "public-gateway")["spec"]["servers"]:

@@ -28,14 +28,23 @@ def test_promise_holds(overlay, check, rendered, gateway):
     assert invariants.CHECKS[check](rendered(overlay), gateway) == []
 
 
-@pytest.mark.parametrize("overlay", sorted(layout.overlays()))
-def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(overlay, rendered):
-    docs = rendered(overlay)
-    hosts = {
+def public_hosts(docs: list[dict]) -> dict[str, set[str]]:
+    """Each host name the Gateway, the routes and the public Certificate are written for."""
+    return {
         "Gateway": {
-            host for doc in docs if doc["kind"] == "Gateway" for s in doc["spec"]["servers"] for host in s["hosts"]
+            host
+            for gw in docs
+            if gw["kind"] == "Gateway"
+            for part in gw["spec"].get("servers", []) + gw["spec"].get("listeners", [])
+            for host in part.get("hosts", []) + [part.get("hostname", "")]
+            if host
         },
-        "VirtualService": {host for doc in docs if doc["kind"] == "VirtualService" for host in doc["spec"]["hosts"]},
+        "routes": {
+            host
+            for doc in docs
+            if doc["kind"] in ("VirtualService", "HTTPRoute")
+            for host in doc["spec"].get("hosts", []) + doc["spec"].get("hostnames", [])
+        },
         "Certificate": {
             host
             for doc in docs
@@ -43,13 +52,15 @@ def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(o
             for host in doc["spec"]["dnsNames"]
         },
     }
+
+
+@pytest.mark.parametrize("overlay", sorted(layout.overlays()))
+def test_the_gateway_the_routes_and_the_certificate_name_the_overlays_own_host(overlay, rendered):
+    hosts = public_hosts(rendered(overlay))
     assert len(set(map(frozenset, hosts.values()))) == 1, hosts
-    assert "PUBLIC-HOST" not in hosts["Gateway"]
+    assert len(hosts["Gateway"]) == 1 and "PUBLIC-HOST" not in hosts["Gateway"]
 
 
 def test_no_two_overlays_share_a_host(rendered):
-    hosts = {
-        overlay: next(doc for doc in rendered(overlay) if doc["kind"] == "VirtualService")["spec"]["hosts"][0]
-        for overlay in layout.overlays()
-    }
+    hosts = {overlay: public_hosts(rendered(overlay))["Gateway"].pop() for overlay in layout.overlays()}
     assert len(set(hosts.values())) == len(hosts), hosts

@@ -4,7 +4,7 @@
 import copy
 
 import pytest
-from conftest import find
+from conftest import find, gateway_api_only, istio_api_only, the_gateway
 
 from repo_tools import REPO_ROOT, gitops, install, kustomize, layout
 
@@ -39,12 +39,14 @@ def test_the_acme_challenge_reaches_the_solver_istio_serves(rendered, gateway, o
     assert challenges(rendered(overlay), gateway) == []
 
 
+@istio_api_only
 def test_a_solver_class_nobody_creates_is_caught(rendered, gateway):
     without_class = [doc for doc in install.plain_resources() if doc["kind"] != "IngressClass"]
     problems = challenges(rendered("staging"), gateway, resources=without_class)
     assert len(problems) == 1 and "name IngressClass 'istio', which the install does not create" in problems[0]
 
 
+@istio_api_only
 def test_an_https_redirect_on_the_gateway_swallowing_the_challenge_is_caught(rendered, gateway):
     docs = rendered("staging")
     find(docs, "Gateway", "public-gateway")["spec"]["servers"][0]["tls"] = {"httpsRedirect": True}
@@ -52,6 +54,7 @@ def test_an_https_redirect_on_the_gateway_swallowing_the_challenge_is_caught(ren
     assert len(problems) == 1 and "the HTTP-01 challenge included" in problems[0]
 
 
+@istio_api_only
 def test_a_specific_route_answering_the_challenge_path_first_is_caught(rendered, gateway):
     docs = rendered("staging")
     routes = find(docs, "VirtualService", "public-routes")["spec"]["http"]
@@ -61,9 +64,29 @@ def test_a_specific_route_answering_the_challenge_path_first_is_caught(rendered,
     assert len(problems) == 1 and "matches /.well-known/acme-challenge/token on port 80" in problems[0]
 
 
+@istio_api_only
 def test_istio_serving_ingresses_on_other_pods_is_caught(rendered, gateway):
     problems = challenges(rendered("staging"), gateway, mesh_config={"ingressSelector": "other"})
     assert len(problems) == 1 and "labelled istio=other, not the gateway's" in problems[0]
+
+
+@gateway_api_only
+def test_a_port_80_listener_that_does_not_admit_the_challenge_route_is_caught(rendered, gateway):
+    docs = rendered("staging")
+    listener = the_gateway(docs)["spec"]["listeners"][0]
+    listener["allowedRoutes"] = the_gateway(docs)["spec"]["listeners"][1]["allowedRoutes"]
+    problems = challenges(docs, gateway)
+    assert len(problems) == 1 and f"the route cert-manager adds in {gateway.namespace} would not answer" in problems[0]
+    assert "no HTTPRoute attached to Gateway" in problems[0]
+
+
+@gateway_api_only
+def test_a_solver_attached_to_the_https_listener_is_caught(rendered, gateway):
+    docs = rendered("staging")
+    issuer = next(doc for doc in docs if doc["kind"] == "Issuer" and "acme" in doc["spec"])
+    issuer["spec"]["acme"]["solvers"][0]["http01"]["gatewayHTTPRoute"]["parentRefs"][0]["sectionName"] = "https"
+    problems = challenges(docs, gateway)
+    assert len(problems) == 1 and "/.well-known/acme-challenge/token: Gateway" in problems[0]
 
 
 # --- Istio's validating webhook ------------------------------------------------------------------

@@ -5,8 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import GATEWAY_API, gateway_api_only, istio_api_only
 
-from repo_tools import REPO_ROOT, VERSIONS, gitops, install, kustomize, layout
+from repo_tools import REPO_ROOT, VERSIONS, gitops, install, layout
 from repo_tools.resources import describe
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
@@ -31,26 +32,24 @@ def test_every_environment_installs_istio_in_order_then_cert_manager():
     assert gitops.install_order_problems(sorted(layout.overlays())) == []
 
 
-def test_an_environment_installing_the_gateway_before_istiod_is_caught(monkeypatch, tmp_path):
+def test_an_environment_installing_istiod_out_of_order_is_caught(monkeypatch, tmp_path):
     copy = tmp_path / "infrastructure" / "overlays"
     shutil.copytree(REPO_ROOT / "infrastructure" / "overlays", copy)
     kustomization = copy / "dev" / "kustomization.yaml"
-    kustomization.write_text(
-        kustomization.read_text()
-        .replace("  - ../../istiod\n", "")
-        .replace("  - ../../istio-gateway\n", "  - ../../istio-gateway\n  - ../../istiod\n")
-    )
+    istiod, after = "  - ../../istiod\n", "  - ../../istio-gateway\n" if not GATEWAY_API else "  - ../../cert-manager\n"
+    kustomization.write_text(kustomization.read_text().replace(istiod, "").replace(after, after + istiod))
     monkeypatch.setattr(gitops, "REPO_ROOT", tmp_path)
     problems = gitops.install_order_problems(sorted(layout.overlays()) + ["qa"])
     assert problems == [
         "infrastructure/overlays/qa: there is no apps/overlays/qa, or the reverse",
-        f"infrastructure/overlays/dev: resources must be {gitops.INSTALL_ORDER}, in this order",
+        f"infrastructure/overlays/dev: resources must be {gitops.install_order()}, in this order",
     ]
 
 
 def test_every_chart_is_pinned_to_versions_env():
     assert install.chart_problems() == []
-    assert {chart.name for chart in install.charts()} == {"base", "istiod", "gateway", "cert-manager"}
+    gateway_chart = set() if GATEWAY_API else {"gateway"}
+    assert {chart.name for chart in install.charts()} == {"base", "istiod", "cert-manager"} | gateway_chart
 
 
 def test_a_chart_left_on_another_istio_version_is_named(repo_copy: Path):
@@ -66,6 +65,7 @@ def test_the_gateway_is_installed_where_and_as_whom_the_policies_expect(gateway)
     assert install.gateway_identity_problems(gateway) == []
 
 
+@istio_api_only
 def test_a_gateway_installed_under_another_release_name_is_caught(repo_copy: Path, gateway):
     kustomization = repo_copy / "infrastructure" / "istio-gateway" / "kustomization.yaml"
     kustomization.write_text(
@@ -75,16 +75,36 @@ def test_a_gateway_installed_under_another_release_name_is_caught(repo_copy: Pat
     assert len(problems) == 1 and "make them agree" in problems[0]
 
 
-def test_only_the_e2e_install_exposes_the_gateway_on_fixed_node_ports(monkeypatch, tmp_path):
-    assert [name for name in INFRASTRUCTURE_OVERLAYS if "kind-node-ports" in gitops.overlay_components(name)] == ["e2e"]
-    copy = tmp_path / "infrastructure" / "overlays"
-    shutil.copytree(REPO_ROOT / "infrastructure" / "overlays", copy)
-    prod = copy / "prod" / "kustomization.yaml"
-    prod.write_text(prod.read_text().replace("components: [", "components: [../../components/kind-node-ports, "))
+@gateway_api_only
+def test_the_gateway_api_crds_are_installed_once_at_the_pinned_version(gateway, repo_copy: Path):
+    assert install.gateway_identity_problems(gateway) == []
+    assert [version for _, version in install.gateway_api_releases()] == [VERSIONS["GATEWAY_API_VERSION"]]
+    versions = repo_copy / "versions.env"
+    pinned = VERSIONS["GATEWAY_API_VERSION"]
+    versions.write_text(versions.read_text().replace(f"GATEWAY_API_VERSION={pinned}", "GATEWAY_API_VERSION=v1.6.0"))
+    problems = install.gateway_identity_problems(gateway, repo_copy)
+    assert len(problems) == 1 and "from the v1.6.0 release (GATEWAY_API_VERSION in versions.env)" in problems[0]
+    assert [path.parent.name for path in install.pin_versions(repo_copy)] == ["gateway-api"]
+    assert install.gateway_identity_problems(gateway, repo_copy) == []
+
+
+def test_only_the_e2e_environment_exposes_the_gateway_on_fixed_node_ports(monkeypatch, tmp_path):
+    environments = sorted(layout.overlays())
+    assert [name for name in environments if "kind-node-ports" in gitops.environment_components(name)] == ["e2e"]
+    shutil.copytree(REPO_ROOT / "infrastructure" / "overlays", tmp_path / "infrastructure" / "overlays")
+    shutil.copytree(REPO_ROOT / "apps" / "overlays", tmp_path / "apps" / "overlays")
+    layer = "apps" if GATEWAY_API else "infrastructure"
+    prod = tmp_path / layer / "overlays" / "prod" / "kustomization.yaml"
+    text = prod.read_text()
+    prod.write_text(
+        text.replace("components:\n", "components:\n  - ../../components/kind-node-ports\n", 1)
+        if GATEWAY_API
+        else text.replace("components: [", "components: [../../components/kind-node-ports, ")
+    )
     monkeypatch.setattr(gitops, "REPO_ROOT", tmp_path)
-    assert gitops.install_order_problems(sorted(layout.overlays())) == [
-        "infrastructure/overlays/prod: kind-node-ports opens the gateway on fixed ports of every node; "
-        "it is for the e2e cluster only"
+    monkeypatch.setattr(gitops, "INFRASTRUCTURE", tmp_path / "infrastructure")
+    assert gitops.install_order_problems(environments) == [
+        "prod: kind-node-ports opens the gateway on fixed ports of every node; it is for the e2e cluster only"
     ]
 
 
@@ -177,7 +197,7 @@ def test_the_argocd_schema_catches_unknown_sync_options_and_missing_fields():
 
 @flux_only
 def test_flux_helm_releases_build_validate_and_follow_the_install_order(gateway):
-    docs = kustomize.build(REPO_ROOT / "infrastructure")
+    docs = gitops.flux_install([])
     assert [error for doc in docs for error in schema_errors(doc)] == []
     assert install.helm_release_problems(docs, gateway) == []
 
@@ -209,6 +229,7 @@ def test_flux_installs_each_environment_with_the_components_of_its_overlay(envir
 
 
 @flux_only
+@istio_api_only
 def test_flux_components_install_what_their_kustomize_twins_do(gateway, repo_copy):
     assert gitops.flux_twins_problems(gateway) == []
     assert gitops.flux_twins_problems(gateway, repo_copy / "infrastructure") == []
@@ -250,7 +271,10 @@ def test_a_helm_release_that_skips_the_install_order_is_caught(gateway):
     }
     problems = install.helm_release_problems([release], gateway)
     assert f"HelmRelease {gateway.service_account}: chart version '1.0.0' is not pinned by versions.env" in problems
-    assert f"HelmRelease {gateway.service_account}: must dependOn istiod" in problems
+    if GATEWAY_API:
+        assert f"HelmRelease {gateway.service_account}: istiod deploys the gateway; remove the release" in problems
+    else:
+        assert f"HelmRelease {gateway.service_account}: must dependOn istiod" in problems
     assert "HelmRelease istio-base: set install.crds Create and upgrade.crds CreateReplace" in problems
 
 
@@ -258,12 +282,13 @@ def test_pinning_rewrites_every_chart_to_a_new_istio_version(repo_copy: Path):
     versions = repo_copy / "versions.env"
     old = install.read_env_file(versions)["ISTIO_VERSION"]
     versions.write_text(versions.read_text().replace(f"ISTIO_VERSION={old}", "ISTIO_VERSION=1.31.0"))
-    assert len(install.chart_problems(repo_copy)) == 3
+    istio_charts = {"istio-base", "istiod"} | (set() if GATEWAY_API else {"istio-gateway"})
+    assert len(install.chart_problems(repo_copy)) == len(istio_charts)
     changed = install.pin_versions(repo_copy)
     assert install.chart_problems(repo_copy) == []
-    assert {path.parent.name for path in changed} >= {"istio-base", "istiod", "istio-gateway"}
+    assert {path.parent.name for path in changed} >= istio_charts
     if (repo_copy / "infrastructure" / "flux").exists():
-        docs = kustomize.build(repo_copy / "infrastructure")
+        docs = gitops.flux_install([], repo_copy / "infrastructure")
         assert install.helm_release_problems(docs, layout.ingress_gateway(), repo_copy) == []
     assert install.pin_versions(repo_copy) == []
 

@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import find
+from conftest import GATEWAY_API, find, the_gateway
 
 from repo_tools import REPO_ROOT, invariants, kustomize, layout
 
@@ -46,7 +46,9 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_objects(repo_copy: Path):
     settings = repo_copy / "apps" / "base" / "ingress-gateway.env"
-    settings.write_text("namespace=edge\nserviceAccount=public-edge\nistioLabel=edge-gateway\n")
+    identity = "gatewayName=public-gateway" if GATEWAY_API else "istioLabel=edge-gateway"
+    service_account = "public-gateway-istio" if GATEWAY_API else "public-edge"
+    settings.write_text(f"namespace=edge\nserviceAccount={service_account}\n{identity}\n")
     moved = layout.ingress_gateway(settings)
     docs = kustomize.build(repo_copy / "apps" / "overlays" / "dev")
     assert invariants.violations(docs, moved) == []
@@ -58,11 +60,13 @@ def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_obje
         for src in rule.get("from", [])
         for principal in src["source"]["principals"]
     }
-    assert "cluster.local/ns/edge/sa/public-edge" in principals
-    assert not any("istio-ingressgateway" in principal for principal in principals)
-    assert {doc["metadata"]["namespace"] for doc in docs if doc["apiVersion"].startswith("cert-manager.io/")} == {
-        "edge"
-    }
+    assert f"cluster.local/ns/edge/sa/{service_account}" in principals
+    assert not any("istio-system" in principal for principal in principals)
+    gateway_objects = [doc for doc in docs if doc["apiVersion"].startswith(("cert-manager.io/", "gateway.networking"))]
+    moved = {doc["metadata"]["namespace"] for doc in gateway_objects if doc["metadata"]["name"] != "public-routes"}
+    assert moved == {"edge"}
+    if GATEWAY_API:
+        assert find(docs, "HTTPRoute", "public-routes")["spec"]["parentRefs"][0]["namespace"] == "edge"
 
 
 def test_the_gateways_tls_secret_is_the_one_the_certificate_writes(rendered):
@@ -70,4 +74,10 @@ def test_the_gateways_tls_secret_is_the_one_the_certificate_writes(rendered):
     secret = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))["spec"][
         "secretName"
     ]
-    assert find(docs, "Gateway", "public-gateway")["spec"]["servers"][1]["tls"]["credentialName"] == secret
+    spec = the_gateway(docs)["spec"]
+    used = (
+        spec["listeners"][1]["tls"]["certificateRefs"][0]["name"]
+        if GATEWAY_API
+        else spec["servers"][1]["tls"]["credentialName"]
+    )
+    assert used == secret

@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 import yaml
+from conftest import GATEWAY_API, gateway_api_only, istio_api_only
 
 from e2e.harness import acme, bringup, capacity, kind, scenarios, settings
-from repo_tools import REPO_ROOT, charts, contract, gitops, install, kustomize, layout, rendered_install
+from repo_tools import REPO_ROOT, charts, contract, gateway_api, gitops, install, kustomize, layout, rendered_install
 from repo_tools.schemas import schema_errors
 
 UNAVAILABLE = charts.unavailable_reason()
@@ -33,6 +34,11 @@ def apps(overlay: str) -> list[dict]:
     return kustomize.build(REPO_ROOT / "apps" / "overlays" / overlay)
 
 
+def installed(overlay: str) -> list[dict]:
+    """What runs: the charts' objects, plus what istiod deploys for the apps layer's Gateway (Gateway API)."""
+    return infrastructure(overlay) + gateway_api.deployed_gateway(apps(overlay), layout.ingress_gateway())
+
+
 @pytest.fixture(scope="module")
 def e2e_settings() -> settings.Settings:
     return settings.load("rendered-install-test")
@@ -47,14 +53,15 @@ def test_every_infrastructure_overlay_renders_and_validates(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_gateway_runs_where_and_as_whom_the_apps_layer_trusts(overlay, gateway):
-    assert rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(infrastructure(overlay), gateway) == []
+    assert rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(installed(overlay), gateway) == []
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_gateway_selector_selects_the_real_gateway_pods(overlay, gateway):
-    assert rendered_install.selectors_select_the_gateway_pods(infrastructure(overlay), apps(overlay), gateway) == []
+    assert rendered_install.selectors_select_the_gateway_pods(installed(overlay), apps(overlay), gateway) == []
 
 
+@istio_api_only
 def test_a_gateway_selecting_another_label_is_caught(gateway):
     docs = apps("e2e")
     assert rendered_install.selectors_select_the_gateway_pods(infrastructure("e2e"), docs, gateway) == []
@@ -64,29 +71,47 @@ def test_a_gateway_selecting_another_label_is_caught(gateway):
 
 
 def test_a_gateway_moved_in_the_apps_settings_alone_is_caught_against_the_real_install():
-    """Helm release names cannot come from a kustomize setting, so this rule is what ties the two layers."""
-    moved = layout.IngressGateway("edge", "public-edge", "edge")
-    problems = rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(infrastructure("e2e"), moved)
+    """Helm release names and istiod's names cannot come from a kustomize setting: this rule ties the two layers."""
+    real = layout.ingress_gateway()
+    moved = layout.IngressGateway("edge", "public-edge", real.istio_label, real.gateway_name)
+    problems = rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(installed("e2e"), moved)
     assert problems == [
         "no Deployment in edge runs as ServiceAccount public-edge (apps/base/ingress-gateway.env): "
-        "the gateway chart installs it elsewhere or under another name"
+        "the gateway chart, or istiod for the Gateway, deploys it elsewhere or under another name"
     ]
     relabelled = layout.IngressGateway(
-        layout.ingress_gateway().namespace, layout.ingress_gateway().service_account, "edge"
+        real.namespace, real.service_account, "edge" if real.istio_label else "", "edge" if GATEWAY_API else ""
     )
-    assert "its pods carry istio='ingressgateway', not 'edge'" in " ".join(
-        rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(infrastructure("e2e"), relabelled)
-    )
+    problems = rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(installed("e2e"), relabelled)
+    assert len(problems) == 1 and f"its pods carry {{" in problems[0] and f"not {relabelled.pod_labels}" in problems[0]
 
 
 def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_settings, gateway):
     mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
     config = kind.kind_config(e2e_settings)
     assert {m["containerPort"] for m in config["nodes"][0]["extraPortMappings"]} == set(mapped.values())
-    assert rendered_install.node_ports_match_the_kind_mappings(infrastructure("e2e"), gateway, mapped) == []
-    assert bringup.node_port_mismatch(infrastructure("e2e"), e2e_settings) == ""
+    assert rendered_install.node_ports_match_the_kind_mappings(installed("e2e"), gateway, mapped) == []
+    assert bringup.node_port_mismatch(installed("e2e"), e2e_settings) == ""
 
 
+@gateway_api_only
+def test_a_gateway_option_on_a_port_no_listener_has_is_caught(e2e_settings, gateway):
+    docs = apps("e2e")
+    options = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-options"))
+    options["data"]["service"] = options["data"]["service"].replace("port: 443", "port: 8443")
+    broken = infrastructure("e2e") + gateway_api.deployed_gateway(docs, gateway)
+    mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
+    problems = rendered_install.node_ports_match_the_kind_mappings(broken, gateway, mapped)
+    assert len(problems) == 1 and "port 443 has nodePort None, but kind maps" in problems[0]
+    assert "fix apps/components/kind-node-ports/gateway-options.yaml" in bringup.node_port_mismatch(
+        broken, e2e_settings
+    )
+    options["data"]["services"] = options["data"].pop("service")
+    with pytest.raises(ValueError, match=r"keys Istio refuses: \['services'\]"):
+        gateway_api.deployed_gateway(docs, gateway)
+
+
+@istio_api_only
 def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp_path):
     """kustomize merges Service ports on port + protocol: without `protocol: TCP` the node ports are dropped."""
     patch = REPO_ROOT / "infrastructure" / "components" / "kind-node-ports" / "gateway-nodeports.yaml"
@@ -109,8 +134,8 @@ def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_high_availability_overlays_change_the_real_autoscaler_and_budget(overlay, gateway):
-    problems = rendered_install.high_availability_holds(infrastructure(overlay), gateway)
-    if gitops.HIGH_AVAILABILITY in gitops.overlay_components(overlay):
+    problems = rendered_install.high_availability_holds(installed(overlay), gateway)
+    if gitops.HIGH_AVAILABILITY in gitops.environment_components(overlay):
         assert problems == []
     else:  # the same rule, over a single-pod overlay, says so: it can fail
         assert any("runs 1 pod at minimum, not 2" in problem for problem in problems)
@@ -118,8 +143,10 @@ def test_high_availability_overlays_change_the_real_autoscaler_and_budget(overla
 
 def test_every_deployment_the_bringup_waits_for_is_installed(e2e_settings):
     waits = [(stage.namespace, name) for stage in bringup.install_stages(e2e_settings) for name in stage.deployments]
-    assert len(waits) == 5
-    assert rendered_install.waited_for_deployments_exist(infrastructure("e2e"), waits) == []
+    assert len(waits) == (4 if GATEWAY_API else 5)
+    if GATEWAY_API:  # istiod deploys it once the apps layer is applied; the bring-up waits for it then
+        waits.append((e2e_settings.gateway.namespace, e2e_settings.gateway.deployment))
+    assert rendered_install.waited_for_deployments_exist(installed("e2e"), waits) == []
     assert rendered_install.waited_for_deployments_exist(infrastructure("e2e"), [("cert-manager", "cert-manager-x")])
 
 
@@ -129,8 +156,11 @@ def test_the_install_stages_cover_every_rendered_object_in_order(e2e_settings):
     assert sum(len(part) for part in split) == len(infrastructure("e2e"))
     first = {doc["kind"] for doc in split[0]}
     assert {"Namespace", "CustomResourceDefinition", "MutatingWebhookConfiguration"} <= first
-    gateway_stage = {(doc["kind"], doc["metadata"]["name"]) for doc in split[1]}
-    assert ("Deployment", install.chart("gateway").release) in gateway_stage
+    if GATEWAY_API:  # istiod and cert-manager watch the Gateway API's kinds from their start
+        assert "gateways.gateway.networking.k8s.io" in {doc["metadata"]["name"] for doc in split[0]}
+    else:
+        gateway_stage = {(doc["kind"], doc["metadata"]["name"]) for doc in split[1]}
+        assert ("Deployment", install.chart("gateway").release) in gateway_stage
 
 
 @pytest.mark.parametrize("chart", install.charts(), ids=lambda chart: chart.name)
@@ -145,14 +175,14 @@ def test_a_misspelt_value_is_named():
     recorded = charts.recordings()
     if recorded is None:
         pytest.skip(f"the charts' default values come from {charts.RECORDED_FIXTURES}")
-    gateway_chart = install.chart("gateway")
-    typo = install.Chart(**{**gateway_chart.__dict__, "values": {"autoscaling": {"minReplica": 2}, "servce": {}}})
+    cert_manager = install.chart("cert-manager")
+    typo = install.Chart(**{**cert_manager.__dict__, "values": {"webhook": {"replicaCont": 2}, "crd": {}}})
     problems = rendered_install.values_keys_exist(typo, recorded)
-    assert [problem.split(": ")[1].split(" ")[0] for problem in problems] == ["autoscaling.minReplica", "servce"]
+    assert [problem.split(": ")[1].split(" ")[0] for problem in problems] == ["webhook.replicaCont", "crd"]
 
 
 def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
-    install_docs = infrastructure("e2e")
+    install_docs = installed("e2e")
     rows = contract.load()
     clients = {client for row in rows if (client := scenarios.client_for(row, e2e_settings))}
     harness_pods = scenarios.client_manifests(clients, e2e_settings, set()) + scenarios.newcomer_manifests(
@@ -177,11 +207,9 @@ def test_the_recorded_helm_refuses_a_release_or_version_it_has_no_recording_of()
     recorded = charts.recordings()
     if recorded is None:
         pytest.skip(f"the stand-in answers from {charts.RECORDED_FIXTURES}")
-    chart_dir = f"/charts/gateway-{install.chart('gateway').version}/gateway"
-    gateway_chart = install.chart("gateway")
-    rendered = charts.recorded_helm(
-        ["template", gateway_chart.release, chart_dir, "--namespace", gateway_chart.namespace], recorded
-    )
+    istiod = install.chart("istiod")
+    chart_dir = f"/charts/istiod-{istiod.version}/istiod"
+    rendered = charts.recorded_helm(["template", istiod.release, chart_dir, "--namespace", istiod.namespace], recorded)
     assert "kind: Deployment" in rendered
     with pytest.raises(charts.ChartsUnavailable, match="record it again"):
         charts.recorded_helm(["template", "edge", chart_dir, "--namespace", "edge"], recorded)
@@ -202,6 +230,7 @@ def test_argo_cd_finds_the_install_healthy_without_metrics_server_or_load_balanc
 
 
 @pytest.mark.skipif(install.gitops_tool() != "argocd", reason="this repo syncs with Flux")
+@istio_api_only
 def test_a_load_balancer_service_not_marked_optional_would_hold_the_waves_back():
     docs = infrastructure("dev")
     service = next(doc for doc in docs if doc["kind"] == "Service" and doc["spec"].get("type") == "LoadBalancer")

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import find
+from conftest import app_route, gateway_api_only, istio_api_only, the_gateway
 
 from repo_tools import charts, schemas
 from repo_tools.schemas import installed_crd_schemas, schema_errors
@@ -27,10 +27,31 @@ def test_a_wrong_type_in_a_built_in_kind_fails(rendered):
 
 
 def test_a_bad_enum_in_an_istio_kind_fails(rendered):
-    gateway = find(rendered("dev"), "Gateway", "public-gateway")
+    peer_authentication = next(doc for doc in rendered("dev") if doc["kind"] == "PeerAuthentication")
+    peer_authentication["spec"]["mtls"]["mode"] = "STRCT"
+    errors = schema_errors(peer_authentication)
+    assert errors and "spec.mtls.mode" in errors[0]
+
+
+@istio_api_only
+def test_a_bad_enum_in_an_istio_gateway_fails(rendered):
+    gateway = the_gateway(rendered("dev"))
     gateway["spec"]["servers"][1]["tls"]["mode"] = "SIMPL"
     errors = schema_errors(gateway)
     assert errors and "spec.servers.1.tls.mode" in errors[0]
+
+
+@gateway_api_only
+def test_gateway_api_kinds_are_checked_strictly_against_the_pinned_crds(rendered):
+    docs = rendered("dev")
+    gateway, route = the_gateway(docs), app_route(docs)
+    assert schema_errors(gateway) == schema_errors(route) == []
+    gateway["spec"]["listeners"][1]["tls"]["mode"] = "Terminat"
+    route["spec"]["rules"][0]["backendRef"] = route["spec"]["rules"][0].pop("backendRefs")
+    assert any("spec.listeners.1.tls.mode" in error for error in schema_errors(gateway))
+    assert schema_errors(route) == [
+        f"HTTPRoute {route['metadata']['namespace']}/public-routes: spec.rules.0.backendRef: unknown field"
+    ]
 
 
 def test_an_unknown_field_in_an_istio_kind_fails(rendered):

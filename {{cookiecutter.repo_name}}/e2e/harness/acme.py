@@ -7,6 +7,7 @@ serves cert-manager's solver Ingress beside the repo's own redirect route. The I
 """
 
 import json
+from typing import Any
 
 from e2e.harness.settings import Settings
 from repo_tools import REPO_ROOT, kustomize
@@ -168,5 +169,17 @@ def corefile_resolving(corefile: str, host: str, service_fqdn: str) -> str:
     return corefile.replace(server_block, f"{server_block}\n    {rewrite}", 1)
 
 
-def https_server_index(gateway: dict) -> int:
-    return next(index for index, server in enumerate(gateway["spec"]["servers"]) if server["port"]["number"] == 443)
+def https_secret_path(gateway: dict) -> str:
+    """The JSON pointer to the TLS secret's name of a Gateway's port 443, in either API."""
+    if "listeners" in gateway["spec"]:
+        index = next(i for i, listener in enumerate(gateway["spec"]["listeners"]) if listener["port"] == 443)
+        return f"/spec/listeners/{index}/tls/certificateRefs/0/name"
+    index = next(i for i, server in enumerate(gateway["spec"]["servers"]) if server["port"]["number"] == 443)
+    return f"/spec/servers/{index}/tls/credentialName"
+
+
+def json_pointer_get(document: dict, pointer: str) -> Any:
+    node: Any = document
+    for part in pointer.lstrip("/").split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node

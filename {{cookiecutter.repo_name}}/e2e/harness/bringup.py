@@ -38,16 +38,21 @@ class Stage:
 
 
 def install_stages(settings: Settings) -> list[Stage]:
-    """Istio base and istiod (then wait for istiod), the gateway, then cert-manager and its webhook.
+    """Istio base and istiod (then wait for istiod), the gateway chart (Istio's own API), then cert-manager and its
+    webhook. Objects without a chart (the Gateway API's CRDs) go with the first stage.
 
     Deployment names follow each chart: istiod's is `istiod`, the gateway's is its release name, and
     cert-manager's are the release name with -webhook and -cainjector (checked against the rendered charts).
     """
     base, istiod, certs = install.chart("base"), install.chart("istiod"), install.chart("cert-manager")
-    gateway = install.chart("gateway")
+    gateway_stage = (
+        []
+        if settings.gateway.gateway_api  # istiod deploys it once the apps layer's Gateway exists
+        else [Stage("the ingress gateway", (gateway_release(),), settings.gateway.namespace, (gateway_release(),))]
+    )
     return [
         Stage("Istio base and istiod", (base.release, istiod.release), istiod.namespace, ("istiod",)),
-        Stage("the ingress gateway", (gateway.release,), settings.gateway.namespace, (gateway.release,)),
+        *gateway_stage,
         Stage(
             "cert-manager and its webhook",
             (certs.release,),
@@ -55,6 +60,10 @@ def install_stages(settings: Settings) -> list[Stage]:
             (certs.release, f"{certs.release}-webhook", f"{certs.release}-cainjector"),
         ),
     ]
+
+
+def gateway_release() -> str:
+    return install.chart("gateway").release
 
 
 def split_by_stage(docs: list[dict], stages: list[Stage]) -> list[list[dict]]:
@@ -82,7 +91,11 @@ def node_port_mismatch(live: list[dict], settings: Settings) -> str:
         "the gateway Service does not listen on the node ports kind maps to 127.0.0.1, so no request from the "
         "host can reach it: "
         + "; ".join(problems)
-        + " (fix infrastructure/components/kind-node-ports/gateway-nodeports.yaml)"
+        + (
+            " (fix apps/components/kind-node-ports/gateway-options.yaml)"
+            if settings.gateway.gateway_api
+            else " (fix infrastructure/components/kind-node-ports/gateway-nodeports.yaml)"
+        )
     )
 
 
@@ -170,7 +183,7 @@ class Bringup:
                 self.apply(yaml.safe_dump_all(stage_docs))
                 for deployment in stage.deployments:
                     commands.run_checked(commands.rollout_status(self.tools, stage.namespace, deployment))
-            if stage.releases == (install.chart("gateway").release,):
+            if not self.settings.gateway.gateway_api and stage.releases == (gateway_release(),):
                 self.check_node_ports()
 
     def check_node_ports(self) -> None:
@@ -244,6 +257,19 @@ class Bringup:
             self.apply(yaml.safe_dump_all(extras))
 
     def wait_for_workloads(self) -> None:
+        gateway = self.settings.gateway
+        if gateway.gateway_api:
+            with self.phase(f"wait for istiod to deploy the gateway of Gateway {gateway.gateway_name}"):
+                self.kubectl(
+                    "-n",
+                    gateway.namespace,
+                    "wait",
+                    f"deployment/{gateway.deployment}",
+                    "--for=create",
+                    "--timeout=300s",
+                )
+                commands.run_checked(commands.rollout_status(self.tools, gateway.namespace, gateway.deployment))
+            self.check_node_ports()
         with self.phase("wait for rollouts, clients and the certificate"):
             deployments = json.loads(
                 self.kubectl("-n", self.settings.app_namespace, "get", "deployments", "-o", "json")
@@ -274,9 +300,7 @@ class Bringup:
         """The gateway's Service: where Pebble's DNS and, for the e2e host, the cluster's DNS send requests."""
         gateway = self.settings.gateway
         services = json.loads(self.kubectl("-n", gateway.namespace, "get", "services", "-o", "json"))["items"]
-        return next(
-            item for item in services if (item["spec"].get("selector") or {}).get("istio") == gateway.istio_label
-        )
+        return next(item for item in services if (item["spec"].get("selector") or {}) == gateway.pod_labels)
 
     def resolve_the_host_to_the_gateway_in_cluster(self, service: dict) -> None:
         coredns = json.loads(self.kubectl("-n", "kube-system", "get", "configmap", "coredns", "-o", "json"))
@@ -319,25 +343,16 @@ class Bringup:
     @contextmanager
     def gateway_serving(self, secret: str) -> Iterator[None]:
         """The app's Gateway serves HTTPS with another TLS secret for the duration, then its own again."""
-        namespace = self.settings.app_namespace
-        gateway = json.loads(self.kubectl("-n", namespace, "get", "gateways.networking.istio.io", "-o", "json"))[
-            "items"
-        ][0]
-        index = acme.https_server_index(gateway)
-        original = gateway["spec"]["servers"][index]["tls"]["credentialName"]
-        path = f"/spec/servers/{index}/tls/credentialName"
+        settings = self.settings
+        namespace = settings.gateway.namespace if settings.gateway.gateway_api else settings.app_namespace
+        kind = "gateways.gateway.networking.k8s.io" if settings.gateway.gateway_api else "gateways.networking.istio.io"
+        gateway = json.loads(self.kubectl("-n", namespace, "get", kind, "-o", "json"))["items"][0]
+        path = acme.https_secret_path(gateway)
+        original = acme.json_pointer_get(gateway, path)
 
         def use(name: str) -> None:
             patch = json.dumps([{"op": "replace", "path": path, "value": name}])
-            self.kubectl(
-                "-n",
-                namespace,
-                "patch",
-                f"gateways.networking.istio.io/{gateway['metadata']['name']}",
-                "--type=json",
-                "-p",
-                patch,
-            )
+            self.kubectl("-n", namespace, "patch", f"{kind}/{gateway['metadata']['name']}", "--type=json", "-p", patch)
 
         use(secret)
         try:

@@ -9,7 +9,11 @@ from e2e.harness import commands
 from e2e.harness.commands import Tools
 from repo_tools.layout import IngressGateway
 
-ISTIO_KINDS = "gateways,virtualservices,destinationrules,authorizationpolicies,peerauthentications"
+ISTIO_KINDS = "virtualservices,destinationrules,authorizationpolicies,peerauthentications"
+GATEWAY_KINDS = {
+    True: "gateways.gateway.networking.k8s.io,httproutes,referencegrants",
+    False: "gateways.networking.istio.io",
+}
 # With the ACME objects and Ingresses: a Challenge's status says why a certificate is still waiting.
 CERT_MANAGER_KINDS = "certificates,certificaterequests,issuers,clusterissuers,orders,challenges,ingresses"
 Runner = Callable[[list[str]], tuple[int, str]]
@@ -37,12 +41,15 @@ def captures(
     kubectl = lambda *args: commands.kubectl(tools, *args)  # noqa: E731
     found = [
         Capture("cluster/pods-services-events.txt", kubectl("get", "pods,svc,events", "-A", "-o", "wide")),
-        Capture("cluster/istio-resources.yaml", kubectl("get", ISTIO_KINDS, "-A", "-o", "yaml")),
+        Capture(
+            "cluster/istio-resources.yaml",
+            kubectl("get", f"{GATEWAY_KINDS[gateway.gateway_api]},{ISTIO_KINDS}", "-A", "-o", "yaml"),
+        ),
         Capture("cluster/cert-manager-resources.yaml", kubectl("get", CERT_MANAGER_KINDS, "-A", "-o", "yaml")),
         Capture("logs/istiod.txt", kubectl("-n", control_plane_namespace, "logs", "deployment/istiod", "--tail=2000")),
         Capture(
             "logs/ingress-gateway.txt",
-            kubectl("-n", gateway.namespace, "logs", "-l", f"istio={gateway.istio_label}", "--tail=2000", "--prefix"),
+            kubectl("-n", gateway.namespace, "logs", "-l", gateway.selector, "--tail=2000", "--prefix"),
         ),
     ]
     found += [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, VERSIONS, install, kustomize, layout
+from repo_tools import REPO_ROOT, VERSIONS, gateway_api, install, kustomize, layout
 
 E2E_OVERLAY = REPO_ROOT / "apps" / "overlays" / "e2e"
 INFRASTRUCTURE_OVERLAY = REPO_ROOT / "infrastructure" / "overlays" / "e2e"
@@ -40,9 +40,15 @@ def default_cluster_name() -> str:
 
 
 def node_ports(patch: Path = GATEWAY_NODE_PORTS) -> dict[int, int]:
-    """Service port -> nodePort of the ingress gateway in the e2e overlay."""
-    service = yaml.safe_load(patch.read_text())
-    return {port["port"]: port["nodePort"] for port in service["spec"]["ports"]}
+    """Service port -> nodePort of the ingress gateway in the e2e environment: from the Service Istio deploys for
+    the e2e overlay's Gateway (Gateway API), else from the install layer's patch of the gateway chart's Service."""
+    gateway = layout.ingress_gateway()
+    if gateway.gateway_api:
+        deployed = gateway_api.deployed_gateway(kustomize.build(E2E_OVERLAY), gateway)
+        service = next(doc for doc in deployed if doc["kind"] == "Service")
+    else:
+        service = yaml.safe_load(patch.read_text())
+    return {port["port"]: port["nodePort"] for port in service["spec"]["ports"] if "nodePort" in port}
 
 
 def load(cluster_name: str) -> Settings:
