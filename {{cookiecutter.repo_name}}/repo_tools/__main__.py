@@ -45,7 +45,10 @@ class Family:
 
 def run(name: str, check: Callable[[], tuple[str, list[str]]]) -> list[str]:
     started = time.perf_counter()
-    counted, problems = check()
+    try:
+        counted, problems = check()
+    except (kustomize.KustomizeError, charts.ChartsUnavailable) as error:
+        counted, problems = "could not build", [str(error)]
     Family(name, counted, problems).report(started)
     return [f"{name}: {problem}" for problem in problems]
 

@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,27 +161,44 @@ def helm_command() -> Iterator[str]:
 
 @contextmanager
 def infrastructure_copy(root: Path = REPO_ROOT) -> Iterator[Path]:
-    """A scratch copy of infrastructure/ to build: kustomize pulls charts beside each kustomization, and with
-    recordings at hand, each remote release file a kustomization lists is answered from its recorded copy."""
-    recorded = recordings()
+    """A scratch copy of infrastructure/ to build: kustomize pulls charts beside each kustomization, and each
+    remote release file a kustomization lists is answered from a local copy (gateway_api_crds)."""
     with tempfile.TemporaryDirectory(prefix="infrastructure-") as scratch:
         copy = Path(scratch) / "infrastructure"
         shutil.copytree(root / "infrastructure", copy, ignore=shutil.ignore_patterns("charts"))
-        if recorded is not None:
-            for kustomization in copy.rglob("kustomization.yaml"):
-                _answer_remote_resources(kustomization, recorded)
+        for kustomization in copy.rglob("kustomization.yaml"):
+            _answer_remote_resources(kustomization)
         yield copy
 
 
-def _answer_remote_resources(kustomization: Path, recorded: Recordings) -> None:
+def _answer_remote_resources(kustomization: Path) -> None:
     text = kustomization.read_text()
     for match in GATEWAY_API_RELEASE.finditer(text):
-        source = recorded.gateway_api_crds(match["version"])
-        if not source.is_file():
-            raise ChartsUnavailable(f"no recording of the Gateway API {match['version']} CRDs (looked for {source})")
-        shutil.copyfile(source, kustomization.parent / source.name)
-        text = text.replace(match[0], source.name)
+        source = gateway_api_crds(match["version"])
+        if source is not None:
+            shutil.copyfile(source, kustomization.parent / source.name)
+            text = text.replace(match[0], source.name)
     kustomization.write_text(text)
+
+
+def gateway_api_crds(version: str) -> Path | None:
+    """The Gateway API release's CRDs: the recorded copy when recordings are given (refusing a version they lack),
+    else the release file downloaded once into the cache; None where it cannot be fetched (kustomize then tries
+    the URL itself and says why it failed)."""
+    recorded = recordings()
+    if recorded is not None:
+        source = recorded.gateway_api_crds(version)
+        if not source.is_file():
+            raise ChartsUnavailable(f"no recording of the Gateway API {version} CRDs (looked for {source})")
+        return source
+    cached = CACHE_DIR / f"gateway-api-{version}-standard.yaml"
+    if not cached.is_file():
+        try:
+            with urllib.request.urlopen(GATEWAY_API_RELEASE_URL.format(version=version), timeout=30) as response:
+                write_atomically(cached, response.read().decode())
+        except OSError:
+            return None
+    return cached
 
 
 def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:

@@ -19,7 +19,6 @@ is not validated twice; importing the typed models alone takes seconds.
 import hashlib
 import importlib
 import json
-import urllib.request
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -145,28 +144,13 @@ def crd_sources() -> list[Path]:
     the Gateway API's release file (no typed models exist for it), downloaded once into the cache."""
     recorded = charts.recordings()
     if recorded is None:
-        return [path for path in [gateway_api_release_file()] if path is not None]
+        release = charts.gateway_api_crds(VERSIONS.get("GATEWAY_API_VERSION", ""))
+        return [release] if release is not None else []
     return [
         recorded.render("base", VERSIONS["ISTIO_VERSION"]),
         recorded.render("cert-manager", VERSIONS["CERT_MANAGER_VERSION"]),
         *recorded.crds(),
     ]
-
-
-@cache
-def gateway_api_release_file() -> Path | None:
-    """The pinned Gateway API release's CRDs, from the project's release URL; None where it cannot be fetched."""
-    version = VERSIONS.get("GATEWAY_API_VERSION")
-    if version is None:
-        return None
-    cached = CACHE_DIR / f"gateway-api-{version}-standard-install.yaml"
-    if not cached.is_file():
-        try:
-            with urllib.request.urlopen(charts.GATEWAY_API_RELEASE_URL.format(version=version), timeout=30) as response:
-                write_atomically(cached, response.read().decode())
-        except OSError:
-            return None
-    return cached
 
 
 @cache
