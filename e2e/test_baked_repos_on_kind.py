@@ -21,7 +21,9 @@ NON_DEFAULT = {
     "backend_port": "8080",
     "api_prefix": "/v2/orders-api",
     "include_database": True,
+    "ingress_api": "istio",
 }
+# Both ingress APIs: the defaults (Gateway API) and Istio's own API with non-default names and a database.
 ANSWER_SETS = {"defaults": {}, "non-default": NON_DEFAULT}
 
 

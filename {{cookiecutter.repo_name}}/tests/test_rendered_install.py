@@ -83,7 +83,7 @@ def test_a_gateway_moved_in_the_apps_settings_alone_is_caught_against_the_real_i
         real.namespace, real.service_account, "edge" if real.istio_label else "", "edge" if GATEWAY_API else ""
     )
     problems = rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(installed("e2e"), relabelled)
-    assert len(problems) == 1 and f"its pods carry {{" in problems[0] and f"not {relabelled.pod_labels}" in problems[0]
+    assert len(problems) == 1 and "its pods carry {" in problems[0] and f"not {relabelled.pod_labels}" in problems[0]
 
 
 def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_settings, gateway):
