@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_NAMES, HOSTILE_OUTCOMES, TEMPLATE
+from conftest import ANSWER_NAMES, HOSTILE_OUTCOMES, TEMPLATE, fixtures_environment
 from cookiecutter.generate import generate_context
 from cookiecutter.main import cookiecutter
 from cookiecutter.prompt import prompt_for_config
@@ -94,7 +94,12 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(tmp_path_factory, c
             outcomes["refused"] += 1
         else:
             validation = subprocess.run(
-                [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
+                [sys.executable, "-m", "repo_tools"],
+                cwd=project,
+                capture_output=True,
+                text=True,
+                check=False,
+                env=fixtures_environment(),
             )
             assert validation.returncode == 0, f"{field}={value!r}:\n{validation.stdout}{validation.stderr}"
             outcomes["baked and validated"] += 1
@@ -166,7 +171,12 @@ def test_a_yaml_special_scalar_stays_a_string_wherever_it_is_accepted(value, tmp
     context = extra | dict.fromkeys(fields, value)
     project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(tmp_path)))
     validation = subprocess.run(
-        [sys.executable, "-m", "repo_tools"], cwd=project, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "repo_tools"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=fixtures_environment(),
     )
     assert validation.returncode == 0, f"{fields} = {value!r}:\n{validation.stdout}{validation.stderr}"
 
