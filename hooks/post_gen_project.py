@@ -42,6 +42,7 @@ def remove_other_ingress_api() -> None:
             "apps/components/gateway-high-availability",
             "apps/components/kind-node-ports",
             "infrastructure/gateway-api",
+            "clusters/argocd/settings/health/gateway.lua",
         )
 
 

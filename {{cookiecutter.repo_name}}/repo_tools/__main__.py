@@ -117,7 +117,7 @@ def validate_all() -> list[str]:
     problems += run("contract", traffic_contract)
     problems += run("acme", certificates)
     problems += run("install", install_layer)
-    problems += run("gitops", lambda: gitops_entry_points(gateway))
+    problems += run("gitops", lambda: gitops_entry_points(gateway, built))
     problems += run(
         "renovate", lambda: (f"{len(renovate.pins())} pins", renovate.config_errors() + renovate.unmatched_pins())
     )
@@ -131,7 +131,7 @@ def build_or_error(directory) -> list[dict] | str:
         return str(error)
 
 
-def gitops_entry_points(gateway: layout.IngressGateway) -> tuple[str, list[str]]:
+def gitops_entry_points(gateway: layout.IngressGateway, apps: dict[str, list[dict]]) -> tuple[str, list[str]]:
     """Each environment's entry points validate, point at real paths and sync in order; Argo CD's health checks."""
     tool = install.gitops_tool()
     environments = gitops.environments(tool)
@@ -152,7 +152,13 @@ def gitops_entry_points(gateway: layout.IngressGateway) -> tuple[str, list[str]]
             found += [f"{environment}: {problem}" for problem in install.helm_release_problems(installed, gateway)]
         found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]
     if tool == "argocd":
-        found += gitops.child_applications_wait_for_their_sync(gitops.argocd_settings())
+        settings = gitops.argocd_settings()
+        found += gitops.child_applications_wait_for_their_sync(settings)
+        found += [
+            f"{name}: {problem}"
+            for name in environments
+            for problem in gitops.install_settles_without_metrics_or_load_balancer(settings, apps.get(name, []))
+        ]
     else:
         found += gitops.flux_twins_problems(gateway)
     return f"{tool}, {len(environments)} environments", found

@@ -41,6 +41,16 @@ CHALLENGE_PATH = "/.well-known/acme-challenge/token"
 HEALTH_KEY_PREFIX = "resource.customizations.health."
 
 # What the HorizontalPodAutoscaler controller reports where no metrics API is served (kind, bare kubeadm).
+# What Istio reports for a Gateway whose LoadBalancer Service waits for an address (gatewaycommon/conversion.go
+# SetProgrammedCondition: reason AddressNotAssigned while every address is usable but pending).
+ADDRESS_PENDING = {
+    "conditions": [
+        {"type": "Accepted", "status": "True", "reason": "Accepted"},
+        {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs"},
+        {"type": "Programmed", "status": "False", "reason": "AddressNotAssigned", "message": "address pending"},
+    ],
+    "listeners": [{"name": "https", "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]}],
+}
 WITHOUT_METRICS = {
     "currentReplicas": 1,
     "desiredReplicas": 1,
@@ -345,14 +355,20 @@ def child_applications_wait_for_their_sync(settings: dict[str, str]) -> list[str
 
 
 def install_settles_without_metrics_or_load_balancer(settings: dict[str, str], infrastructure: list[dict]) -> list[str]:
-    """Every autoscaler and LoadBalancer Service of the install is Healthy on a cluster with neither."""
+    """Every autoscaler, LoadBalancer Service and Gateway (of the install or the apps layer) is Healthy on a
+    cluster with neither metrics-server nor a load-balancer provider."""
     problems = []
     waiting = [with_status(doc, WITHOUT_METRICS) for doc in of_kind(infrastructure, "HorizontalPodAutoscaler")]
     waiting += [with_status(doc, {"loadBalancer": {}}) for doc in of_kind(infrastructure, "Service")]
+    waiting += [
+        with_status(doc, ADDRESS_PENDING)
+        for doc in of_kind(infrastructure, "Gateway")
+        if doc["apiVersion"].startswith(f"{gateway_api.GROUP}/")
+    ]
     for doc in waiting:
         script = settings.get(health_key(doc["apiVersion"], doc["kind"]))
         if script is None:
-            if doc["kind"] == "HorizontalPodAutoscaler" or doc["spec"].get("type") == "LoadBalancer":
+            if doc["kind"] in ("HorizontalPodAutoscaler", "Gateway") or doc["spec"].get("type") == "LoadBalancer":
                 problems.append(
                     f"{describe(doc)}: argocd-cm has no health check for {doc['kind']}; Argo CD's own reads it "
                     "Degraded without metrics-server or Progressing without a load-balancer provider"

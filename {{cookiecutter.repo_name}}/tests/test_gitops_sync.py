@@ -106,7 +106,11 @@ def test_istios_webhook_failure_policy_is_pinned_to_fail():
 
 
 def health(kind: str, obj: dict) -> tuple[str, str]:
-    api_version = {"Application": "argoproj.io/v1alpha1", "HorizontalPodAutoscaler": "autoscaling/v2"}.get(kind, "v1")
+    api_version = {
+        "Application": "argoproj.io/v1alpha1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+        "Gateway": "gateway.networking.k8s.io/v1",
+    }.get(kind, "v1")
     return gitops.lua_health(gitops.argocd_settings()[gitops.health_key(api_version, kind)], obj)
 
 
@@ -180,6 +184,37 @@ def test_only_a_load_balancer_marked_optional_is_healthy_without_an_address():
         health("Service", {**service, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}})[0] == "Healthy"
     )
     assert health("Service", {"spec": {"type": "ClusterIP"}}) == ("Healthy", "")
+
+
+@argocd_only
+@gateway_api_only
+def test_a_gateway_is_healthy_once_accepted_resolved_and_programmed_or_only_its_optional_address_is_missing(rendered):
+    gateway = the_gateway(rendered("dev"))
+    key = "Gateway"
+    assert health(key, gateway)[0] == "Progressing"  # no status yet
+    assert health(key, gitops.with_status(gateway, gitops.ADDRESS_PENDING)) == (
+        "Healthy",
+        "accepted, references resolved, programmed",
+    )
+    not_optional = copy.deepcopy(gateway)
+    not_optional["metadata"].pop("annotations")
+    assert health(key, gitops.with_status(not_optional, gitops.ADDRESS_PENDING)) == ("Progressing", "address pending")
+    secret_missing = copy.deepcopy(gitops.ADDRESS_PENDING)
+    secret_missing["listeners"][0]["conditions"].append(
+        {"type": "ResolvedRefs", "status": "False", "reason": "InvalidCertificateRef", "message": "secret not found"}
+    )
+    assert health(key, gitops.with_status(gateway, secret_missing)) == ("Degraded", "listener https: secret not found")
+
+
+@argocd_only
+@gateway_api_only
+def test_an_apps_gateway_without_the_optional_address_would_never_read_healthy(rendered):
+    settings = gitops.argocd_settings()
+    docs = rendered("dev")
+    assert gitops.install_settles_without_metrics_or_load_balancer(settings, docs) == []
+    the_gateway(docs)["metadata"].pop("annotations")
+    problems = gitops.install_settles_without_metrics_or_load_balancer(settings, docs)
+    assert len(problems) == 1 and problems[0].startswith(f"Gateway {the_gateway(docs)['metadata']['namespace']}/")
 
 
 @argocd_only
