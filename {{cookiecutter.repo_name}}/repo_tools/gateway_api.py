@@ -3,15 +3,17 @@ Istio deploys for a Gateway.
 
 Routing follows the Gateway API specification (v1.5) where it is exact and Istio's implementation where the
 specification leaves the choice to it (pilot/pkg/config/kube/gateway/conversion.go):
-- a listener is picked by port and hostname (the most specific hostname wins);
+- a listener is picked by port and hostname (the most specific hostname wins); HTTPS listeners are picked by
+  SNI, so a host none of them names fails the handshake;
 - an HTTPRoute attaches when a parentRef names the Gateway (namespace defaulting to the route's own),
   its sectionName (if any) names the listener, its port (if any) is the listener's, and the listener's
   allowedRoutes admit the route's namespace and kind;
 - the route's hostnames must intersect the listener's and match the request;
 - across every attached route, the match that wins is the one with an Exact path, else the longest
-  PathPrefix, else a RegularExpression (Istio's order), then a method, then more headers, then more query
-  parameters; a tie between two routes would be broken by their creation time, which no build knows, so it
-  is Unmodelled;
+  PathPrefix (measured without a trailing "/"), else a RegularExpression (Istio's order), then a method; a tie
+  between two routes would be broken by their creation time, which no build knows, so it is Unmodelled, as
+  are header and query matches, and matches from routes written for different hostnames (Istio sorts within
+  one hostname only);
 - PathPrefix matches whole path segments ("/api" matches "/api" and "/api/x", never "/apiary");
 - filters: RequestRedirect answers, URLRewrite changes the path the backend sees, header modifiers and
   mirrors do not change the answer; backendRefs with weights (weight 0 gets nothing; a split over more than
@@ -32,8 +34,8 @@ from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of
 GROUP = "gateway.networking.k8s.io"
 GATEWAY_CLASS = "istio"
 PATH_RANK = {"Exact": 3, "PathPrefix": 2, "RegularExpression": 1}
-CATCH_ALL = (PATH_RANK["PathPrefix"], 1)
-CLASS_DEFAULTS = "gateway.istio.io/defaults-for-class"  # a ConfigMap label: options for every Gateway of a class  # PathPrefix "/", which Istio moves behind every other match
+CATCH_ALL = (PATH_RANK["PathPrefix"], 1)  # PathPrefix "/", which Istio moves behind every other match
+CLASS_DEFAULTS = "gateway.istio.io/defaults-for-class"  # a ConfigMap label: options for every Gateway of a class
 FILTERS_THAT_DO_NOT_CHANGE_THE_ANSWER = {"RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror"}
 
 
@@ -152,7 +154,7 @@ def tls_problem(docs: list[dict], gw: dict, listener: dict) -> str:
         raise Unmodelled(f"{describe(gw)} listener {listener['name']} certificateRefs {refs}")
     secret, secret_namespace = refs[0]["name"], refs[0].get("namespace", namespace_of(gw))
     if secret_namespace != namespace_of(gw) and not granted(
-        docs, namespace_of(gw), GROUP, "Gateway", secret_namespace, "", "Secret", secret
+        docs, "Gateway", namespace_of(gw), "Secret", f"{secret_namespace}/{secret}"
     ):
         return (
             f"Secret {secret_namespace}/{secret} is in another namespace and no ReferenceGrant there admits the Gateway"
@@ -164,32 +166,25 @@ def tls_problem(docs: list[dict], gw: dict, listener: dict) -> str:
     return f"Secret {secret_namespace}/{secret} is read from {secret_namespace}, but is made by {elsewhere}: the handshake fails"
 
 
-def granted(
-    docs: list[dict],
-    from_namespace: str,
-    from_group: str,
-    from_kind: str,
-    to_namespace: str,
-    to_group: str,
-    to_kind: str,
-    to_name: str,
-) -> bool:
-    """Does a ReferenceGrant in `to_namespace` let objects of that kind in `from_namespace` refer to the target?"""
+def granted(docs: list[dict], source_kind: str, source_namespace: str, target_kind: str, target: str) -> bool:
+    """Does a ReferenceGrant in the target's namespace let a Gateway API object (Gateway, HTTPRoute) of that
+    namespace refer to the core object (Secret, Service) `target`, written namespace/name?"""
+    target_namespace, target_name = target.split("/")
     for grant in of_kind(docs, "ReferenceGrant"):
-        if namespace_of(grant) != to_namespace:
-            continue
         spec = grant.get("spec", {})
-        admits_from = any(
-            entry.get("group") == from_group
-            and entry.get("kind") == from_kind
-            and entry.get("namespace") == from_namespace
+        admits_source = any(
+            entry.get("group") == GROUP
+            and entry.get("kind") == source_kind
+            and entry.get("namespace") == source_namespace
             for entry in spec.get("from", [])
         )
-        admits_to = any(
-            entry.get("group") == to_group and entry.get("kind") == to_kind and entry.get("name", to_name) == to_name
+        admits_target = any(
+            entry.get("group") == ""
+            and entry.get("kind") == target_kind
+            and entry.get("name", target_name) == target_name
             for entry in spec.get("to", [])
         )
-        if admits_from and admits_to:
+        if namespace_of(grant) == target_namespace and admits_source and admits_target:
             return True
     return False
 
@@ -305,7 +300,7 @@ def apply_rule(docs: list[dict], http_route: dict, rule: dict, path: str, routed
     route_namespace = namespace_of(http_route)
     backend_namespace = backend.get("namespace", route_namespace)
     if backend_namespace != route_namespace and not granted(
-        docs, route_namespace, GROUP, "HTTPRoute", backend_namespace, "", "Service", backend["name"]
+        docs, "HTTPRoute", route_namespace, "Service", f"{backend_namespace}/{backend['name']}"
     ):
         return Refused(
             "status 500",

@@ -151,6 +151,23 @@ def test_a_redirect_answers_with_its_status_and_a_rewrite_changes_the_path_the_b
     assert isinstance(answer, gateway_api.Routed) and answer.path == "/orders"
 
 
+def test_a_certificate_in_another_namespace_needs_a_reference_grant_there():
+    gw = gateway_doc(tls={"certificateRefs": [{"name": "tls", "namespace": "certs"}]})
+    certificate = CERTIFICATE | {"metadata": {"name": "tls", "namespace": "certs"}}
+    docs = [gw, certificate, http_route(to("web"))]
+    answer = gateway_api.route(docs, GATEWAY, "https", HOST, "/", "GET")
+    assert answer.outcome == "tls-failure" and "no ReferenceGrant there admits the Gateway" in answer.because
+    grant = {
+        "kind": "ReferenceGrant",
+        "metadata": {"name": "gateway", "namespace": "certs"},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "edge"}],
+            "to": [{"group": "", "kind": "Secret", "name": "tls"}],
+        },
+    }
+    assert isinstance(gateway_api.route([*docs, grant], GATEWAY, "https", HOST, "/", "GET"), gateway_api.Routed)
+
+
 def test_a_certificate_ref_to_a_secret_nobody_makes_fails_every_https_request():
     answer = gateway_api.route([gateway_doc(), http_route(to("web"))], GATEWAY, "https", HOST, "/", "GET")
     assert answer.outcome == "tls-failure" and "made by nothing" in answer.because
