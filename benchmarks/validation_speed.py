@@ -4,6 +4,7 @@ Prints figures; asserts nothing. Run with `nox -s benchmark` (or directly, with 
 """
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parent.parent
+FIXTURES = TEMPLATE.parent / "shared" / "fixtures"
 ROUNDS = 5
 
 
@@ -29,6 +31,9 @@ def median_of(rounds: int, run) -> float:
 
 
 def main() -> int:
+    if "RECORDED_FIXTURES" not in os.environ and (FIXTURES / "charts" / "rendered").is_dir():
+        # As the tests run a bake: the Gateway API's CRDs and the charts from the recordings, not the network.
+        os.environ["RECORDED_FIXTURES"] = str(FIXTURES)
     with tempfile.TemporaryDirectory() as output_dir:
         repo = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=output_dir))
         # The generated repo's own code says how it runs kustomize and which directories it builds.
@@ -61,12 +66,15 @@ def main() -> int:
         )
         verifier, rows, overlays = json.loads(answer.stdout)
 
+    print(f"recorded upstream output:              {os.environ.get('RECORDED_FIXTURES', 'none: charts not rendered')}")
     print(f"kustomizations validated:              {len(directories)} ({', '.join(Path(d).name for d in directories)})")
     print(f"bare kustomize builds (median of {ROUNDS}):   {bare:6.2f} s")
     print(
         f"full validation, python -m repo_tools:  {full:6.2f} s   ({full / bare:.1f}x the bare builds; goal: <= 1.5 s, <= 4x)"
     )
-    print(f"  the same with no cache (first run):   {cold:6.2f} s   ({cold / bare:.1f}x)")
+    print(
+        f"  the same with no cache (first run):   {cold:6.2f} s   ({cold / bare:.1f}x; with recordings, renders the install layer too)"
+    )
     print(f"generated repo's offline test suite:    {suite:6.2f} s")
     print(
         f"contract verifier, {rows} rows x {overlays} overlays: {verifier * 1000:6.1f} ms (builds excluded; goal: < 1 s)"
