@@ -13,6 +13,7 @@ kustomize renders `helmCharts` by calling a `helm` executable (`--helm-command`)
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -208,15 +209,15 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
     """
     relative = overlay.resolve().relative_to(root.resolve())
     recorded = recordings()
-    cached = CACHE_DIR / "renders" / f"{render_key(relative, root, recorded)}.yaml" if recorded else None
+    # Kept parsed, as JSON: reading megabytes of CRDs back as YAML would cost more than the rest of the checks.
+    cached = CACHE_DIR / "renders" / f"{render_key(relative, root, recorded)}.json" if recorded else None
     if cached is not None and cached.is_file():
-        text = cached.read_text()
-    else:
-        with helm_command() as helm, infrastructure_copy(root) as copy:
-            text = kustomize.render(copy.parent / relative, "--enable-helm", f"--helm-command={helm}")
-        if cached is not None:
-            write_atomically(cached, text)
-    return kustomize.parse(text)
+        return json.loads(cached.read_text())
+    with helm_command() as helm, infrastructure_copy(root) as copy:
+        docs = kustomize.build(copy.parent / relative, "--enable-helm", f"--helm-command={helm}")
+    if cached is not None:
+        write_atomically(cached, json.dumps(docs))
+    return docs
 
 
 def render_key(relative: Path, root: Path, recorded: Recordings) -> str:

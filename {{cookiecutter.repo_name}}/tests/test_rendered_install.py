@@ -250,8 +250,8 @@ def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, mo
     shutil.copytree(REPO_ROOT / "infrastructure", copy_root / "infrastructure", ignore=shutil.ignore_patterns("charts"))
     overlay = copy_root / "infrastructure" / "overlays" / "dev"
     rendered = charts.render(overlay, copy_root)
-    (kept,) = (tmp_path / "cache" / "renders").glob("*.yaml")
-    kept.write_text("kind: Kept\nmetadata: {name: from-the-cache}\n")
+    (kept,) = (tmp_path / "cache" / "renders").glob("*.json")
+    kept.write_text('[{"kind": "Kept", "metadata": {"name": "from-the-cache"}}]')
     assert charts.render(overlay, copy_root) == [{"kind": "Kept", "metadata": {"name": "from-the-cache"}}]
     values = copy_root / "infrastructure" / "istiod" / "values.yaml"
     values.write_text(values.read_text() + "\n")
