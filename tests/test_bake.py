@@ -108,6 +108,15 @@ def test_the_generated_repos_own_tests_pass(baked: Path):
         ], skipped
 
 
+def test_the_generated_repos_own_checks_pass(baked: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "repo_tools"], cwd=baked, capture_output=True, text=True, env=fixtures_environment()
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    if "RECORDED_FIXTURES" in fixtures_environment():
+        assert "rendered" in result.stdout and "skip rendered" not in result.stdout
+
+
 def test_the_database_is_there_only_when_asked_for(baked_result: Any):
     project = baked_result.project_path
     asked = baked_result.context["include_database"]

@@ -269,7 +269,8 @@ def flux_twins_problems(gateway: IngressGateway, infrastructure: Path = INFRASTR
     """Each Flux component makes the gateway's HelmRelease install what its kustomize twin makes of the chart:
     chart values where the chart has them (high availability), else the very patches, applied after rendering."""
     problems = []
-    for component in sorted(path.name for path in (infrastructure / "flux" / "components").iterdir()):
+    components = infrastructure / "flux" / "components"  # none with the Gateway API: the apps layer has them
+    for component in sorted(path.name for path in components.glob("*") if path.is_dir()):
         where = f"infrastructure/flux/components/{component}"
         twin = infrastructure / "components" / component
         if not twin.is_dir():

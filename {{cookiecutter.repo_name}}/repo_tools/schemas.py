@@ -4,7 +4,8 @@ Built-in kinds use the Kubernetes OpenAPI schemas of kubernetes-validate in stri
 Custom resources use, in this order:
 1. the CustomResourceDefinitions of the versions this repo installs, when recorded upstream output is at hand
    ($RECORDED_FIXTURES: Istio's base chart and cert-manager's chart as rendered for the pinned versions, the
-   Gateway API and Argo CD CRDs), made strict: an object refuses fields its schema does not list; without them,
+   Gateway API and Argo CD CRDs), made strict: an object refuses fields its schema does not list, and their CEL
+   rules (x-kubernetes-validations) are evaluated as the API server would, defaults applied first; without them,
    the Gateway API's CRDs are downloaded from its release URL at the pinned version (no typed models exist);
 2. otherwise the typed models of cloudcoil (Istio, cert-manager, Flux; they stop at Istio 1.24 on Python 3.11);
    as those drop unknown fields silently, every field of the input is also checked to have survived parsing;
@@ -16,6 +17,7 @@ A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS (or ARGOCD
 is not validated twice; importing the typed models alone takes seconds.
 """
 
+import copy
 import hashlib
 import importlib
 import json
@@ -53,6 +55,7 @@ SCHEMA_PACKAGES = (
     "jsonschema",
     "pydantic",
     "cloudcoil",
+    "cel-python",
     *(f"cloudcoil.models.{name}" for name in ("istio", "cert-manager", "fluxcd")),
 )
 _disk: dict[str, list[str]] | None = None
@@ -180,7 +183,7 @@ def installed_crd_schemas() -> dict[tuple[str, str], dict]:
 def _custom_resource_errors(doc: dict) -> list[str]:
     crd_schema = installed_crd_schemas().get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if crd_schema is not None:
-        return _json_schema_errors(jsonschema.Draft7Validator(crd_schema), doc)
+        return _json_schema_errors(jsonschema.Draft7Validator(crd_schema), doc) + _cel_errors(crd_schema, doc)
     argocd_schema = ARGOCD_SCHEMAS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
     if argocd_schema is not None:
         return _json_schema_errors(jsonschema.Draft202012Validator(argocd_schema), doc)
@@ -199,6 +202,63 @@ def _custom_resource_errors(doc: dict) -> list[str]:
         return [f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
     kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
     return [f"{path}: unknown field" for path in _dropped_fields(doc, kept, "")]
+
+
+def _cel_errors(schema: dict, doc: dict) -> list[str]:
+    """The CRD's x-kubernetes-validations rules (CEL), evaluated as the API server does: on the object with its
+    schema's defaults applied, each rule with `self` bound to the value where the rule sits. Transition rules
+    (those reading oldSelf) need the object's previous version and are left to the cluster."""
+    found: list[str] = []
+    _check_rules(schema, _defaulted(schema, doc), "", found)
+    return found
+
+
+def _defaulted(schema: dict, value: Any) -> Any:
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
+        result = {key: _defaulted(properties.get(key, extra), item) for key, item in value.items()}
+        for key, child in properties.items():
+            if key not in result and "default" in child:
+                result[key] = _defaulted(child, copy.deepcopy(child["default"]))
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_defaulted(schema["items"], item) for item in value]
+    return value
+
+
+def _check_rules(schema: dict, value: Any, path: str, found: list[str]) -> None:
+    import celpy  # only where a CRD has rules: its import is not free
+
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "oldSelf" in rule["rule"]:
+            continue
+        try:
+            holds = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
+        except celpy.CELEvalError as error:
+            holds = error
+        if isinstance(holds, celpy.CELEvalError):
+            found.append(f"{path or '(document)'}: rule {rule['rule']!r} fails to evaluate: {holds.args[0]}")
+        elif not holds:
+            found.append(f"{path or '(document)'}: {rule.get('message') or rule['rule']}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            child = properties.get(key, extra if isinstance(extra, dict) else None)
+            if child is not None:
+                _check_rules(child, item, f"{path}.{key}" if path else key, found)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            _check_rules(schema["items"], item, f"{path}.{index}", found)
+
+
+@cache
+def _cel_program(rule: str) -> Any:
+    import celpy
+
+    environment = celpy.Environment()
+    return environment.program(environment.compile(rule))
 
 
 def _json_schema_errors(validator: Any, doc: dict) -> list[str]:

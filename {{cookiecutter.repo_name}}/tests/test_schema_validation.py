@@ -74,6 +74,25 @@ def test_an_unknown_field_in_a_cert_manager_kind_fails(rendered):
     assert any(error.endswith("spec.dnsName: unknown field") for error in schema_errors(certificate))
 
 
+@gateway_api_only
+def test_the_crds_cel_rules_refuse_what_the_api_server_would(rendered):
+    if not installed_crd_schemas():
+        pytest.skip(f"no recorded CRDs: set {charts.RECORDED_FIXTURES} to validate against the installed versions")
+    docs = rendered("dev")
+    gateway, route = the_gateway(docs), app_route(docs)
+    route["spec"]["rules"][0]["filters"] = [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}}]
+    route["spec"]["rules"][1]["matches"][0]["path"]["value"] = "home"
+    gateway["spec"]["listeners"][1]["name"] = gateway["spec"]["listeners"][0]["name"]
+    assert [error.split(": ", 1)[1] for error in schema_errors(route)] == [
+        "spec.rules.0: RequestRedirect filter must not be used together with backendRefs",
+        "spec.rules.1.matches.0.path: value must be an absolute path and start with '/' when type one of "
+        "['Exact', 'PathPrefix']",
+    ]
+    assert [error.split(": ", 1)[1] for error in schema_errors(gateway)] == [
+        "spec.listeners: Listener name must be unique within the Gateway"
+    ]
+
+
 def test_a_kind_without_a_schema_fails_instead_of_being_skipped():
     doc = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
     assert schema_errors(doc) == [
