@@ -203,6 +203,11 @@ def test_a_gateway_is_healthy_once_accepted_resolved_and_programmed_or_only_its_
     secret_missing["listeners"][0]["conditions"].append(
         {"type": "ResolvedRefs", "status": "False", "reason": "InvalidCertificateRef", "message": "secret not found"}
     )
+    assert health(key, gitops.with_status(gateway, secret_missing)) == (
+        "Progressing",
+        "listener https: waiting for the TLS secret: secret not found",
+    )
+    secret_missing["listeners"][0]["conditions"][-1]["reason"] = "RefNotPermitted"
     assert health(key, gitops.with_status(gateway, secret_missing)) == ("Degraded", "listener https: secret not found")
 
 

@@ -108,6 +108,7 @@ def test_only_the_e2e_environment_exposes_the_gateway_on_fixed_node_ports(monkey
     ]
 
 
+@istio_api_only
 def test_the_gateway_namespace_does_not_opt_out_of_injection(gateway):
     """The gateway's pods ask for injection themselves; a namespace label of `disabled` would overrule them."""
     namespaces = [doc for doc in install.plain_resources() if doc["kind"] == "Namespace"]

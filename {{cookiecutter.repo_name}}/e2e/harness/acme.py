@@ -1,8 +1,9 @@
 """A certificate issued over ACME for real on kind, the way staging and prod get theirs.
 
 Pebble, Let's Encrypt's test CA, runs in the cluster; its DNS (pebble-challtestsrv) resolves every name to the
-ingress gateway's Service, so Pebble fetches the HTTP-01 challenge through the gateway on port 80, where istiod
-serves cert-manager's solver Ingress beside the repo's own redirect route. The Issuer is the repo's ACME Issuer
+ingress gateway's Service, so Pebble fetches the HTTP-01 challenge through the gateway on port 80, where the
+route cert-manager adds for it (an HTTPRoute with the Gateway API, an Ingress istiod serves with Istio's own API)
+answers beside the repo's own redirect. The Issuer is the repo's ACME Issuer
 (apps/components/tls-acme, as the prod overlay renders it) with only its server changed.
 """
 

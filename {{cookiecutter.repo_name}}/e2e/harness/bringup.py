@@ -17,7 +17,7 @@ from e2e.harness import acme, commands, gitops, scenarios, tls
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
-from repo_tools import REPO_ROOT, install, kustomize, rendered_install
+from repo_tools import REPO_ROOT, charts, install, kustomize, rendered_install
 from repo_tools import gitops as repo_gitops
 from repo_tools.contract import Row
 from repo_tools.resources import service_fqdn
@@ -84,7 +84,8 @@ def split_by_stage(docs: list[dict], stages: list[Stage]) -> list[list[dict]]:
 def node_port_mismatch(live: list[dict], settings: Settings) -> str:
     """ "" when the live gateway Service has the node ports kind maps, else what differs and what to fix."""
     mapped = {80: settings.http_node_port, 443: settings.https_node_port}
-    problems = rendered_install.node_ports_match_the_kind_mappings(live, settings.gateway, mapped)
+    problems = rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(live, settings.gateway)
+    problems = problems or rendered_install.node_ports_match_the_kind_mappings(live, settings.gateway, mapped)
     if not problems:
         return ""
     return (
@@ -175,8 +176,11 @@ class Bringup:
         return install_stages(self.settings)
 
     def install_infrastructure(self) -> None:
-        with self.phase("render infrastructure/overlays/e2e with helm"):
-            rendered = commands.run_checked(commands.render_with_helm(self.tools, INFRASTRUCTURE_OVERLAY))
+        # From a copy: kustomize pulls the charts beside each kustomization, which must not land in the repo (a
+        # --gitops run would commit them into its snapshot).
+        with self.phase("render infrastructure/overlays/e2e with helm"), charts.infrastructure_copy() as copy:
+            overlay = copy / INFRASTRUCTURE_OVERLAY.relative_to(REPO_ROOT / "infrastructure")
+            rendered = commands.run_checked(commands.render_with_helm(self.tools, overlay))
         docs = kustomize.parse(rendered)
         for stage, stage_docs in zip(self.stages, split_by_stage(docs, self.stages), strict=True):
             with self.phase(f"install {stage.name}"):
@@ -232,7 +236,8 @@ class Bringup:
                     raise RuntimeError(f"{tool} did not converge in {timeout:.0f}s: {state.status}")
                 log.info("e2e waiting for %s: %s", tool, state.status)
                 time.sleep(15)
-        self.check_node_ports()
+        if not self.settings.gateway.gateway_api:  # with the Gateway API, install_apps waits for istiod's gateway
+            self.check_node_ports()
 
     def install_test_ca(self) -> None:
         with self.phase("create the test CA secret"):
@@ -249,6 +254,10 @@ class Bringup:
         with self.phase("apply the apps e2e overlay and the test clients"):
             if with_overlay:
                 self.apply(kustomize.render(REPO_ROOT / "apps" / "overlays" / "e2e"))
+            if self.settings.gateway.gateway_api:
+                # Before the clients: the gateway row's client runs as the gateway's ServiceAccount, which istiod
+                # must create itself (it leaves alone one it did not create).
+                self.wait_for_the_gateway()
             existing = self.service_accounts()
             clients = {client for row in self.rows if (client := scenarios.client_for(row, self.settings))}
             extras = scenarios.client_manifests(clients, self.settings, existing) + scenarios.newcomer_manifests(
@@ -256,20 +265,21 @@ class Bringup:
             )
             self.apply(yaml.safe_dump_all(extras))
 
-    def wait_for_workloads(self) -> None:
+    def wait_for_the_gateway(self) -> None:
         gateway = self.settings.gateway
-        if gateway.gateway_api:
-            with self.phase(f"wait for istiod to deploy the gateway of Gateway {gateway.gateway_name}"):
-                self.kubectl(
-                    "-n",
-                    gateway.namespace,
-                    "wait",
-                    f"deployment/{gateway.deployment}",
-                    "--for=create",
-                    "--timeout=300s",
-                )
-                commands.run_checked(commands.rollout_status(self.tools, gateway.namespace, gateway.deployment))
-            self.check_node_ports()
+        with self.phase(f"wait for istiod to deploy the gateway of Gateway {gateway.gateway_name}"):
+            self.kubectl(
+                "-n",
+                gateway.namespace,
+                "wait",
+                f"deployment/{gateway.deployment}",
+                "--for=create",
+                "--timeout=300s",
+            )
+            commands.run_checked(commands.rollout_status(self.tools, gateway.namespace, gateway.deployment))
+        self.check_node_ports()
+
+    def wait_for_workloads(self) -> None:
         with self.phase("wait for rollouts, clients and the certificate"):
             deployments = json.loads(
                 self.kubectl("-n", self.settings.app_namespace, "get", "deployments", "-o", "json")
