@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from repo_tools import (
     REPO_ROOT,
@@ -31,25 +30,16 @@ from repo_tools import (
 from repo_tools.schemas import schema_errors
 
 
-@dataclass
-class Family:
-    name: str
-    counted: str
-    problems: list[str] = field(default_factory=list)
-
-    def report(self, started: float) -> None:
-        verdict = "FAIL" if self.problems else "ok  "
-        found = f", {len(self.problems)} problems" if self.problems else ""
-        print(f"{verdict} {self.name:<11} {self.counted}{found}  {time.perf_counter() - started:.2f}s")
-
-
 def run(name: str, check: Callable[[], tuple[str, list[str]]]) -> list[str]:
+    """One family of checks: a line saying what it covered and how long it took, then its problems, named."""
     started = time.perf_counter()
     try:
         counted, problems = check()
     except (kustomize.KustomizeError, charts.ChartsUnavailable) as error:
         counted, problems = "could not build", [str(error)]
-    Family(name, counted, problems).report(started)
+    verdict = "FAIL" if problems else "ok  "
+    found = f", {len(problems)} problems" if problems else ""
+    print(f"{verdict} {name:<11} {counted}{found}  {time.perf_counter() - started:.2f}s")
     return [f"{name}: {problem}" for problem in problems]
 
 
@@ -107,7 +97,7 @@ def validate_all() -> list[str]:
 
     def install_layer() -> tuple[str, list[str]]:
         found = install.chart_problems() + install.gateway_identity_problems(gateway)
-        found += gitops.webhook_failure_policy_is_fixed(install.charts())
+        found += install.webhook_failure_policy_is_fixed(install.charts())
         found += gitops.install_order_problems(sorted(layout.overlays()))
         return f"{len(install.charts())} charts", found
 

@@ -13,7 +13,7 @@ import yaml
 from lupa import lua51
 
 from repo_tools import REPO_ROOT, charts, gateway_api, kustomize
-from repo_tools.install import Chart, read_yaml
+from repo_tools.install import read_yaml
 from repo_tools.layout import IngressGateway, ingress_gateway, overlays
 from repo_tools.mesh import host_matches, string_match
 from repo_tools.resources import Unmodelled, describe, namespace_of, of_kind
@@ -382,17 +382,6 @@ def install_settles_without_metrics_or_load_balancer(settings: dict[str, str], i
                 "and would hold the sync waves back"
             )
     return problems
-
-
-def webhook_failure_policy_is_fixed(charts: list[Chart]) -> list[str]:
-    """Istio's notes for `helm template` with server-side apply: pin the validating webhook to Fail."""
-    return [
-        f"{chart.values_file.relative_to(chart.directory.parent.parent)}: set base.validationFailurePolicy: Fail; "
-        "otherwise every sync sets the webhook back to Ignore and istiod flips it to Fail again"
-        for chart in charts
-        if chart.name in ("base", "istiod")
-        and (chart.values.get("base") or {}).get("validationFailurePolicy") != "Fail"
-    ]
 
 
 def ingress_gateway_label(mesh_config: dict) -> str:

@@ -101,6 +101,17 @@ def chart_problems(root: Path = REPO_ROOT) -> list[str]:
     return problems
 
 
+def webhook_failure_policy_is_fixed(charts: list[Chart]) -> list[str]:
+    """Istio's notes for `helm template` with server-side apply: pin the validating webhook to Fail."""
+    return [
+        f"{chart.values_file.relative_to(chart.directory.parent.parent)}: set base.validationFailurePolicy: Fail; "
+        "otherwise every sync sets the webhook back to Ignore and istiod flips it to Fail again"
+        for chart in charts
+        if chart.name in ("base", "istiod")
+        and (chart.values.get("base") or {}).get("validationFailurePolicy") != "Fail"
+    ]
+
+
 def gateway_api_releases(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
     """(kustomization, version) of every Gateway API CRD release the install layer lists."""
     return [

@@ -93,10 +93,10 @@ def test_a_solver_attached_to_the_https_listener_is_caught(rendered, gateway):
 
 
 def test_istios_webhook_failure_policy_is_pinned_to_fail():
-    assert gitops.webhook_failure_policy_is_fixed(install.charts()) == []
+    assert install.webhook_failure_policy_is_fixed(install.charts()) == []
     base = install.chart("base")
     unpinned = install.Chart(**{**base.__dict__, "values": {"defaultRevision": "default"}})
-    problems = gitops.webhook_failure_policy_is_fixed([unpinned])
+    problems = install.webhook_failure_policy_is_fixed([unpinned])
     assert (
         len(problems) == 1 and "infrastructure/istio-base/values.yaml: set base.validationFailurePolicy" in problems[0]
     )

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from e2e.harness.commands import TIMED_OUT
 from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
-from repo_tools.contract import Newcomer, Row
+from repo_tools.contract import Newcomer, Row, caller_of
 from repo_tools.resources import service_fqdn
 
 # A server without a sidecar next to the app: a plaintext client must reach it before "no answer" from
@@ -51,9 +51,8 @@ class Answer:
 def client_for(row: Row, settings: Settings) -> Client | None:
     if row.caller == "internet":
         return None
-    if isinstance(row.caller, str):  # "ingress-gateway"
-        return Client(settings.gateway.namespace, settings.gateway.service_account, sidecar=True)
-    return Client(row.caller.namespace, row.caller.service_account, row.caller.sidecar)
+    caller = caller_of(row, settings.gateway)
+    return Client(caller.namespace, caller.service_account, caller.sidecar)
 
 
 def service_port(services: dict[str, dict], to: str) -> tuple[str, int, bool]:
