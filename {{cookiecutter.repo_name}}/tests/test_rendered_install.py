@@ -111,6 +111,36 @@ def test_a_gateway_option_on_a_port_no_listener_has_is_caught(e2e_settings, gate
         gateway_api.deployed_gateway(docs, gateway)
 
 
+@gateway_api_only
+def test_the_model_of_istiods_gateway_follows_the_kube_gateway_template_of_the_recorded_istiod():
+    """deployed_gateway is a model, not a render: the facts it relies on are read here from the real template."""
+    recorded = charts.recordings()
+    if recorded is None:
+        pytest.skip(f"the istiod chart's templates come from {charts.RECORDED_FIXTURES}")
+    render = kustomize.parse(recorded.render("istiod", install.chart("istiod").version).read_text())
+    injector = next(doc for doc in render if doc["metadata"]["name"] == "istio-sidecar-injector")
+    template = yaml.safe_load(injector["data"]["config"])["templates"]["kube-gateway"]
+    parts = dict(
+        (part.split("\nkind: ", 1)[1].split("\n", 1)[0], part) for part in template.split("\n---\n") if "kind: " in part
+    )
+    deployed = {
+        doc["kind"]: doc for doc in installed("e2e") if doc["metadata"]["name"] == layout.ingress_gateway().deployment
+    }
+    assert set(parts) == set(deployed) | {"HorizontalPodAutoscaler", "PodDisruptionBudget"}  # those two on request
+    for object_kind, part in parts.items():
+        name = ".ServiceAccount" if object_kind == "ServiceAccount" else ".DeploymentName"
+        assert f"name: {{{{{name} | quote}}}}" in part, object_kind
+    pod_labels = deployed["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for label in ("sidecar.istio.io/inject", "service.istio.io/canonical-name", "gateway.istio.io/managed"):
+        assert f'"{label}"' in parts["Deployment"] and label in pod_labels
+    service = deployed["Service"]["spec"]
+    assert "protocol: TCP" in parts["Service"] and {port["protocol"] for port in service["ports"]} == {"TCP"}
+    assert f"ipFamilyPolicy: {service['ipFamilyPolicy']}" in parts["Service"]
+    assert "type: {{ .ServiceType | quote }}" in parts["Service"]
+    assert "maxReplicas: 1" in parts["HorizontalPodAutoscaler"]
+    assert "gateway.networking.k8s.io/gateway-name:" in parts["PodDisruptionBudget"]
+
+
 @istio_api_only
 def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp_path):
     """kustomize merges Service ports on port + protocol: without `protocol: TCP` the node ports are dropped."""
