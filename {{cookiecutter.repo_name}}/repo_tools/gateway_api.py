@@ -98,12 +98,12 @@ def route(
     candidates = [
         candidate
         for http_route in attached_routes(docs, gw, listener)
-        if route_hostnames_match(http_route, host)
+        if matched_hostname(http_route, host) is not None
         for candidate in matching_rules(http_route, path, method)
     ]
     if not candidates:
         return Refused("no-route", f"no HTTPRoute attached to {where} matches {host}{path}: 404")
-    keys = {hostname_key(c[1], host) for c in candidates if c[0][:2] != CATCH_ALL}
+    keys = {matched_hostname(c[1], host) or "" for c in candidates if c[0][:2] != CATCH_ALL}
     if len(keys) > 1:
         # Istio sorts matches only among routes written for the same hostname, then appends the groups unsorted.
         raise Unmodelled(f"HTTPRoutes for different hostnames ({', '.join(sorted(keys))}) both match {host}{path}")
@@ -234,33 +234,30 @@ def namespace_labels(docs: list[dict], namespace: str) -> dict[str, str]:
     return {**(declared.get("metadata", {}).get("labels") or {}), "kubernetes.io/metadata.name": namespace}
 
 
-def hostname_key(http_route: dict, host: str) -> str:
-    """The route hostname a request matched ("*" for a route without hostnames): Istio groups routes by it."""
-    return next((name for name in http_route["spec"].get("hostnames") or [] if hostname_matches(name, host)), "*")
-
-
-def route_hostnames_match(http_route: dict, host: str) -> bool:
-    """The listener already matches the host, so a route hostname that matches it too lies in the intersection."""
+def matched_hostname(http_route: dict, host: str) -> str | None:
+    """The route hostname the request matches ("*" for a route without hostnames, which takes the listener's), or
+    None. The listener already matches the host, so a match lies in the intersection; Istio groups routes by it."""
     hostnames = http_route["spec"].get("hostnames") or []
-    return not hostnames or any(hostname_matches(name, host) for name in hostnames)
+    if not hostnames:
+        return "*"
+    return next((name for name in hostnames if hostname_matches(name, host)), None)
 
 
 def matching_rules(http_route: dict, path: str, method: str) -> list[tuple]:
-    """(rank, route, rule number, rule, description) for each rule with a match that takes the request."""
+    """(rank, route, rule number, rule, description) for each match that takes the request; the rank orders
+    them as Istio does: path type, path length, then a method."""
     found = []
     for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
         for match in rule.get("matches") or [{}]:
-            unknown = set(match) - {"path", "method", "headers", "queryParams"}
-            if unknown or match.get("headers") or match.get("queryParams"):
-                raise Unmodelled(
-                    f"{describe(http_route)} rule {number} matches on {sorted(set(match) - {'path', 'method'})}"
-                )
+            unmodelled = sorted(set(match) - {"path", "method"})  # headers, query parameters
+            if unmodelled:
+                raise Unmodelled(f"{describe(http_route)} rule {number} matches on {unmodelled}")
             kind = match.get("path", {}).get("type", "PathPrefix")
             value = match.get("path", {}).get("value", "/")
             if path_matches(kind, value, path) and match.get("method", method) == method:
                 # Istio measures a PathPrefix without its trailing "/": "/api/" and "/api" rank the same.
                 length = len(value.rstrip("/") or "/") if kind == "PathPrefix" else len(value)
-                rank = (PATH_RANK[kind], length, "method" in match, 0, 0)
+                rank = (PATH_RANK[kind], length, "method" in match)
                 found.append((rank, http_route, number, rule, f"{kind} {value}"))
     return found
 
@@ -350,7 +347,7 @@ def deployed_gateway(docs: list[dict], gateway: IngressGateway) -> list[dict]:
     ]
     if overridden or class_defaults:
         raise Unmodelled(f"{describe(gw)}: names or defaults set by {overridden or describe(class_defaults[0])}")
-    name = f"{name_of(gw)}-{gw['spec'].get('gatewayClassName')}"
+    name = deployed_name(gw)
     selector = {GATEWAY_NAME_LABEL: name_of(gw)}
     labels = {
         **(gw["metadata"].get("labels") or {}),
@@ -427,6 +424,11 @@ def deployed_gateway(docs: list[dict], gateway: IngressGateway) -> list[dict]:
             continue
         result.append(strategic_merge(doc, options[key]) if key in options else doc)
     return result
+
+
+def deployed_name(gw: dict) -> str:
+    """What Istio names the Deployment, Service and ServiceAccount of a Gateway (gateway_utils.go GetDefaultName)."""
+    return f"{name_of(gw)}-{gw['spec'].get('gatewayClassName')}"
 
 
 def gateway_options(docs: list[dict], gw: dict) -> dict[str, dict]:

@@ -22,7 +22,6 @@ ARGOCD_SETTINGS = REPO_ROOT / "clusters" / "argocd" / "settings"
 INFRASTRUCTURE = REPO_ROOT / "infrastructure"
 
 
-# CRDs first, then the control plane, the gateway it injects, and cert-manager.
 def install_order() -> list[str]:
     """The parts every infrastructure overlay installs, in order: the Gateway API's CRDs first where they are
     used; the gateway chart where Istio's own API is."""
@@ -40,7 +39,6 @@ ISTIO_INGRESS_CONTROLLER = "istio.io/ingress-controller"
 CHALLENGE_PATH = "/.well-known/acme-challenge/token"
 HEALTH_KEY_PREFIX = "resource.customizations.health."
 
-# What the HorizontalPodAutoscaler controller reports where no metrics API is served (kind, bare kubeadm).
 # What Istio reports for a Gateway whose LoadBalancer Service waits for an address (gatewaycommon/conversion.go
 # SetProgrammedCondition: reason AddressNotAssigned while every address is usable but pending).
 ADDRESS_PENDING = {
@@ -51,6 +49,7 @@ ADDRESS_PENDING = {
     ],
     "listeners": [{"name": "https", "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]}],
 }
+# What the HorizontalPodAutoscaler controller reports where no metrics API is served (kind, bare kubeadm).
 WITHOUT_METRICS = {
     "currentReplicas": 1,
     "desiredReplicas": 1,
@@ -122,9 +121,9 @@ def install_order_problems(apps_overlays: list[str]) -> list[str]:
         f"infrastructure/overlays/{name}: there is no apps/overlays/{name}, or the reverse"
         for name in sorted(set(infrastructure) ^ set(apps_overlays))
     ]
+    order = install_order()
     for name in infrastructure:
         kustomization = read_yaml(overlays_dir / name / "kustomization.yaml")
-        order = install_order()
         if kustomization.get("resources", []) != order:
             problems.append(f"infrastructure/overlays/{name}: resources must be {order}, in this order")
         if name != "e2e" and KIND_ONLY in environment_components(name):

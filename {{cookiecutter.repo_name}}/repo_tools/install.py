@@ -134,7 +134,7 @@ def gateway_identity_problems(gateway: IngressGateway, root: Path = REPO_ROOT) -
         ]
         if [version for _, version in releases] != [pinned]:
             problems.append(
-                f"infrastructure/: install the Gateway API CRDs once, from the v{str(pinned).lstrip('v')} release "
+                f"infrastructure/: install the Gateway API CRDs once, from the {pinned} release "
                 f"(GATEWAY_API_VERSION in versions.env); found {[f'{path.parent.name}: {v}' for path, v in releases]}"
             )
         return problems

@@ -222,9 +222,9 @@ def gateways_select_the_installed_gateway(docs: Docs, gateway: IngressGateway) -
                 f"{gateway.namespace}/{gateway.gateway_name or '(none)'} of class {gateway_api.GATEWAY_CLASS}, "
                 "and the policies admit only its identity"
             )
-        elif gateway.service_account != f"{name_of(gw)}-{gateway_api.GATEWAY_CLASS}":
+        elif gateway.service_account != gateway_api.deployed_name(gw):
             problems.append(
-                f"{describe(gw)}: Istio runs its gateway as ServiceAccount {name_of(gw)}-{gateway_api.GATEWAY_CLASS}, "
+                f"{describe(gw)}: Istio runs its gateway as ServiceAccount {gateway_api.deployed_name(gw)}, "
                 f"but apps/base/ingress-gateway.env says {gateway.service_account}"
             )
     return problems

@@ -61,6 +61,10 @@ class Mesh:
         self.docs = docs
         self.gateway = gateway
 
+    @property
+    def gateway_caller(self) -> Caller:
+        return Caller(self.gateway.namespace, self.gateway.service_account)
+
     def of_kind(self, kind: str) -> Iterator[dict]:
         return (doc for doc in self.docs if doc.get("kind") == kind)
 
@@ -91,8 +95,7 @@ class Mesh:
         if scheme == "http":
             routed = f"{where} serves plain HTTP (no httpsRedirect); {routed}"
         workload, target_port = self.workload_for(destination["host"], destination.get("port", {}).get("number"), vs)
-        gateway_caller = Caller(self.gateway.namespace, self.gateway.service_account)
-        verdict = self.call(gateway_caller, workload, target_port, path_at_destination, method, host)
+        verdict = self.call(self.gateway_caller, workload, target_port, path_at_destination, method, host)
         return Verdict(verdict.outcome, f"{routed}; {verdict.because}")
 
     def through_gateway_api(self, scheme: str, host: str, path: str, method: str) -> Verdict:
@@ -102,8 +105,7 @@ class Mesh:
         name, namespace = routed.service.split(".")
         self.refuse_destination_rules(name, namespace)
         workload, target_port = self.workload_for(name, routed.port, None, namespace)
-        gateway_caller = Caller(self.gateway.namespace, self.gateway.service_account)
-        verdict = self.call(gateway_caller, workload, target_port, routed.path, method, host)
+        verdict = self.call(self.gateway_caller, workload, target_port, routed.path, method, host)
         return Verdict(verdict.outcome, f"{routed.because}; {verdict.because}")
 
     def gateway_server(self, host: str, port: int) -> tuple[dict, int, dict] | None:

@@ -216,8 +216,7 @@ def _cel_errors(schema: dict, doc: dict) -> list[str]:
 def _defaulted(schema: dict, value: Any) -> Any:
     if isinstance(value, dict):
         properties = schema.get("properties", {})
-        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
-        result = {key: _defaulted(properties.get(key, extra), item) for key, item in value.items()}
+        result = {key: _defaulted(_child_schema(schema, key) or {}, item) for key, item in value.items()}
         for key, child in properties.items():
             if key not in result and "default" in child:
                 result[key] = _defaulted(child, copy.deepcopy(child["default"]))
@@ -242,15 +241,19 @@ def _check_rules(schema: dict, value: Any, path: str, found: list[str]) -> None:
         elif not holds:
             found.append(f"{path or '(document)'}: {rule.get('message') or rule['rule']}")
     if isinstance(value, dict):
-        properties = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
         for key, item in value.items():
-            child = properties.get(key, extra if isinstance(extra, dict) else None)
+            child = _child_schema(schema, key)
             if child is not None:
                 _check_rules(child, item, f"{path}.{key}" if path else key, found)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for index, item in enumerate(value):
             _check_rules(schema["items"], item, f"{path}.{index}", found)
+
+
+def _child_schema(schema: dict, key: str) -> dict | None:
+    """The schema of one field of an object: a listed property, else the schema of its other fields, if any."""
+    extra = schema.get("additionalProperties")
+    return schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else None)
 
 
 @cache
