@@ -19,6 +19,7 @@ REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 PORT = re.compile(r"^[1-9][0-9]{0,4}$")
+WHOLE_NUMBER = re.compile(r"^(0|[1-9][0-9]{0,5})$")
 EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$")
 ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
 GIT_URL = re.compile(
@@ -84,13 +85,27 @@ def check_workload_names(answers: dict) -> list[str]:
         for field in fields
         if not DNS1035_LABEL.fullmatch(str(answers[field]))
     ]
-    seen: dict[str, str] = {}
+    suffix = answers["_canary_suffix"]
+    canary = f"{answers['backend_name']}{suffix}"
+    if not problems and not DNS1035_LABEL.fullmatch(canary):
+        problems.append(
+            f"backend_name: {answers['backend_name']!r} is too long: the canary's Service adds {suffix!r}, "
+            f"so use at most {63 - len(suffix)} characters."
+        )
+    seen: dict[str, str] = {canary: "backend's canary"}
     for field in fields:
         name = answers[field]
         if name in seen:
             problems.append(f"{field}: {name!r} is already the {seen[name]}; each workload needs its own name.")
         seen.setdefault(name, field)
     return problems
+
+
+def check_whole_number(field: str, value: object, low: int, high: int, meaning: str) -> list[str]:
+    text = str(value)
+    if not WHOLE_NUMBER.fullmatch(text) or not low <= int(text) <= high:
+        return [f"{field}: {text!r} must be a whole number of {meaning} from {low} to {high}, without leading zeros."]
+    return []
 
 
 def check_namespace(namespace: str) -> list[str]:
@@ -193,6 +208,8 @@ def problems_with(answers: dict) -> list[str]:
     for role in ("frontend", "backend"):
         problems += check_health_path(f"{role}_health_path", str(answers[f"{role}_health_path"]))
     problems += check_api_prefix(str(answers["api_prefix"]))
+    problems += check_whole_number("api_timeout_seconds", answers["api_timeout_seconds"], 1, 300, "seconds")
+    problems += check_whole_number("api_retry_attempts", answers["api_retry_attempts"], 0, 5, "retries")
     if not EMAIL.fullmatch(str(answers["acme_email"])):
         problems.append(f"acme_email: {answers['acme_email']!r} is not an e-mail address like 'platform@example.com'.")
     problems += check_versions(answers)

@@ -11,17 +11,20 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, kustomize, layout
+from repo_tools import REPO_ROOT, kustomize, layout, resilience
 from repo_tools.mesh import Caller, Mesh, Unmodelled, Verdict
 
 CONTRACT = REPO_ROOT / "contract.yaml"
 
 
 # What a row may expect: each is an outcome the offline verifier reports and the e2e run can observe.
-OUTCOMES = ("reaches <workload>", "redirect https", "denied", "no-answer")
+OUTCOMES = ("reaches <app>", "redirect https", "denied", "no-answer")
+# What a row may add to "reaches": where the traffic goes and under which route policy.
+TRAFFIC_KEYS = {"version", "split", "timeout", "retries", "circuitBreaking"}
+RETRIES_KEYS = {"attempts", "perTryTimeout", "retryOn"}
 ROW_KEYS = {"name", "from", "request", "expect"}
 POD_KEYS = {"namespace", "serviceAccount", "sidecar"}
-INTERNET_REQUEST_KEYS = {"scheme", "path", "method"}
+INTERNET_REQUEST_KEYS = {"scheme", "path", "method", "headers"}
 POD_REQUEST_KEYS = {"to", "path", "port"}
 NEWCOMER_KEYS = {"namespace", "labels"}
 
@@ -45,6 +48,57 @@ class Request:
     method: str = "GET"
     to: str | Newcomer | None = None
     port: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What a "reaches" row expects beyond the app: the version every request reaches, the versions a split
+    shares the requests among (by the overlay's weights, adding up to 100), the route's timeout and retries, and
+    a circuit breaker in front of every destination."""
+
+    version: str | None = None
+    split: tuple[str, ...] | None = None
+    timeout: str | None = None
+    retries: resilience.Retries | None = None
+    circuit_breaking: bool | None = None
+
+    def problems(self, found: resilience.Traffic | None) -> list[str]:
+        if found is None:
+            return ["no route or call this model follows"]
+        taken = [share for share in found.shares if share.weight > 0]
+        problems = []
+        if self.version is not None and {share.version for share in taken} != {self.version}:
+            problems.append(f"version {self.version} expected, reached {versions(taken)}")
+        if self.split is not None:
+            weights = sum(share.weight for share in found.shares)
+            if sorted({share.version for share in found.shares}) != sorted(self.split) or weights != 100:
+                problems.append(f"a split over {', '.join(self.split)} adding up to 100 expected, got {versions(found.shares)}")
+        if self.circuit_breaking is not None and any(share.circuit_breaking != self.circuit_breaking for share in taken):
+            problems.append(f"circuit breaking {'expected' if self.circuit_breaking else 'unexpected'} towards {versions(taken)}")
+        policy = found.policy
+        if (self.timeout, self.retries) != (None, None) and policy is None:
+            return problems + ["no route applies, so no timeout or retry policy"]
+        if policy and self.timeout is not None and not same_duration(policy.timeout, self.timeout):
+            problems.append(f"timeout {self.timeout} expected, {policy.where} has {policy.timeout or 'none'}")
+        if policy and self.retries is not None and not same_retries(policy.retries, self.retries):
+            problems.append(f"{self.retries.describe()} expected, {policy.where} has {policy.retries.describe()}")
+        return problems
+
+
+def versions(shares: list[resilience.Share] | tuple[resilience.Share, ...]) -> str:
+    return ", ".join(f"{share.workload} ({share.version or 'no version'}) {share.weight}%" for share in shares) or "nothing"
+
+
+def same_duration(found: str | None, expected: str) -> bool:
+    return found is not None and resilience.seconds(found) == resilience.seconds(expected)
+
+
+def same_retries(found: resilience.Retries, expected: resilience.Retries) -> bool:
+    per_try = (found.per_try_timeout is None) == (expected.per_try_timeout is None) and (
+        found.per_try_timeout is None or same_duration(found.per_try_timeout, str(expected.per_try_timeout))
+    )
+    return found.attempts == expected.attempts and found.on == expected.on and per_try
 
 
 @dataclass(frozen=True)
@@ -52,7 +106,8 @@ class Row:
     name: str
     caller: str | Caller  # "internet", "ingress-gateway", or a pod identity
     request: Request
-    expected: str  # one of OUTCOMES, "reaches <workload>" filled in
+    expected: str  # one of OUTCOMES, "reaches <app>" filled in
+    traffic: Traffic | None = None
 
 
 @dataclass(frozen=True)
@@ -62,16 +117,21 @@ class Outcome:
     verdict: Verdict
 
     @property
+    def problems(self) -> list[str]:
+        if self.verdict.outcome != self.row.expected:
+            return [f"expected {self.row.expected}, got {self.verdict.outcome}"]
+        return self.row.traffic.problems(self.verdict.traffic) if self.row.traffic else []
+
+    @property
     def holds(self) -> bool:
-        return self.verdict.outcome == self.row.expected
+        return not self.problems
 
     def line(self) -> str:
+        traffic = self.verdict.traffic.describe() if self.row.traffic and self.verdict.traffic else ""
+        seen = f"{self.verdict.outcome}, {traffic}" if traffic else self.verdict.outcome
         if self.holds:
-            return f"HOLDS  {self.overlay:<8} {self.row.name}: {self.verdict.outcome} ({self.verdict.because})"
-        return (
-            f"FAILS  {self.overlay:<8} {self.row.name}: expected {self.row.expected}, got {self.verdict.outcome} "
-            f"({self.verdict.because})"
-        )
+            return f"HOLDS  {self.overlay:<8} {self.row.name}: {seen} ({self.verdict.because})"
+        return f"FAILS  {self.overlay:<8} {self.row.name}: {'; '.join(self.problems)} ({self.verdict.because})"
 
 
 def unknown_keys(where: str, given: dict, allowed: set[str]) -> list[str]:
@@ -111,22 +171,74 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
     port = request.get("port")
     if port is not None and not isinstance(port, int):
         problems.append(f"{where} request: port must be a number")
+    headers = request.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        problems.append(f"{where} request: headers must map header names to strings")
+        headers = {}
     parsed = Request(
-        str(request.get("scheme", "https")), str(request.get("path", "/")), str(request.get("method", "GET")), to, port
+        str(request.get("scheme", "https")),
+        str(request.get("path", "/")),
+        str(request.get("method", "GET")),
+        to,
+        port,
+        tuple((str(name).lower(), value) for name, value in headers.items()),
     )
     return parsed, problems
 
 
-def parse_expected(where: str, expect: object) -> tuple[str, list[str]]:
+def parse_expected(where: str, expect: object) -> tuple[str, Traffic | None, list[str]]:
     if expect in ("denied", "no-answer"):
-        return str(expect), []
-    if isinstance(expect, dict) and len(expect) == 1:
-        ((key, value),) = expect.items()
-        if key == "reaches" and isinstance(value, str) and value:
-            return f"reaches {value}", []
-        if key == "redirect" and value == "https":
-            return "redirect https", []
-    return "", [f"{where}: expect must be one of {', '.join(OUTCOMES)}, not {expect!r}"]
+        return str(expect), None, []
+    if expect == {"redirect": "https"}:
+        return "redirect https", None, []
+    if isinstance(expect, dict) and isinstance(expect.get("reaches"), str) and expect["reaches"]:
+        traffic, problems = parse_traffic(f"{where} expect", {k: v for k, v in expect.items() if k != "reaches"})
+        return f"reaches {expect['reaches']}", traffic, problems
+    return "", None, [f"{where}: expect must be one of {', '.join(OUTCOMES)}, not {expect!r}"]
+
+
+def parse_traffic(where: str, given: dict) -> tuple[Traffic | None, list[str]]:
+    if not given:
+        return None, []
+    problems = unknown_keys(where, given, TRAFFIC_KEYS)
+    split = given.get("split")
+    if split is not None and not (isinstance(split, list) and len(split) > 1 and all(isinstance(v, str) for v in split)):
+        problems.append(f"{where}: split must list two or more versions")
+    timeout = given.get("timeout")
+    if timeout is not None and not (isinstance(timeout, str) and resilience.DURATION.fullmatch(timeout)):
+        problems.append(f"{where}: timeout must be a duration like 15s or 500ms")
+    retries, found = parse_retries(where, given.get("retries"))
+    problems += found
+    if not isinstance(given.get("circuitBreaking", True), bool):
+        problems.append(f"{where}: circuitBreaking must be true or false")
+    traffic = Traffic(
+        str(given["version"]) if "version" in given else None,
+        tuple(split) if isinstance(split, list) else None,
+        timeout,
+        retries,
+        given.get("circuitBreaking"),
+    )
+    return traffic, problems
+
+
+def parse_retries(where: str, retries: object) -> tuple[resilience.Retries | None, list[str]]:
+    if retries is None:
+        return None, []
+    if retries == "none":
+        return resilience.Retries(0, None, frozenset()), []
+    if not isinstance(retries, dict):
+        return None, [f"{where}: retries must be none or {{attempts, perTryTimeout, retryOn}}"]
+    problems = unknown_keys(f"{where} retries", retries, RETRIES_KEYS)
+    attempts, per_try, on = retries.get("attempts"), retries.get("perTryTimeout"), retries.get("retryOn")
+    if not isinstance(attempts, int) or attempts < 1:
+        problems.append(f"{where} retries: attempts must be a number above 0 (write retries: none for no retries)")
+    if per_try is not None and not (isinstance(per_try, str) and resilience.DURATION.fullmatch(per_try)):
+        problems.append(f"{where} retries: perTryTimeout must be a duration like 5s")
+    if not isinstance(on, list) or not on:
+        problems.append(f"{where} retries: retryOn must list the retry conditions (connect-failure, 503, ...)")
+        on = []
+    conditions = resilience.parse_retry_on(",".join(str(condition) for condition in on))
+    return resilience.Retries(attempts if isinstance(attempts, int) else 0, per_try, conditions), problems
 
 
 def parse(document: object) -> list[Row]:
@@ -144,9 +256,11 @@ def parse(document: object) -> list[Row]:
         problems += [f"{where}: {key} is required" for key in sorted(ROW_KEYS - {"request"}) if key not in row]
         caller, found = parse_caller(where, row.get("from"))
         request, found_in_request = parse_request(where, row.get("request", {}), caller == "internet")
-        expected, found_in_expect = parse_expected(where, row.get("expect"))
+        expected, traffic, found_in_expect = parse_expected(where, row.get("expect"))
         problems += found + found_in_request + found_in_expect
-        parsed.append(Row(str(row.get("name")), caller, request, expected))
+        if request.headers and caller != "internet":
+            problems.append(f"{where} request: headers are sent only by internet rows")
+        parsed.append(Row(str(row.get("name")), caller, request, expected, traffic))
     if problems:
         raise ContractError("\n".join(problems))
     return parsed
@@ -167,7 +281,7 @@ def evaluate(row: Row, mesh: Mesh, host: str) -> Verdict:
     request = row.request
     try:
         if row.caller == "internet":
-            return mesh.from_internet(request.scheme, host, request.path, request.method)
+            return mesh.from_internet(request.scheme, host, request.path, request.method, dict(request.headers))
         to = request.to
         target = {"namespace": to.namespace, "labels": to.labels} if isinstance(to, Newcomer) else str(to)
         return mesh.from_pod(caller_of(row, mesh.gateway), target, request.path, request.port)

@@ -10,15 +10,15 @@ specification leaves the choice to it (pilot/pkg/config/kube/gateway/conversion.
   allowedRoutes admit the route's namespace and kind;
 - the route's hostnames must intersect the listener's and match the request;
 - across every attached route, the match that wins is the one with an Exact path, else the longest
-  PathPrefix (measured without a trailing "/"), else a RegularExpression (Istio's order), then a method; a tie
-  between two routes would be broken by their creation time, which no build knows, so it is Unmodelled, as
-  are header and query matches, and matches from routes written for different hostnames (Istio sorts within
-  one hostname only);
+  PathPrefix (measured without a trailing "/"), else a RegularExpression (Istio's order), then a method, then
+  the most header matches (Exact or RegularExpression, names case-insensitive); a tie between two routes would
+  be broken by their creation time, which no build knows, so it is Unmodelled, as are query matches, and
+  matches from routes written for different hostnames (Istio sorts within one hostname only);
 - PathPrefix matches whole path segments ("/api" matches "/api" and "/api/x", never "/apiary");
 - filters: RequestRedirect answers, URLRewrite changes the path the backend sees, header modifiers and
-  mirrors do not change the answer; backendRefs with weights (weight 0 gets nothing; a split over more than
-  one backend is Unmodelled); a backend in another namespace needs a ReferenceGrant there, else the
-  answer is 500.
+  mirrors do not change the answer; backendRefs with weights (weight 0 gets nothing); a backend in another
+  namespace needs a ReferenceGrant there, else the answer is 500;
+- the rule's timeout and retries as repo_tools.resilience reads them.
 
 Anything else that could change the answer raises Unmodelled, as in repo_tools.mesh.
 """
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import yaml
 
 from repo_tools.layout import GATEWAY_NAME_LABEL, IngressGateway
+from repo_tools.resilience import Destination, RoutePolicy, http_route_policy
 from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind
 
 GROUP = "gateway.networking.k8s.io"
@@ -49,12 +50,12 @@ class Refused:
 
 @dataclass(frozen=True)
 class Routed:
-    """The request goes on to a Service port, with the path the backend sees."""
+    """The request goes on to the rule's Services by weight, with the path the backend sees."""
 
-    service: str  # name.namespace
-    port: int
+    destinations: tuple[Destination, ...]
     path: str
     because: str
+    policy: RoutePolicy
 
 
 def the_gateway(docs: list[dict], gateway: IngressGateway) -> dict | None:
@@ -72,7 +73,13 @@ def the_gateway(docs: list[dict], gateway: IngressGateway) -> dict | None:
 
 
 def route(
-    docs: list[dict], gateway: IngressGateway, scheme: str, host: str, path: str, method: str
+    docs: list[dict],
+    gateway: IngressGateway,
+    scheme: str,
+    host: str,
+    path: str,
+    method: str,
+    headers: dict[str, str] | None = None,
 ) -> Refused | Routed:
     gw = the_gateway(docs, gateway)
     port = 443 if scheme == "https" else 80
@@ -99,7 +106,7 @@ def route(
         candidate
         for http_route in attached_routes(docs, gw, listener)
         if matched_hostname(http_route, host) is not None
-        for candidate in matching_rules(http_route, path, method)
+        for candidate in matching_rules(http_route, path, method, {k.lower(): v for k, v in (headers or {}).items()})
     ]
     if not candidates:
         return Refused("no-route", f"no HTTPRoute attached to {where} matches {host}{path}: 404")
@@ -117,7 +124,7 @@ def route(
         )
     plain = " serves plain HTTP" if scheme == "http" else ""
     routed = f"{where}{plain}; {describe(http_route)} rule {rule.get('name') or number} ({described})"
-    return apply_rule(docs, http_route, rule, path, routed)
+    return apply_rule(docs, http_route, rule, number, path, routed)
 
 
 def pick_listener(gw: dict, port: int, host: str) -> dict | None:
@@ -243,23 +250,41 @@ def matched_hostname(http_route: dict, host: str) -> str | None:
     return next((name for name in hostnames if hostname_matches(name, host)), None)
 
 
-def matching_rules(http_route: dict, path: str, method: str) -> list[tuple]:
+def matching_rules(http_route: dict, path: str, method: str, headers: dict[str, str]) -> list[tuple]:
     """(rank, route, rule number, rule, description) for each match that takes the request; the rank orders
-    them as Istio does: path type, path length, then a method."""
+    them as Istio does: path type, path length, a method, then the number of header matches."""
     found = []
     for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
         for match in rule.get("matches") or [{}]:
-            unmodelled = sorted(set(match) - {"path", "method"})  # headers, query parameters
+            unmodelled = sorted(set(match) - {"path", "method", "headers"})  # query parameters
             if unmodelled:
                 raise Unmodelled(f"{describe(http_route)} rule {number} matches on {unmodelled}")
             kind = match.get("path", {}).get("type", "PathPrefix")
             value = match.get("path", {}).get("value", "/")
-            if path_matches(kind, value, path) and match.get("method", method) == method:
+            header_matches = match.get("headers") or []
+            if (
+                path_matches(kind, value, path)
+                and match.get("method", method) == method
+                and all(header_matches_request(header, headers) for header in header_matches)
+            ):
                 # Istio measures a PathPrefix without its trailing "/": "/api/" and "/api" rank the same.
                 length = len(value.rstrip("/") or "/") if kind == "PathPrefix" else len(value)
-                rank = (PATH_RANK[kind], length, "method" in match)
-                found.append((rank, http_route, number, rule, f"{kind} {value}"))
+                rank = (PATH_RANK[kind], length, "method" in match, len(header_matches))
+                named = "".join(f", header {header['name']}" for header in header_matches)
+                found.append((rank, http_route, number, rule, f"{kind} {value}{named}"))
     return found
+
+
+def header_matches_request(header: dict, headers: dict[str, str]) -> bool:
+    value = headers.get(header["name"].lower())
+    if value is None:
+        return False
+    kind = header.get("type", "Exact")
+    if kind == "Exact":
+        return value == header["value"]
+    if kind == "RegularExpression":
+        return re.fullmatch(header["value"], value) is not None
+    raise Unmodelled(f"header match type {kind}")
 
 
 def path_matches(kind: str, value: str, path: str) -> bool:
@@ -273,7 +298,7 @@ def path_matches(kind: str, value: str, path: str) -> bool:
     raise Unmodelled(f"path match type {kind}")
 
 
-def apply_rule(docs: list[dict], http_route: dict, rule: dict, path: str, routed: str) -> Refused | Routed:
+def apply_rule(docs: list[dict], http_route: dict, rule: dict, number: int, path: str, routed: str) -> Refused | Routed:
     for step in rule.get("filters") or []:
         kind = step.get("type")
         if kind == "RequestRedirect":
@@ -286,25 +311,26 @@ def apply_rule(docs: list[dict], http_route: dict, rule: dict, path: str, routed
             path = rewritten(step.get("urlRewrite") or {}, rule, path, http_route)
         elif kind not in FILTERS_THAT_DO_NOT_CHANGE_THE_ANSWER:
             raise Unmodelled(f"{describe(http_route)} filter {kind}")
-    backends = [ref for ref in rule.get("backendRefs") or [] if ref.get("weight", 1) > 0]
-    if not backends:
+    backends = rule.get("backendRefs") or []
+    if not any(ref.get("weight", 1) > 0 for ref in backends):
         return Refused("status 500", f"{routed} has no backend with weight above 0")
-    if len(backends) > 1:
-        raise Unmodelled(f"{describe(http_route)} splits traffic over {len(backends)} backends")
-    backend = backends[0]
-    if backend.get("group", "") != "" or backend.get("kind", "Service") != "Service" or backend.get("filters"):
-        raise Unmodelled(f"{describe(http_route)} backendRef {backend}")
     route_namespace = namespace_of(http_route)
-    backend_namespace = backend.get("namespace", route_namespace)
-    if backend_namespace != route_namespace and not granted(
-        docs, "HTTPRoute", route_namespace, "Service", f"{backend_namespace}/{backend['name']}"
-    ):
-        return Refused(
-            "status 500",
-            f"{routed}: Service {backend_namespace}/{backend['name']} is in another namespace "
-            "and no ReferenceGrant there admits the route",
-        )
-    return Routed(f"{backend['name']}.{backend_namespace}", backend["port"], path, routed)
+    destinations = []
+    for backend in backends:
+        if backend.get("group", "") != "" or backend.get("kind", "Service") != "Service" or backend.get("filters"):
+            raise Unmodelled(f"{describe(http_route)} backendRef {backend}")
+        backend_namespace = backend.get("namespace", route_namespace)
+        if backend_namespace != route_namespace and not granted(
+            docs, "HTTPRoute", route_namespace, "Service", f"{backend_namespace}/{backend['name']}"
+        ):
+            return Refused(
+                "status 500",
+                f"{routed}: Service {backend_namespace}/{backend['name']} is in another namespace "
+                "and no ReferenceGrant there admits the route",
+            )
+        destinations.append(Destination(backend["name"], backend_namespace, backend["port"], backend.get("weight", 1)))
+    policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
+    return Routed(tuple(destinations), path, routed, policy)
 
 
 def rewritten(rewrite: dict, rule: dict, path: str, http_route: dict) -> str:

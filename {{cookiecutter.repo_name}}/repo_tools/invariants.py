@@ -6,7 +6,7 @@ and returns one sentence per violation that names the resource to fix.
 
 from collections.abc import Callable, Iterator
 
-from repo_tools import gateway_api
+from repo_tools import gateway_api, resilience
 from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Mesh, Unmodelled, Verdict
 from repo_tools.resources import (
@@ -502,6 +502,10 @@ CHECKS: dict[str, Check] = {
         service_ports_declare_protocol,
         service_ports_reach_container_ports,
         network_policies_fence_the_namespace,
+        resilience.retries_never_repeat_a_change,
+        resilience.retries_fit_the_timeout,
+        resilience.splits_add_up,
+        resilience.services_have_circuit_breakers,
     )
 }
 # The base is not deployed on its own: each overlay adds the Issuer for its environment.

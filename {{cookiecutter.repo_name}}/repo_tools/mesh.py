@@ -2,13 +2,16 @@
 
 Follows Istio's documented semantics for the constructs this repo uses: the Kubernetes Gateway API at the
 edge (repo_tools.gateway_api); Istio's Gateway server and host matching, httpsRedirect and redirect routes,
-VirtualService first-match routing (exact, prefix, regex); destination host resolution, PeerAuthentication
-precedence (workload > namespace > mesh, port-level modes), and AuthorizationPolicy selection and evaluation
-(CUSTOM, then DENY, then ALLOW; allow-nothing; principals, namespaces, paths, methods, ports, hosts and their
-wildcard forms).
+VirtualService first-match routing (uri exact, prefix, regex; method; headers; port) with weighted
+destinations and DestinationRule subsets; the route's timeout and retries and the destination's traffic policy
+(repo_tools.resilience: circuit breaking, and a TLS mode that replaces mutual TLS fails the connection);
+destination host resolution, PeerAuthentication precedence (workload > namespace > mesh, port-level modes), and
+AuthorizationPolicy selection and evaluation (CUSTOM, then DENY, then ALLOW; allow-nothing; principals,
+namespaces, paths, methods, ports, hosts and their wildcard forms).
 
-Anything else that could change the answer (a `when` condition, JWT principals, IP blocks,
-CUSTOM policies, fault injection, ...) raises Unmodelled: the verdict is "unknown", never a guess.
+A request reaches an app (its pods' `app` label); a weighted split reports each version's share. Anything else
+that could change the answer (a `when` condition, JWT principals, IP blocks, CUSTOM policies, fault
+injection, ...) raises Unmodelled: the verdict is "unknown", never a guess.
 
 NetworkPolicies sit below all this and are not modelled: the repo's own admit the app's namespace,
 meshed namespaces and the gateway's (invariants.network_policies_fence_the_namespace keeps them so),
@@ -21,12 +24,23 @@ from dataclasses import dataclass
 
 from repo_tools import gateway_api
 from repo_tools.layout import IngressGateway
+from repo_tools.resilience import (
+    MESH_TLS_MODES,
+    Destination,
+    RoutePolicy,
+    Share,
+    Traffic,
+    destination_rule,
+    has_circuit_breaker,
+    traffic_policy,
+    virtual_service_policy,
+)
 from repo_tools.resources import Unmodelled, describe, principal, selects, service_fqdn
 
 ROOT_NAMESPACE = "istio-system"
 HTTP_ONLY_OPERATION_FIELDS = {"paths", "notPaths", "methods", "notMethods", "hosts", "notHosts"}
 ROUTE_FIELDS_THAT_DO_NOT_CHANGE_THE_ANSWER = {"name", "match", "route", "timeout", "retries", "headers", "corsPolicy"}
-MATCH_FIELDS = {"uri", "method", "port", "name", "ignoreUriCase"}
+MATCH_FIELDS = {"uri", "method", "headers", "port", "name", "ignoreUriCase"}
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,9 @@ class Caller:
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str  # "reaches <workload>", "redirect https", "denied", "no-answer", "no-route", "tls-failure"
+    outcome: str  # "reaches <app>", "redirect https", "denied", "no-answer", "no-route", "tls-failure", "status <n>"
     because: str
+    traffic: Traffic | None = None  # where the request went and under which policy, when it reached workloads
 
 
 @dataclass
@@ -54,6 +69,14 @@ class Workload:
     namespace: str
     labels: dict[str, str]
     protocol: str = "http"
+
+    @property
+    def app(self) -> str:
+        return self.labels.get("app", self.name)
+
+
+class NoEndpoints(Unmodelled):
+    """A Service (or subset) that no pod of the build backs: Istio answers 503, no healthy upstream."""
 
 
 class Mesh:
@@ -70,9 +93,12 @@ class Mesh:
 
     # --- from the internet, through the ingress gateway ---------------------------------------
 
-    def from_internet(self, scheme: str, host: str, path: str, method: str = "GET") -> Verdict:
+    def from_internet(
+        self, scheme: str, host: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> Verdict:
+        headers = {name.lower(): value for name, value in (headers or {}).items()}
         if self.gateway.gateway_api:
-            return self.through_gateway_api(scheme, host, path, method)
+            return self.through_gateway_api(scheme, host, path, method, headers)
         port = 443 if scheme == "https" else 80
         server_match = self.gateway_server(host, port)
         if server_match is None:
@@ -86,27 +112,98 @@ class Mesh:
             problem = self.tls_problem(tls)
             if problem:
                 return Verdict("tls-failure", f"{where}: {problem}")
-        route = self.route(gw, host, path, method, port)
+        route = self.route(gw, host, path, method, port, headers)
         if isinstance(route, Verdict):
             return route
-        vs, rule_name, destination, path_at_destination = route
-        self.refuse_destination_rules(destination["host"], vs["metadata"].get("namespace", ""))
-        routed = f"routed by {describe(vs)} route {rule_name}"
+        vs, rule, described, path_at_destination = route
+        routed = f"routed by {describe(vs)} route {described}"
         if scheme == "http":
             routed = f"{where} serves plain HTTP (no httpsRedirect); {routed}"
-        workload, target_port = self.workload_for(destination["host"], destination.get("port", {}).get("number"), vs)
-        verdict = self.call(self.gateway_caller, workload, target_port, path_at_destination, method, host)
-        return Verdict(verdict.outcome, f"{routed}; {verdict.because}")
+        destinations = tuple(
+            Destination(
+                entry["destination"]["host"],
+                vs["metadata"].get("namespace", ""),
+                entry["destination"].get("port", {}).get("number"),
+                entry.get("weight", 100),
+                entry["destination"].get("subset"),
+            )
+            for entry in rule.get("route", [])
+        )
+        policy = virtual_service_policy(vs, rule, rule.get("name") or described)
+        return self.deliver(destinations, path_at_destination, method, host, routed, policy)
 
-    def through_gateway_api(self, scheme: str, host: str, path: str, method: str) -> Verdict:
-        routed = gateway_api.route(self.docs, self.gateway, scheme, host, path, method)
+    def through_gateway_api(self, scheme: str, host: str, path: str, method: str, headers: dict[str, str]) -> Verdict:
+        routed = gateway_api.route(self.docs, self.gateway, scheme, host, path, method, headers)
         if isinstance(routed, gateway_api.Refused):
             return Verdict(routed.outcome, routed.because)
-        name, namespace = routed.service.split(".")
-        self.refuse_destination_rules(name, namespace)
-        workload, target_port = self.workload_for(name, routed.port, None, namespace)
-        verdict = self.call(self.gateway_caller, workload, target_port, routed.path, method, host)
-        return Verdict(verdict.outcome, f"{routed.because}; {verdict.because}")
+        return self.deliver(routed.destinations, routed.path, method, host, routed.because, routed.policy)
+
+    def deliver(
+        self,
+        destinations: tuple[Destination, ...],
+        path: str,
+        method: str,
+        host: str,
+        routed: str,
+        policy: RoutePolicy | None,
+        caller: Caller | None = None,
+    ) -> Verdict:
+        """The gateway (or `caller`) sends the request to each destination by weight; one answer when every
+        share gets the same, else each share's answer with its weight."""
+        delivered = [self.deliver_one(caller or self.gateway_caller, d, path, method, host) for d in destinations]
+        shares = tuple(share for _, share in delivered if share is not None)
+        taken = [(d.weight, verdict, share) for d, (verdict, share) in zip(destinations, delivered, strict=True) if d.weight > 0]
+        outcomes = {verdict.outcome for _, verdict, _ in taken}
+        traffic = Traffic(shares, policy)
+        if len(taken) == 1:
+            verdict = taken[0][1]
+            return Verdict(verdict.outcome, f"{routed}; {verdict.because}", traffic)
+        total = sum(weight for weight, _, _ in taken)
+        parts = [
+            f"{share.workload if share else '?'} {round(100 * weight / total)}%: {verdict.because}"
+            for weight, verdict, share in taken
+        ]
+        outcome = (
+            outcomes.pop()
+            if len(outcomes) == 1
+            else "split " + ", ".join(f"{v.outcome} {round(100 * w / total)}%" for w, v, _ in taken)
+        )
+        return Verdict(outcome, f"{routed}; {'; '.join(parts)}", traffic)
+
+    def deliver_one(
+        self, caller: Caller, destination: Destination, path: str, method: str, host: str
+    ) -> tuple[Verdict, Share | None]:
+        rule = destination_rule(self.docs, destination.service, destination.namespace)
+        resolved = traffic_policy(rule, destination.subset)
+        if resolved is None:
+            where = describe(rule) if rule else "no DestinationRule"
+            return Verdict("status 503", f"{where} defines no subset {destination.subset}: Istio answers 503"), None
+        subset_labels, policy = resolved
+        try:
+            workload, port = self.workload_for(
+                destination.service, destination.port, None, destination.namespace, subset_labels
+            )
+        except NoEndpoints as missing:
+            return Verdict("status 503", f"{missing}: no healthy upstream, Istio answers 503"), None
+        share = Share(
+            workload.name,
+            workload.app,
+            workload.labels.get("version", ""),
+            destination.weight,
+            has_circuit_breaker(policy),
+        )
+        tls_mode = (policy.get("tls") or {}).get("mode")
+        if tls_mode in MESH_TLS_MODES:
+            return self.call(caller, workload, port, path, method, host), share
+        server_mode, decided_by = self.mtls_mode(workload, port)
+        if tls_mode == "DISABLE" and server_mode != "STRICT":
+            verdict = self.authorize(Caller("", "", sidecar=False), workload, port, path, method, host)
+            return Verdict(verdict.outcome, f"{describe(rule or {})} sends plaintext; {verdict.because}"), share
+        return Verdict(
+            "status 503",
+            f"{describe(rule or {})} sets tls mode {tls_mode} where {decided_by} expects Istio's mutual TLS "
+            f"({server_mode}): the connection fails and the caller's proxy answers 503",
+        ), share
 
     def gateway_server(self, host: str, port: int) -> tuple[dict, int, dict] | None:
         for gw in self.of_kind("Gateway"):
@@ -132,7 +229,9 @@ class Mesh:
             "the handshake fails"
         )
 
-    def route(self, gw: dict, host: str, path: str, method: str, port: int) -> tuple[dict, str, dict, str] | Verdict:
+    def route(
+        self, gw: dict, host: str, path: str, method: str, port: int, headers: dict[str, str]
+    ) -> tuple[dict, dict, str, str] | Verdict:
         gw_ref = f"{gw['metadata'].get('namespace')}/{gw['metadata']['name']}"
         for vs in self.of_kind("VirtualService"):
             spec = vs.get("spec", {})
@@ -145,7 +244,7 @@ class Mesh:
                 )
                 if unknown:
                     raise Unmodelled(f"{describe(vs)} route {index + 1} uses {', '.join(sorted(unknown))}")
-                matched = self.first_matching_condition(vs, rule.get("match"), path, method, port)
+                matched = self.first_matching_condition(vs, rule.get("match"), path, method, port, headers)
                 if matched is None:
                     continue
                 condition, described = matched
@@ -160,16 +259,13 @@ class Mesh:
                         "redirectCode", 301
                     )
                     return Verdict(f"status {status}", f"answered by {describe(vs)} route {name}")
-                destinations = rule.get("route", [])
-                if len(destinations) != 1:
-                    raise Unmodelled(
-                        f"{describe(vs)} route {name} splits traffic over {len(destinations)} destinations"
-                    )
-                return vs, f"{name} ({described})", destinations[0]["destination"], rewritten(rule, path, condition)
+                if not any(entry.get("weight", 100) > 0 for entry in rule.get("route", [])):
+                    raise Unmodelled(f"{describe(vs)} route {name} has no destination with weight above 0")
+                return vs, rule, f"{name} ({described})", rewritten(rule, path, condition)
         return Verdict("no-route", f"no VirtualService bound to {describe(gw)} routes {host}{path}: 404")
 
     def first_matching_condition(
-        self, vs: dict, conditions: list | None, path: str, method: str, port: int
+        self, vs: dict, conditions: list | None, path: str, method: str, port: int, headers: dict[str, str]
     ) -> tuple[dict, str] | None:
         if not conditions:
             return {}, "no match conditions: every request"
@@ -182,6 +278,10 @@ class Mesh:
                 string_match(uri, path, condition.get("ignoreUriCase", False)) if uri else True,
                 string_match(condition["method"], method) if "method" in condition else True,
                 condition.get("port", port) == port,
+                all(
+                    name.lower() in headers and string_match(spec, headers[name.lower()])
+                    for name, spec in (condition.get("headers") or {}).items()
+                ),
             ]
             if all(checks):
                 kind, value = next(iter(uri.items())) if uri else ("any", "path")
@@ -198,13 +298,11 @@ class Mesh:
                 namespace=to.get("namespace", caller.namespace),
                 labels=labels,
             )
-            target = port or 80
-        else:
-            self.refuse_mesh_traffic_rules(to, caller.namespace)
-            workload, target = self.workload_for(to, port, None, caller.namespace)
-        return self.call(caller, workload, target, path, "GET", to if isinstance(to, str) else workload.name)
+            return self.call(caller, workload, port or 80, path, "GET", workload.name)
+        self.refuse_mesh_routes(to, caller.namespace)
+        return self.deliver((Destination(to, caller.namespace, port, 100),), path, "GET", to, f"calls {to}", None, caller)
 
-    def refuse_mesh_traffic_rules(self, to: str, namespace: str) -> None:
+    def refuse_mesh_routes(self, to: str, namespace: str) -> None:
         """Sidecar-to-sidecar routing is not modelled: a mesh VirtualService for the target makes the row unknown."""
         for vs in self.of_kind("VirtualService"):
             gateways = vs.get("spec", {}).get("gateways") or ["mesh"]
@@ -213,13 +311,6 @@ class Mesh:
                 same_service(h, vs_namespace, to, namespace) for h in vs["spec"].get("hosts", [])
             ):
                 raise Unmodelled(f"{describe(vs)} routes mesh traffic to {to}")
-        self.refuse_destination_rules(to, namespace)
-
-    def refuse_destination_rules(self, to: str, namespace: str) -> None:
-        """Client-side traffic policy (TLS mode, subsets, ...) is not modelled either."""
-        for rule in self.of_kind("DestinationRule"):
-            if same_service(rule.get("spec", {}).get("host", ""), rule["metadata"].get("namespace", ""), to, namespace):
-                raise Unmodelled(f"{describe(rule)} sets traffic policy for {to}")
 
     def call(self, caller: Caller, workload: Workload, port: int, path: str, method: str, host: str) -> Verdict:
         mode, decided_by = self.mtls_mode(workload, port)
@@ -288,18 +379,20 @@ class Mesh:
         for policy in allow:
             rule = matching_rule(policy, request, workload.protocol, deny=False)
             if rule:
-                return Verdict(f"reaches {workload.name}", f"allowed by {describe(policy)} rule {rule}")
+                return Verdict(f"reaches {workload.app}", f"allowed by {describe(policy)} rule {rule}")
         if allow:
             considered = ", ".join(describe(p) for p in allow)
             return Verdict(
                 "denied",
                 f"no ALLOW rule matches {caller.principal or 'a plaintext caller'} {method} {path} (considered {considered})",
             )
-        return Verdict(f"reaches {workload.name}", "no ALLOW policy selects the workload, so everything is allowed")
+        return Verdict(f"reaches {workload.app}", "no ALLOW policy selects the workload, so everything is allowed")
 
     # --- services and workloads ----------------------------------------------------------------
 
-    def workload_for(self, host: str, port: int | None, vs: dict | None, namespace: str = "") -> tuple[Workload, int]:
+    def workload_for(
+        self, host: str, port: int | None, vs: dict | None, namespace: str = "", subset_labels: dict | None = None
+    ) -> tuple[Workload, int]:
         namespace = namespace or (vs["metadata"].get("namespace", "") if vs else "")
         name, service_namespace = service_fqdn(host, namespace).split(".")[:2]
         service = next(
@@ -316,7 +409,7 @@ class Mesh:
         service_port = next((p for p in ports if port is None or p["port"] == port), None)
         if service_port is None:
             raise Unmodelled(f"{describe(service)} has no port {port}")
-        selector = service["spec"].get("selector", {})
+        selector = service["spec"].get("selector", {}) | (subset_labels or {})
         for kind in ("Deployment", "StatefulSet"):
             for doc in self.of_kind(kind):
                 template = doc["spec"]["template"]
@@ -332,7 +425,8 @@ class Mesh:
                         else "http"
                     )
                     return Workload(doc["metadata"]["name"], service_namespace, labels, protocol=protocol), target
-        raise Unmodelled(f"{describe(service)} selects no workload in this build")
+        subset = f" with the subset's labels {subset_labels}" if subset_labels else ""
+        raise NoEndpoints(f"{describe(service)}{subset} selects no workload in this build")
 
 
 def same_service(host: str, host_namespace: str, other: str, other_namespace: str) -> bool:

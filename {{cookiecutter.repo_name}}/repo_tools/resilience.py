@@ -1,0 +1,298 @@
+"""What happens to a request on its way to a workload, beyond who may reach it: the route's timeout and retry
+policy, the share of a weighted split each version gets, and the client-side traffic policy (circuit breaking,
+TLS) a DestinationRule sets. Istio's semantics, from its source:
+- a VirtualService route without `retries` takes the mesh's default retry policy, which this repo leaves at
+  Istio's built-in one: 2 attempts on connect-failure, refused-stream, unavailable, cancelled (pilot
+  route/retry/retry.go); numbers in `retryOn` are status codes; attempts 0 turns retries off;
+- an HTTPRoute's `timeouts.request` is the route's timeout; without a `retry` stanza (not in the standard
+  channel) `timeouts.backendRequest` replaces it, and the mesh default retry policy applies (pilot
+  config/kube/gateway/conversion.go);
+- weight 0 destinations get nothing; a DestinationRule's subset takes the Service's pods that also carry the
+  subset's labels, and its traffic policy overrides the top-level one field by field.
+
+The rules below keep retries from repeating a change, per-try timeouts inside the route's timeout, weighted
+splits adding up to 100, a circuit breaker in front of every Service a route reaches, and mutual TLS intact.
+"""
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from repo_tools.layout import IngressGateway
+from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind, service_fqdn
+
+# Methods that may repeat without repeating a change (RFC 9110 safe methods).
+IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS")
+METHODS = IDEMPOTENT_METHODS + ("POST", "PUT", "PATCH", "DELETE")
+# Conditions that fire only when the request never reached the application (or, for the gRPC statuses, which an
+# HTTP backend never sends, when the server says so): retrying them cannot repeat a change.
+NEVER_REACHED_THE_APP = {"connect-failure", "refused-stream", "reset-before-request", "unavailable", "cancelled"}
+ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DESTINATION_RULE_FIELDS = {"host", "trafficPolicy", "subsets", "exportTo"}
+TRAFFIC_POLICY_FIELDS = {"tls", "connectionPool", "outlierDetection", "loadBalancer"}
+MESH_TLS_MODES = (None, "ISTIO_MUTUAL")
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int
+    per_try_timeout: str | None
+    on: frozenset[str]  # Envoy's conditions and status codes; "retriable-status-codes" is implied by a code
+
+    def describe(self) -> str:
+        if not self.attempts:
+            return "no retries"
+        per_try = f", {self.per_try_timeout} per try" if self.per_try_timeout else ""
+        return f"{self.attempts} retries on {','.join(sorted(self.on))}{per_try}"
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    timeout: str | None  # None: no timeout (Istio's default)
+    retries: Retries
+    where: str
+
+    def describe(self) -> str:
+        return f"timeout {self.timeout or 'none'}, {self.retries.describe()}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One weighted destination of a route: a Service port, optionally a DestinationRule subset."""
+
+    service: str  # a host as the route writes it: short, name.namespace or FQDN
+    namespace: str  # the namespace the host is read in
+    port: int | None
+    weight: int
+    subset: str | None = None
+
+
+@dataclass(frozen=True)
+class Share:
+    """Where one weighted destination of a route takes its part of the requests."""
+
+    workload: str  # the Deployment or StatefulSet
+    app: str  # its pods' app label
+    version: str  # its pods' version label
+    weight: int
+    circuit_breaking: bool
+
+
+@dataclass(frozen=True)
+class Traffic:
+    shares: tuple[Share, ...]
+    policy: RoutePolicy | None  # None: a call inside the mesh, where no route of this repo applies
+
+    def describe(self) -> str:
+        parts = [f"{share.workload} ({share.version or 'no version'}) {share.weight}%" for share in self.shares]
+        reached = f"split {', '.join(parts)}" if len(self.shares) > 1 else f"to {parts[0].rsplit(' ', 1)[0]}"
+        breakers = "" if all(share.circuit_breaking for share in self.shares) else ", no circuit breaker"
+        policy = f"; {self.policy.describe()}" if self.policy else ""
+        return f"{reached}{breakers}{policy}" if self.shares else policy.removeprefix("; ")
+
+
+def parse_retry_on(text: str) -> frozenset[str]:
+    conditions = {part.strip() for part in text.split(",") if part.strip()}
+    if any(part.isdigit() for part in conditions):
+        conditions.discard("retriable-status-codes")
+    elif "retriable-status-codes" in conditions:
+        conditions.discard("retriable-status-codes")  # without a code it retries nothing
+    return frozenset(conditions)
+
+
+ISTIO_DEFAULT_RETRIES = Retries(2, None, parse_retry_on(ISTIO_DEFAULT_RETRY_ON))
+
+
+def retries_of(stanza: dict | None) -> Retries:
+    """A VirtualService route's `retries`, or the mesh default when it has none."""
+    if stanza is None:
+        return ISTIO_DEFAULT_RETRIES
+    attempts = int(stanza.get("attempts", 0))
+    if attempts <= 0:
+        return Retries(0, None, frozenset())
+    on = parse_retry_on(stanza["retryOn"]) if stanza.get("retryOn") else ISTIO_DEFAULT_RETRIES.on
+    return Retries(attempts, stanza.get("perTryTimeout"), on)
+
+
+def virtual_service_policy(vs: dict, rule: dict, name: str) -> RoutePolicy:
+    return RoutePolicy(rule.get("timeout"), retries_of(rule.get("retries")), f"{describe(vs)} route {name}")
+
+
+def http_route_policy(http_route: dict, rule: dict, name: str) -> RoutePolicy:
+    where = f"{describe(http_route)} rule {name}"
+    timeouts = rule.get("timeouts") or {}
+    retry = rule.get("retry")
+    if retry is None:
+        return RoutePolicy(timeouts.get("backendRequest") or timeouts.get("request"), ISTIO_DEFAULT_RETRIES, where)
+    codes = {str(code) for code in retry.get("codes") or []}
+    attempts = int(retry.get("attempts", 2))
+    retries = (
+        Retries(attempts, timeouts.get("backendRequest"), frozenset({"connect-failure", "refused-stream"}) | codes)
+        if attempts
+        else Retries(0, None, frozenset())
+    )
+    return RoutePolicy(timeouts.get("request"), retries, where)
+
+
+def seconds(duration: str) -> float:
+    match = DURATION.fullmatch(duration)
+    if not match:
+        raise Unmodelled(f"duration {duration!r}")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+# --- DestinationRules --------------------------------------------------------------------------------
+
+
+def destination_rule(docs: list[dict], host: str, namespace: str) -> dict | None:
+    """The one DestinationRule for a Service host (read in `namespace`), if any."""
+    fqdn = service_fqdn(host, namespace)
+    rules = [dr for dr in of_kind(docs, "DestinationRule") if service_fqdn(dr["spec"]["host"], namespace_of(dr)) == fqdn]
+    if len(rules) > 1:
+        raise Unmodelled(f"{len(rules)} DestinationRules for {fqdn}: {', '.join(map(describe, rules))}")
+    if not rules:
+        return None
+    rule = rules[0]
+    unknown = set(rule["spec"]) - DESTINATION_RULE_FIELDS
+    unknown |= set(rule["spec"].get("trafficPolicy") or {}) - TRAFFIC_POLICY_FIELDS
+    if unknown:
+        raise Unmodelled(f"{describe(rule)} sets {', '.join(sorted(unknown))}")
+    return rule
+
+
+def traffic_policy(rule: dict | None, subset: str | None) -> tuple[dict, dict] | None:
+    """(subset labels, traffic policy) of a destination; None when the subset is not defined."""
+    top = dict((rule or {}).get("spec", {}).get("trafficPolicy") or {})
+    if subset is None:
+        return {}, top
+    for entry in (rule or {}).get("spec", {}).get("subsets") or []:
+        if entry.get("name") == subset:
+            return entry.get("labels") or {}, top | (entry.get("trafficPolicy") or {})
+    return None
+
+
+def has_circuit_breaker(policy: dict) -> bool:
+    pool = policy.get("connectionPool") or {}
+    outliers = policy.get("outlierDetection") or {}
+    limited = bool((pool.get("tcp") or {}).get("maxConnections") or (pool.get("http") or {}))
+    ejects = any(outliers.get(field) for field in ("consecutive5xxErrors", "consecutiveGatewayErrors"))
+    return limited and ejects
+
+
+# --- the rules ----------------------------------------------------------------------------------------
+
+
+def route_policies(docs: list[dict]) -> Iterator[tuple[RoutePolicy, set[str], list[tuple[str, int]]]]:
+    """(policy, methods the rule can match, [(Service FQDN, weight)]) for every route rule in the build."""
+    for vs in of_kind(docs, "VirtualService"):
+        for number, rule in enumerate(vs.get("spec", {}).get("http", []), start=1):
+            if "route" not in rule:
+                continue
+            policy = virtual_service_policy(vs, rule, rule.get("name") or str(number))
+            methods = {
+                method
+                for condition in rule.get("match") or [{}]
+                for method in METHODS
+                if "method" not in condition or string_matches(condition["method"], method)
+            }
+            destinations = [
+                (service_fqdn(entry["destination"]["host"], namespace_of(vs)), entry.get("weight", 100))
+                for entry in rule["route"]
+            ]
+            yield policy, methods, destinations
+    for http_route in of_kind(docs, "HTTPRoute"):
+        for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
+            if not rule.get("backendRefs"):
+                continue
+            policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
+            methods = {
+                method
+                for match in rule.get("matches") or [{}]
+                for method in METHODS
+                if match.get("method", method) == method
+            }
+            destinations = [
+                (service_fqdn(f"{ref['name']}.{ref.get('namespace', namespace_of(http_route))}", ""), ref.get("weight", 1))
+                for ref in rule["backendRefs"]
+            ]
+            yield policy, methods, destinations
+
+
+def string_matches(spec: dict, value: str) -> bool:
+    if "exact" in spec:
+        return value == spec["exact"]
+    if "prefix" in spec:
+        return value.startswith(spec["prefix"])
+    if "regex" in spec:
+        return re.fullmatch(spec["regex"], value) is not None
+    raise Unmodelled(f"string match {spec}")
+
+
+def retries_never_repeat_a_change(docs: list[dict], gateway: IngressGateway) -> list[str]:
+    """A method that is not idempotent is retried only when the request never reached the application."""
+    problems = []
+    for policy, methods, _ in route_policies(docs):
+        changing = sorted(set(methods) - set(IDEMPOTENT_METHODS), key=METHODS.index)
+        risky = sorted(policy.retries.on - NEVER_REACHED_THE_APP) if policy.retries.attempts else []
+        if changing and risky:
+            problems.append(
+                f"{policy.where}: retries {', '.join(changing)} on {', '.join(risky)}, which may repeat a request "
+                f"the backend already acted on; retry them only on {', '.join(sorted(NEVER_REACHED_THE_APP))}, "
+                "or match GET and HEAD in a rule of their own"
+            )
+    return problems
+
+
+def retries_fit_the_timeout(docs: list[dict], gateway: IngressGateway) -> list[str]:
+    """Bounded retries, each shorter than the route's timeout, so a slow backend meets the timeout, not N times it."""
+    problems = []
+    for policy, _, _ in route_policies(docs):
+        retries = policy.retries
+        if retries.attempts > 5:
+            problems.append(f"{policy.where}: {retries.attempts} retries multiply an outage; use at most 5")
+        if policy.timeout is None:
+            problems.append(f"{policy.where}: no timeout, so a hung backend holds the request forever; set one")
+        elif retries.attempts and retries.per_try_timeout and seconds(retries.per_try_timeout) >= seconds(policy.timeout):
+            problems.append(
+                f"{policy.where}: the per-try timeout {retries.per_try_timeout} is not below the route's timeout "
+                f"{policy.timeout}, so no retry ever happens in time; make it at most timeout / (retries + 1)"
+            )
+    return problems
+
+
+def splits_add_up(docs: list[dict], gateway: IngressGateway) -> list[str]:
+    """A weighted split is stated in percent: the weights add up to 100."""
+    return [
+        f"{policy.where}: the weights add up to {sum(weight for _, weight in destinations)}, not 100 "
+        f"({', '.join(f'{host.partition(chr(46))[0]} {weight}' for host, weight in destinations)})"
+        for policy, _, destinations in route_policies(docs)
+        if len(destinations) > 1 and sum(weight for _, weight in destinations) != 100
+    ]
+
+
+def services_have_circuit_breakers(docs: list[dict], gateway: IngressGateway) -> list[str]:
+    """Every Service of the app has a DestinationRule with a connection pool limit and outlier detection, and
+    none of them sets a TLS mode other than ISTIO_MUTUAL."""
+    problems = []
+    for service in of_kind(docs, "Service"):
+        rule = destination_rule(docs, name_of(service), namespace_of(service))
+        if rule is None:
+            problems.append(f"{describe(service)}: add a DestinationRule with connectionPool and outlierDetection")
+            continue
+        policy = (rule["spec"].get("trafficPolicy")) or {}
+        if not has_circuit_breaker(policy):
+            problems.append(f"{describe(rule)}: set connectionPool limits and outlierDetection (consecutive5xxErrors)")
+    for rule in of_kind(docs, "DestinationRule"):
+        policies = [rule["spec"].get("trafficPolicy") or {}] + [
+            entry.get("trafficPolicy") or {} for entry in rule["spec"].get("subsets") or []
+        ]
+        for policy in policies:
+            mode = (policy.get("tls") or {}).get("mode")
+            if mode not in MESH_TLS_MODES:
+                problems.append(
+                    f"{describe(rule)}: tls mode {mode} replaces the mesh's mutual TLS towards a meshed Service; "
+                    "use ISTIO_MUTUAL"
+                )
+    return problems
