@@ -73,9 +73,15 @@ class Traffic:
         if self.split is not None:
             weights = sum(share.weight for share in found.shares)
             if sorted({share.version for share in found.shares}) != sorted(self.split) or weights != 100:
-                problems.append(f"a split over {', '.join(self.split)} adding up to 100 expected, got {versions(found.shares)}")
-        if self.circuit_breaking is not None and any(share.circuit_breaking != self.circuit_breaking for share in taken):
-            problems.append(f"circuit breaking {'expected' if self.circuit_breaking else 'unexpected'} towards {versions(taken)}")
+                problems.append(
+                    f"a split over {', '.join(self.split)} adding up to 100 expected, got {versions(found.shares)}"
+                )
+        if self.circuit_breaking is not None and any(
+            share.circuit_breaking != self.circuit_breaking for share in taken
+        ):
+            problems.append(
+                f"circuit breaking {'expected' if self.circuit_breaking else 'unexpected'} towards {versions(taken)}"
+            )
         policy = found.policy
         if (self.timeout, self.retries) != (None, None) and policy is None:
             return problems + ["no route applies, so no timeout or retry policy"]
@@ -87,7 +93,10 @@ class Traffic:
 
 
 def versions(shares: list[resilience.Share] | tuple[resilience.Share, ...]) -> str:
-    return ", ".join(f"{share.workload} ({share.version or 'no version'}) {share.weight}%" for share in shares) or "nothing"
+    return (
+        ", ".join(f"{share.workload} ({share.version or 'no version'}) {share.weight}%" for share in shares)
+        or "nothing"
+    )
 
 
 def same_duration(found: str | None, expected: str) -> bool:
@@ -202,7 +211,9 @@ def parse_traffic(where: str, given: dict) -> tuple[Traffic | None, list[str]]:
         return None, []
     problems = unknown_keys(where, given, TRAFFIC_KEYS)
     split = given.get("split")
-    if split is not None and not (isinstance(split, list) and len(split) > 1 and all(isinstance(v, str) for v in split)):
+    if split is not None and not (
+        isinstance(split, list) and len(split) > 1 and all(isinstance(v, str) for v in split)
+    ):
         problems.append(f"{where}: split must list two or more versions")
     timeout = given.get("timeout")
     if timeout is not None and not (isinstance(timeout, str) and resilience.DURATION.fullmatch(timeout)):

@@ -57,6 +57,11 @@ class Routed:
     because: str
     policy: RoutePolicy
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The Services ("name.namespace") that take a share of the requests."""
+        return tuple(f"{d.service}.{d.namespace}" for d in self.destinations if d.weight > 0)
+
 
 def the_gateway(docs: list[dict], gateway: IngressGateway) -> dict | None:
     """The Gateway resource Istio deploys the ingress gateway for, if the build has it."""

@@ -458,7 +458,7 @@ def challenge_route_problems(
         answer = gateway_api.route([*apps, challenge], gateway, "http", host, CHALLENGE_PATH, "GET")
     except Unmodelled as unmodelled:
         return [f"cannot tell whether the challenge route answers http://{host}{CHALLENGE_PATH}: {unmodelled}"]
-    if isinstance(answer, gateway_api.Routed) and answer.service == f"cm-acme-http-solver.{namespace}":
+    if isinstance(answer, gateway_api.Routed) and answer.services == (f"cm-acme-http-solver.{namespace}",):
         return []
     return [
         f"the route cert-manager adds in {namespace} would not answer http://{host}{CHALLENGE_PATH}: "

@@ -401,17 +401,21 @@ def workloads_are_hardened(docs: Docs, gateway: IngressGateway) -> list[str]:
 def disruption_budgets_fit_replicas(docs: Docs, gateway: IngressGateway) -> list[str]:
     budgets = list(of_kind(docs, "PodDisruptionBudget"))
     problems = []
-    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+    workloads = list(of_kind(docs, "Deployment", "StatefulSet"))
+
+    def covers(pdb: dict, workload: dict) -> bool:
+        selector = pdb["spec"].get("selector", {}).get("matchLabels", {})
+        return namespace_of(pdb) == namespace_of(workload) and selects(selector, pod_labels(workload))
+
+    for workload in workloads:
         replicas = workload["spec"].get("replicas", 1)
-        covered = any(
-            namespace_of(pdb) == namespace_of(workload)
-            and selects(pdb["spec"].get("selector", {}).get("matchLabels", {}), pod_labels(workload))
-            for pdb in budgets
-        )
-        if replicas > 1 and not covered:
+        if replicas > 1 and not any(covers(pdb, workload) for pdb in budgets):
             problems.append(f"{describe(workload)}: {replicas} replicas and no PodDisruptionBudget")
-        if replicas <= 1 and covered:
-            problems.append(f"{describe(workload)}: a PodDisruptionBudget on a single replica blocks node drains")
+    for pdb in budgets:
+        # One budget may cover several workloads (a canary next to its stable version): count all their pods.
+        pods = sum(workload["spec"].get("replicas", 1) for workload in workloads if covers(pdb, workload))
+        if pods == 1:
+            problems.append(f"{describe(pdb)}: a PodDisruptionBudget on a single pod blocks node drains")
     return problems
 
 

@@ -152,7 +152,11 @@ class Mesh:
         share gets the same, else each share's answer with its weight."""
         delivered = [self.deliver_one(caller or self.gateway_caller, d, path, method, host) for d in destinations]
         shares = tuple(share for _, share in delivered if share is not None)
-        taken = [(d.weight, verdict, share) for d, (verdict, share) in zip(destinations, delivered, strict=True) if d.weight > 0]
+        taken = [
+            (d.weight, verdict, share)
+            for d, (verdict, share) in zip(destinations, delivered, strict=True)
+            if d.weight > 0
+        ]
         outcomes = {verdict.outcome for _, verdict, _ in taken}
         traffic = Traffic(shares, policy)
         if len(taken) == 1:
@@ -300,7 +304,9 @@ class Mesh:
             )
             return self.call(caller, workload, port or 80, path, "GET", workload.name)
         self.refuse_mesh_routes(to, caller.namespace)
-        return self.deliver((Destination(to, caller.namespace, port, 100),), path, "GET", to, f"calls {to}", None, caller)
+        return self.deliver(
+            (Destination(to, caller.namespace, port, 100),), path, "GET", to, f"calls {to}", None, caller
+        )
 
     def refuse_mesh_routes(self, to: str, namespace: str) -> None:
         """Sidecar-to-sidecar routing is not modelled: a mesh VirtualService for the target makes the row unknown."""

@@ -149,7 +149,9 @@ def seconds(duration: str) -> float:
 def destination_rule(docs: list[dict], host: str, namespace: str) -> dict | None:
     """The one DestinationRule for a Service host (read in `namespace`), if any."""
     fqdn = service_fqdn(host, namespace)
-    rules = [dr for dr in of_kind(docs, "DestinationRule") if service_fqdn(dr["spec"]["host"], namespace_of(dr)) == fqdn]
+    rules = [
+        dr for dr in of_kind(docs, "DestinationRule") if service_fqdn(dr["spec"]["host"], namespace_of(dr)) == fqdn
+    ]
     if len(rules) > 1:
         raise Unmodelled(f"{len(rules)} DestinationRules for {fqdn}: {', '.join(map(describe, rules))}")
     if not rules:
@@ -214,7 +216,10 @@ def route_policies(docs: list[dict]) -> Iterator[tuple[RoutePolicy, set[str], li
                 if match.get("method", method) == method
             }
             destinations = [
-                (service_fqdn(f"{ref['name']}.{ref.get('namespace', namespace_of(http_route))}", ""), ref.get("weight", 1))
+                (
+                    service_fqdn(f"{ref['name']}.{ref.get('namespace', namespace_of(http_route))}", ""),
+                    ref.get("weight", 1),
+                )
                 for ref in rule["backendRefs"]
             ]
             yield policy, methods, destinations
@@ -246,15 +251,18 @@ def retries_never_repeat_a_change(docs: list[dict], gateway: IngressGateway) -> 
 
 
 def retries_fit_the_timeout(docs: list[dict], gateway: IngressGateway) -> list[str]:
-    """Bounded retries, each shorter than the route's timeout, so a slow backend meets the timeout, not N times it."""
+    """Bounded retries, each shorter than the route's timeout (when it has one), so a slow backend meets the
+    timeout, not N times it."""
     problems = []
     for policy, _, _ in route_policies(docs):
         retries = policy.retries
         if retries.attempts > 5:
             problems.append(f"{policy.where}: {retries.attempts} retries multiply an outage; use at most 5")
-        if policy.timeout is None:
-            problems.append(f"{policy.where}: no timeout, so a hung backend holds the request forever; set one")
-        elif retries.attempts and retries.per_try_timeout and seconds(retries.per_try_timeout) >= seconds(policy.timeout):
+        if (
+            retries.attempts
+            and retries.per_try_timeout
+            and seconds(retries.per_try_timeout) >= seconds(policy.timeout or "0s")
+        ):
             problems.append(
                 f"{policy.where}: the per-try timeout {retries.per_try_timeout} is not below the route's timeout "
                 f"{policy.timeout}, so no retry ever happens in time; make it at most timeout / (retries + 1)"

@@ -59,7 +59,7 @@ CERTIFICATE = {"kind": "Certificate", "metadata": {"name": "tls", "namespace": "
 
 def routed(docs: list[dict], path: str, scheme: str = "https", host: str = HOST) -> str:
     answer = gateway_api.route([gateway_doc(), CERTIFICATE, *docs], GATEWAY, scheme, host, path, "GET")
-    return answer.service if isinstance(answer, gateway_api.Routed) else answer.outcome
+    return ",".join(answer.services) if isinstance(answer, gateway_api.Routed) else answer.outcome
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_allowed_routes_decide_which_namespaces_may_attach():
     )
     for gw, expected in ((same, "no-route"), (selector, "web.app")):
         answer = gateway_api.route([gw, CERTIFICATE, http_route(to("web"))], GATEWAY, "https", HOST, "/", "GET")
-        assert (answer.service if isinstance(answer, gateway_api.Routed) else answer.outcome) == expected
+        assert (",".join(answer.services) if isinstance(answer, gateway_api.Routed) else answer.outcome) == expected
 
 
 def test_a_host_no_https_listener_names_fails_the_handshake_and_a_route_for_another_host_is_not_served():
@@ -126,13 +126,32 @@ def test_a_backend_in_another_namespace_needs_a_reference_grant_there():
     assert routed([route, grant], "/") == "web.shared"
 
 
-def test_weights_zero_gets_nothing_and_a_split_is_unmodelled():
+def test_weight_zero_gets_nothing_and_a_split_reaches_every_weighted_backend():
     rule = to("web")
     rule["backendRefs"] = [{"name": "web", "port": 80, "weight": 0}, {"name": "canary", "port": 80}]
     assert routed([http_route(rule)], "/") == "canary.app"
     rule["backendRefs"][0]["weight"] = 10
-    with pytest.raises(Unmodelled, match="splits traffic over 2 backends"):
-        routed([http_route(rule)], "/")
+    assert routed([http_route(rule)], "/") == "web.app,canary.app"
+
+
+def test_a_header_match_outranks_the_same_path_without_one():
+    pinned = to("canary", headers=[{"name": "X-Canary", "value": "always"}])
+    pinned["matches"][0]["headers"] = pinned.pop("headers")
+    routes = [http_route(to("web"), pinned)]
+    docs = [gateway_doc(), CERTIFICATE, *routes]
+    pinned_answer = gateway_api.route(docs, GATEWAY, "https", HOST, "/x", "GET", {"x-canary": "always"})
+    assert isinstance(pinned_answer, gateway_api.Routed) and pinned_answer.services == ("canary.app",)
+    assert routed(routes, "/x") == "web.app"
+
+
+def test_without_a_retry_stanza_backend_request_becomes_the_routes_timeout():
+    rule = to("web", timeouts={"request": "15s"})
+    answer = gateway_api.route([gateway_doc(), CERTIFICATE, http_route(rule)], GATEWAY, "https", HOST, "/", "GET")
+    assert isinstance(answer, gateway_api.Routed) and answer.policy.timeout == "15s"
+    assert answer.policy.retries.attempts == 2 and "503" not in answer.policy.retries.on
+    rule["timeouts"]["backendRequest"] = "2s"
+    answer = gateway_api.route([gateway_doc(), CERTIFICATE, http_route(rule)], GATEWAY, "https", HOST, "/", "GET")
+    assert isinstance(answer, gateway_api.Routed) and answer.policy.timeout == "2s"
 
 
 def test_a_redirect_answers_with_its_status_and_a_rewrite_changes_the_path_the_backend_sees():

@@ -65,6 +65,7 @@ def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_obje
     gateway_objects = [doc for doc in docs if doc["apiVersion"].startswith(("cert-manager.io/", "gateway.networking"))]
     moved = {doc["metadata"]["namespace"] for doc in gateway_objects if doc["metadata"]["name"] != "public-routes"}
     assert moved == {"edge"}
+    assert find(docs, "Telemetry", "ingress-gateway-access-logs")["metadata"]["namespace"] == "edge"
     if GATEWAY_API:
         assert find(docs, "HTTPRoute", "public-routes")["spec"]["parentRefs"][0]["namespace"] == "edge"
 

@@ -5,6 +5,7 @@ namespace "app", called by "web" or from the internet through the gateway at sho
 """
 
 import pytest
+import yaml
 
 from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Caller, Mesh, Unmodelled, host_matches, istio_string_match, string_match
@@ -184,11 +185,88 @@ def test_a_route_construct_that_changes_the_answer_is_not_guessed(construct):
         mesh(edge([to("api", **construct)]), workload("api")).from_internet("https", HOST, "/")
 
 
-def test_a_header_match_is_not_guessed():
-    with pytest.raises(Unmodelled, match="match on headers"):
-        mesh(edge([to("api", match=[{"headers": {"x": {"exact": "1"}}}])]), workload("api")).from_internet(
-            "https", HOST, "/"
+def test_a_header_match_takes_only_requests_with_that_header_whatever_its_case():
+    routes = edge([to("api", match=[{"headers": {"x-canary": {"exact": "always"}}}]), to("web")])
+    m = mesh(routes, workload("api"), workload("web"))
+    assert m.from_internet("https", HOST, "/", headers={"X-Canary": "always"}).outcome == "reaches api"
+    assert m.from_internet("https", HOST, "/", headers={"x-canary": "sometimes"}).outcome == "reaches web"
+    assert m.from_internet("https", HOST, "/").outcome == "reaches web"
+
+
+def versions(name: str, *versions_and_replicas: str) -> list[dict]:
+    """A Service `name` over every version, one Deployment per version."""
+    service, deployment = workload(name)
+    docs = [service]
+    for version in versions_and_replicas:
+        copy = yaml.safe_load(yaml.safe_dump(deployment))
+        copy["metadata"]["name"] = f"{name}-{version}"
+        copy["spec"]["template"]["metadata"]["labels"] = {"app": name, "version": version}
+        docs.append(copy)
+    return docs
+
+
+def destination_rule(host: str, **spec: object) -> dict:
+    return {"kind": "DestinationRule", "metadata": {"name": host, "namespace": "app"}, "spec": {"host": host, **spec}}
+
+
+def split(*weights: tuple[str, int]) -> dict:
+    return {"route": [{"destination": {"host": "api", "subset": subset}, "weight": w} for subset, w in weights]}
+
+
+SUBSETS = [{"name": "stable", "labels": {"version": "stable"}}, {"name": "canary", "labels": {"version": "canary"}}]
+
+
+def test_a_weighted_split_reaches_each_subset_with_its_share():
+    m = mesh(edge([split(("stable", 90), ("canary", 10))]), versions("api", "stable", "canary"))
+    m.docs.append(destination_rule("api", subsets=SUBSETS))
+    verdict = m.from_internet("https", HOST, "/")
+    assert verdict.outcome == "reaches api"
+    assert verdict.traffic is not None
+    assert [(s.workload, s.version, s.weight) for s in verdict.traffic.shares] == [
+        ("api-stable", "stable", 90),
+        ("api-canary", "canary", 10),
+    ]
+
+
+def test_a_subset_no_pod_carries_or_no_rule_defines_answers_503_for_its_share():
+    m = mesh(edge([split(("stable", 90), ("nightly", 10))]), versions("api", "stable", "canary"))
+    m.docs.append(destination_rule("api", subsets=SUBSETS + [{"name": "nightly", "labels": {"version": "nightly"}}]))
+    verdict = m.from_internet("https", HOST, "/")
+    assert verdict.outcome == "split reaches api 90%, status 503 10%"
+    assert "selects no workload" in verdict.because
+    m.docs[-1] = destination_rule("api", subsets=SUBSETS[:1])
+    assert "defines no subset nightly" in m.from_internet("https", HOST, "/").because
+
+
+def test_a_destination_rule_that_replaces_mutual_tls_fails_the_call_to_a_strict_workload():
+    strict = peer_authentication("default", {"mtls": {"mode": "STRICT"}})
+    for mode in ("DISABLE", "SIMPLE"):
+        tls_off = destination_rule("api.app.svc.cluster.local", trafficPolicy={"tls": {"mode": mode}})
+        assert mesh(edge([to("api")]), workload("api"), strict, tls_off).from_internet("https", HOST, "/").outcome == (
+            "status 503"
         )
+        assert mesh(workload("api"), strict, tls_off).from_pod(WEB, "api.app").outcome == "status 503"
+    istio_mutual = destination_rule("api", trafficPolicy={"tls": {"mode": "ISTIO_MUTUAL"}})
+    assert mesh(workload("api"), strict, istio_mutual).from_pod(WEB, "api.app").outcome == "reaches api"
+
+
+def test_a_circuit_breaker_needs_a_connection_pool_limit_and_outlier_detection():
+    pool = {"connectionPool": {"tcp": {"maxConnections": 10}}}
+    outliers = {"outlierDetection": {"consecutive5xxErrors": 5}}
+    for policy, expected in (({}, False), (pool, False), (outliers, False), (pool | outliers, True)):
+        m = mesh(workload("api"), destination_rule("api", trafficPolicy=policy))
+        traffic = m.from_pod(WEB, "api.app").traffic
+        assert traffic is not None and [share.circuit_breaking for share in traffic.shares] == [expected]
+
+
+def test_a_route_without_retries_takes_istios_default_and_numbers_are_status_codes():
+    bare = mesh(edge([to("api", timeout="3s")]), workload("api")).from_internet("https", HOST, "/").traffic
+    assert bare is not None and bare.policy is not None
+    assert (bare.policy.timeout, bare.policy.retries.attempts) == ("3s", 2)
+    assert bare.policy.retries.on == {"connect-failure", "refused-stream", "unavailable", "cancelled"}
+    retried = to("api", retries={"attempts": 3, "perTryTimeout": "1s", "retryOn": "reset,503"})
+    policy = mesh(edge([retried]), workload("api")).from_internet("https", HOST, "/").traffic.policy  # type: ignore[union-attr]
+    assert policy is not None and (policy.retries.attempts, policy.retries.on) == (3, {"reset", "503"})
 
 
 # --- authorization ----------------------------------------------------------------------------
@@ -350,7 +428,7 @@ def test_two_peer_authentications_at_one_level_are_not_guessed():
         mesh(workload("api"), docs).from_pod(PLAINTEXT, "api.app")
 
 
-def test_mesh_routing_and_destination_rules_for_the_target_are_not_guessed():
+def test_mesh_routing_and_per_port_traffic_policy_for_the_target_are_not_guessed():
     mesh_route = {
         "kind": "VirtualService",
         "metadata": {"name": "api", "namespace": "app"},
@@ -358,24 +436,10 @@ def test_mesh_routing_and_destination_rules_for_the_target_are_not_guessed():
     }
     with pytest.raises(Unmodelled, match="routes mesh traffic"):
         mesh(workload("api"), mesh_route).from_pod(WEB, "api.app")
-    tls_off = {
-        "kind": "DestinationRule",
-        "metadata": {"name": "api", "namespace": "app"},
-        "spec": {"host": "api.app.svc.cluster.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
-    }
-    with pytest.raises(Unmodelled, match="sets traffic policy"):
-        mesh(workload("api"), tls_off).from_pod(WEB, "api.app")
+    port_level = destination_rule("api", trafficPolicy={"portLevelSettings": [{"port": {"number": 80}}]})
+    with pytest.raises(Unmodelled, match="sets portLevelSettings"):
+        mesh(workload("api"), port_level).from_pod(WEB, "api.app")
 
 
 def test_a_virtualservice_bound_only_to_the_gateway_leaves_mesh_traffic_alone():
     assert mesh(edge([to("api")]), workload("api")).from_pod(WEB, "api.app").outcome == "reaches api"
-
-
-def test_a_destination_rule_for_a_routed_service_is_not_guessed():
-    tls_off = {
-        "kind": "DestinationRule",
-        "metadata": {"name": "api", "namespace": "app"},
-        "spec": {"host": "api", "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
-    }
-    with pytest.raises(Unmodelled, match="sets traffic policy"):
-        mesh(edge([to("api")]), workload("api"), tls_off).from_internet("https", HOST, "/")
