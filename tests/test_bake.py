@@ -28,6 +28,8 @@ NON_DEFAULT = {
     "backend_port": "8080",
     "backend_health_path": "/internal/health",
     "api_prefix": "/v2/orders-api",
+    "api_timeout_seconds": "7",
+    "api_retry_attempts": "3",
     "acme_email": "certs@acme.test",
 }
 LONG = "x" * 53 + "-long-name"  # 63 characters, the most a label may have
@@ -35,11 +37,13 @@ UNUSUAL = {
     "project_name": "Ünïcode Café & Co",
     "namespace": "42" + "n" * 61,
     "domain": ".".join(["d" * 63, "e" * 63, "f" * 63, "example"]),
-    "frontend_name": "web2",
-    "backend_name": LONG,
+    "frontend_name": LONG,
+    "backend_name": LONG[:56],  # its canary's Service adds "-canary"
     "frontend_port": "1",
     "backend_port": "65535",
     "api_prefix": "/api.v2",
+    "api_timeout_seconds": "300",
+    "api_retry_attempts": "0",
     "include_database": True,
     "database_name": "pg-17",
     "database_port": "6543",

@@ -43,6 +43,22 @@ REFUSED = {
         "database_port: 15090 is used by the Istio sidecar",
     ),
     "the api prefix /": ({"api_prefix": "/"}, "api_prefix: '/' must be a path like '/api'"),
+    "no time for the api": (
+        {"api_timeout_seconds": "0"},
+        "api_timeout_seconds: '0' must be a whole number of seconds from 1 to 300",
+    ),
+    "retries that multiply an outage": (
+        {"api_retry_attempts": "6"},
+        "api_retry_attempts: '6' must be a whole number of retries from 0 to 5",
+    ),
+    "a backend name with no room for its canary": (
+        {"backend_name": "b" * 57},
+        f"backend_name: {'b' * 57!r} is too long: the canary's Service adds '-canary', so use at most 56 characters.",
+    ),
+    "a frontend named as the backend's canary": (
+        {"frontend_name": "backend-canary"},
+        "frontend_name: 'backend-canary' is already the backend's canary",
+    ),
     "an api prefix without a leading slash": ({"api_prefix": "api"}, "api_prefix: 'api' must be a path"),
     "an api prefix with a trailing slash": ({"api_prefix": "/api/"}, "api_prefix: '/api/' must be a path"),
     "an api prefix with a wildcard": ({"api_prefix": "/api/*"}, "api_prefix: '/api/*' must be a path"),
