@@ -1,6 +1,6 @@
 """Staging's and prod's way to a certificate, for real: ACME HTTP-01 answered through the ingress gateway.
 
-Runs after the contract (file order): it switches the Gateway to the ACME certificate for a moment.
+Runs last (conftest.py orders it so): it switches the Gateway to the ACME certificate for a moment.
 """
 
 import base64

@@ -85,8 +85,14 @@ class Traffic:
         policy = found.policy
         if (self.timeout, self.retries) != (None, None) and policy is None:
             return problems + ["no route applies, so no timeout or retry policy"]
-        if policy and self.timeout is not None and not same_duration(policy.timeout, self.timeout):
-            problems.append(f"timeout {self.timeout} expected, {policy.where} has {policy.timeout or 'none'}")
+        if (
+            policy
+            and self.timeout is not None
+            and resilience.gives_up_after(policy) != resilience.seconds(self.timeout)
+        ):
+            problems.append(
+                f"timeout {self.timeout} expected, {policy.where} gives up after {resilience.gives_up_after(policy):g}s"
+            )
         if policy and self.retries is not None and not same_retries(policy.retries, self.retries):
             problems.append(f"{self.retries.describe()} expected, {policy.where} has {policy.retries.describe()}")
         return problems

@@ -14,6 +14,7 @@ The rules below keep retries from repeating a change, per-try timeouts inside th
 splits adding up to 100, a circuit breaker in front of every Service a route reaches, and mutual TLS intact.
 """
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,6 +135,22 @@ def http_route_policy(http_route: dict, rule: dict, name: str) -> RoutePolicy:
         else Retries(0, None, frozenset())
     )
     return RoutePolicy(timeouts.get("request"), retries, where)
+
+
+# Envoy retries a try that ran out its per-try timeout only on these conditions (router.cc, onPerTryTimeout);
+# otherwise that try's timeout ends the request with 504.
+RETRIED_AFTER_A_PER_TRY_TIMEOUT = frozenset({"reset", "5xx", "gateway-error"})
+
+
+def gives_up_after(policy: RoutePolicy) -> float:
+    """Seconds until the gateway answers 504 for a backend that never answers: the route's timeout, or sooner
+    when every try times out first, or when a per-try timeout is not a condition the route retries on."""
+    timeout = seconds(policy.timeout) if policy.timeout else math.inf
+    retries = policy.retries
+    if not (retries.attempts and retries.per_try_timeout):
+        return timeout
+    tries = retries.attempts + 1 if retries.on & RETRIED_AFTER_A_PER_TRY_TIMEOUT else 1
+    return min(timeout, tries * seconds(retries.per_try_timeout))
 
 
 def seconds(duration: str) -> float:

@@ -16,11 +16,22 @@ import requests
 import trustme
 import yaml
 
-from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls
+from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls, traffic
 from e2e.harness import gitops as harness_gitops
 from e2e.harness.retry import Check, eventually
-from repo_tools import KUBERNETES_VERSION, REPO_ROOT, VERSIONS, contract, gitops, install, kustomize, layout, review
-from repo_tools.mesh import Caller
+from repo_tools import (
+    KUBERNETES_VERSION,
+    REPO_ROOT,
+    VERSIONS,
+    contract,
+    gitops,
+    install,
+    kustomize,
+    layout,
+    resilience,
+    review,
+)
+from repo_tools.mesh import Caller, Verdict
 from repo_tools.schemas import schema_errors
 
 HOST = "e2e.shop.example.com"
@@ -44,11 +55,13 @@ def https_server(server_ca: trustme.CA) -> Iterator[tuple[int, list[str]]]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            body = f"Request served by frontend-1\n\nHost: {self.headers['Host']}\n".encode()
+            body = f"Request served by frontend-1\n\n{self.command} {self.path}\n{self.headers}".encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815 - the name http.server calls
 
         def log_message(self, *args: object) -> None:
             pass
@@ -79,6 +92,17 @@ def test_a_client_trusting_another_ca_fails(https_server, tmp_path):
     port, _ = https_server
     with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
         tls.get("https", "127.0.0.1", port, HOST, "/", ca_file(trustme.CA(), tmp_path))
+
+
+def test_a_request_carries_its_method_and_headers_and_the_host_as_sni(https_server, server_ca, tmp_path):
+    port, seen_sni = https_server
+    headers = (("x-canary", "always"), ("x-request-id", "id-1"))
+    response = tls.send(
+        "POST", "https", "127.0.0.1", port, HOST, "/api?e2e-request=id-1", ca_file(server_ca, tmp_path), headers
+    )
+    assert response.text.splitlines()[2] == "POST /api?e2e-request=id-1"
+    assert "x-canary: always" in response.text and "x-request-id: id-1" in response.text
+    assert f"Host: {HOST}" in response.text and seen_sni[-1] == HOST
 
 
 def test_a_host_the_certificate_does_not_name_fails(https_server, server_ca, tmp_path):
@@ -177,9 +201,10 @@ def services(e2e_settings) -> dict[str, dict]:
 
 def test_every_contract_row_becomes_a_request(e2e_settings, services):
     for row in contract.load():
-        probe = scenarios.probe_for(row, e2e_settings, services)
+        probe = scenarios.probe_for(row, e2e_settings, services, traffic.offline_verdict(row))
         if row.caller == "internet":
             assert probe.client is None and probe.scheme in ("http", "https") and probe.path.startswith("/")
+            assert probe.headers == row.request.headers
         else:
             assert probe.client is not None
             assert probe.tcp or probe.url.startswith("http://") and ".svc.cluster.local:" in probe.url
@@ -276,6 +301,190 @@ def test_curl_output_splits_into_body_and_status():
         0, 403, "Request served by a\n\nGET /"
     )
     assert scenarios.parse_curl(56, "\n000").status is None
+
+
+# --- traffic policy: versions, splits, timeouts, retries, access logs ------------------------------------
+
+STABLE = resilience.Share("backend", "backend", "stable", 75, True)
+CANARY = resilience.Share("backend-canary", "backend", "canary", 25, True)
+
+
+def pinned(version: str | None) -> contract.Row:
+    return contract.Row("r", "internet", contract.Request(), "reaches backend", contract.Traffic(version=version))
+
+
+def split_verdict(*shares: resilience.Share) -> Verdict:
+    return Verdict("reaches backend", "routed", resilience.Traffic(shares, None))
+
+
+def test_a_pod_belongs_to_its_own_workload_only():
+    assert traffic.belongs_to("backend-6c9f8d7b5-x2x7z", "backend")
+    assert traffic.belongs_to("database-0", "database")
+    assert not traffic.belongs_to("backend-canary-6c9f8d7b5-x2x7z", "backend")  # a prefix is not enough
+    assert traffic.belongs_to("backend-canary-6c9f8d7b5-x2x7z", "backend-canary")
+    assert traffic.workload_of("backend-canary-6c9f8d7b5-x2x7z", ["backend", "backend-canary"]) == "backend-canary"
+    assert traffic.workload_of("e2e-fault-backend-7b8c9d-abcde", ["backend", "backend-canary"]) is None
+
+
+def test_a_row_pinned_to_a_version_may_be_answered_by_that_versions_workloads_only():
+    verdict = split_verdict(STABLE, CANARY)
+    assert traffic.version_workloads(pinned("canary"), verdict) == ("backend-canary",)
+    assert traffic.version_workloads(pinned("stable"), verdict) == ("backend",)
+    assert traffic.version_workloads(pinned(None), None) == ()
+    with pytest.raises(ValueError, match="no share of its route goes to that version"):
+        traffic.version_workloads(pinned("canary"), split_verdict(STABLE))
+    with pytest.raises(ValueError, match="pass the offline verdict"):
+        traffic.version_workloads(pinned("canary"), None)
+
+
+def test_every_row_pinned_to_a_version_names_workloads_the_e2e_overlay_runs():
+    deployments = {
+        doc["metadata"]["name"]
+        for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+        if doc["kind"] == "Deployment"
+    }
+    pinned_rows = traffic.rows_with(contract.load(), "version")
+    assert pinned_rows
+    for row in pinned_rows:
+        workloads = traffic.version_workloads(row, traffic.offline_verdict(row))
+        assert workloads and set(workloads) <= deployments, row.name
+
+
+@pytest.mark.parametrize(
+    ("pod", "holds"),
+    [("backend-canary-6c9f8d7b5-x2x7z", True), ("backend-6c9f8d7b5-x2x7z", False), ("", False)],
+)
+def test_a_pinned_version_is_judged_by_the_workload_of_the_answering_pod(e2e_settings, pod, holds):
+    row = pinned("canary")
+    probe = scenarios.Probe(row, scenarios.Client("shop", "web", True), workloads=("backend-canary",))
+    answer = scenarios.Answer(0, 200, f"Request served by {pod}\n" if pod else "")
+    held, seen = scenarios.judge(probe, answer, e2e_settings)
+    assert held is holds
+    assert "expected a pod of backend-canary" in seen
+
+
+def test_an_internet_probe_sends_the_rows_method_and_headers(e2e_settings, monkeypatch):
+    sent = {}
+
+    def send(method: str, *args: object) -> object:
+        sent.update(method=method, headers=args[-1])
+        raise requests.ConnectionError("not sent")
+
+    monkeypatch.setattr(tls, "send", send)
+    headers = (("x-canary", "always"),)
+    row = contract.Row(
+        "r", "internet", contract.Request(path="/api", method="POST", headers=headers), "reaches backend"
+    )
+    run = bringup.Bringup(commands.Tools("kind", "kubectl", "helm"), e2e_settings, [row])
+    check = bringup.probe_once(run, scenarios.probe_for(row, e2e_settings, {}), "ca.pem")
+    assert not check.holds and sent == {"method": "POST", "headers": headers}
+
+
+def test_an_internet_probe_takes_the_rows_headers(e2e_settings):
+    headers = (("x-canary", "always"),)
+    row = dataclasses.replace(pinned("canary"), request=contract.Request(path="/api", headers=headers))
+    probe = scenarios.probe_for(row, e2e_settings, {}, split_verdict(STABLE, CANARY))
+    assert (probe.path, probe.headers, probe.workloads) == ("/api", headers, ("backend-canary",))
+
+
+def test_an_observed_split_must_lie_within_the_bound_of_each_weight():
+    weights = {"backend": 75, "backend-canary": 25}
+    assert traffic.split_within_bound({"backend": 150, "backend-canary": 50}, weights, 200, 4.5) == []
+    # 4.5 standard deviations of binomial(200, 0.25) are 27.6 requests either side of 50.
+    assert traffic.split_within_bound({"backend": 123, "backend-canary": 77}, weights, 200, 4.5) == []
+    too_far = traffic.split_within_bound({"backend": 100, "backend-canary": 100}, weights, 200, 4.5)
+    assert len(too_far) == 2 and "backend (weight 75): 100 of 200, expected 150.0 ± 27.6" in too_far[0]
+    swapped = {"backend": 25, "backend-canary": 75}
+    assert len(traffic.split_within_bound({"backend": 150, "backend-canary": 50}, swapped, 200, 4.5)) == 2
+    stray = traffic.split_within_bound(
+        {"backend": 150, "backend-canary": 49, "other (status 503)": 1}, weights, 200, 4.5
+    )
+    assert stray == ["other (status 503): 1 of 200, not a workload of the split"]
+
+
+def route(timeout: str | None, attempts: int, per_try: str | None, on: str) -> resilience.RoutePolicy:
+    return resilience.RoutePolicy(timeout, resilience.Retries(attempts, per_try, frozenset(on.split(","))), "route")
+
+
+def test_the_gateway_gives_up_at_the_route_timeout_or_at_a_per_try_timeout_it_does_not_retry():
+    assert resilience.gives_up_after(route("15s", 2, "5s", "connect-failure,refused-stream,reset,503")) == 15
+    # Envoy retries a timed-out try only under reset, 5xx or gateway-error: otherwise the first one ends it.
+    assert resilience.gives_up_after(route("15s", 2, "5s", "connect-failure,refused-stream")) == 5
+    assert resilience.gives_up_after(route("15s", 2, "4s", "5xx")) == 12
+    assert (
+        resilience.gives_up_after(route("15s", 2, None, "connect-failure,refused-stream,unavailable,cancelled")) == 15
+    )
+    assert resilience.gives_up_after(route(None, 0, None, "")) == float("inf")
+
+
+def test_a_503_gets_through_as_often_as_the_retries_allow():
+    assert traffic.success_probability(route("15s", 2, "5s", "reset,503"), 0.3) == pytest.approx(1 - 0.3**3)
+    assert traffic.success_probability(route("15s", 2, "5s", "connect-failure,refused-stream"), 0.3) == pytest.approx(
+        0.7
+    )
+    assert traffic.success_probability(route("15s", 0, None, ""), 0.3) == pytest.approx(0.7)
+    # The bound the retries test uses separates the two: 200 GETs at 97.3% and at 70% cannot be confused.
+    assert traffic.binomial_problem("GET", 140, 200, 1 - 0.3**3, 4.5)
+    assert not traffic.binomial_problem("GET", 186, 200, 1 - 0.3**3, 4.5)
+    assert traffic.binomial_problem("POST", 97, 100, 0.7, 4.5)
+
+
+def test_access_log_lines_are_found_by_the_ids_the_test_sent():
+    text = (
+        '[2025-01-01T00:00:00.000Z] "GET /api/orders?e2e-request=a1 HTTP/1.1" 200 - via_upstream - "-" 0 10 3 2 '
+        '"-" "python-requests" "a1" "e2e.shop.example.com" "10.0.0.5:3000"\n'
+        '[2025-01-01T00:00:01.000Z] "GET /api/orders HTTP/1.1" 200 - via_upstream - "-" 0 10 3 2 "-" "-" "b2" "-" "-"\n'
+        '[2025-01-01T00:00:02.000Z] "GET /healthz HTTP/1.1" 200 - via_upstream - "-" 0 10 3 2 "-" "-" "c3" "-" "-"\n'
+    )
+    lines = traffic.log_lines_for(["a1", "b2"], text)
+    assert [line[1:25] for line in lines] == ["2025-01-01T00:00:00.000Z", "2025-01-01T00:00:01.000Z"]
+    assert traffic.log_lines_for([], text) == []
+
+
+def test_a_request_id_rides_in_the_query_and_a_fault_backend_serves_below_the_rows_path():
+    assert traffic.tagged("/api/orders", "a1") == "/api/orders?e2e-request=a1"
+    assert traffic.tagged("/api/orders?x=1", "a1") == "/api/orders?x=1&e2e-request=a1"
+    assert traffic.fault_prefix("/api/orders/") == "/api/orders"
+    assert traffic.fault_prefix("/") == ""
+
+
+def test_a_fault_backend_takes_the_replaced_workloads_place_and_nothing_else(e2e_settings):
+    live = next(
+        doc
+        for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == CANARY.workload
+    )
+    fault = traffic.fault_deployment(live, "/api/orders", e2e_settings, replicas=2)
+    template, own = fault["spec"]["template"], live["spec"]["template"]
+    assert fault["metadata"] == {"name": "e2e-fault-backend-canary", "namespace": live["metadata"]["namespace"]}
+    assert fault["spec"]["replicas"] == 2
+    # Its pods are selected by the Service and policies of the workload, but not by the workload's own selector's owner.
+    assert own["metadata"]["labels"].items() <= template["metadata"]["labels"].items()
+    assert fault["spec"]["selector"]["matchLabels"] == {traffic.FAULT_LABEL: "e2e-fault-backend-canary"}
+    assert template["metadata"]["labels"][settings.HARNESS_LABEL] == "true"
+    assert template["metadata"]["annotations"] == {settings.PROXY_CPU_ANNOTATION: e2e_settings.proxy_cpu}
+    assert template["spec"]["serviceAccountName"] == own["spec"]["serviceAccountName"]
+    (container,) = template["spec"]["containers"]
+    port = own["spec"]["containers"][0]["ports"][0]
+    assert container["image"] == settings.FAULT_IMAGE
+    assert container["ports"] == [{"name": port["name"], "containerPort": port["containerPort"]}]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env == {"PORT": str(port["containerPort"]), "PREFIX": "/api/orders", "MAX_DURATION": traffic.MAX_DELAY}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/api/orders/status/200", "port": port["name"]}
+
+
+def test_the_gitops_agent_is_paused_and_resumed_on_the_objects_it_reconciles():
+    apps = ["application.argoproj.io/root", "application.argoproj.io/apps"]
+    assert harness_gitops.pause_commands("argocd", apps, paused=True) == [
+        ["annotate", "--overwrite", *apps, "argocd.argoproj.io/skip-reconcile=true"]
+    ]
+    assert harness_gitops.pause_commands("argocd", apps, paused=False) == [
+        ["annotate", "--overwrite", *apps, "argocd.argoproj.io/skip-reconcile-"]
+    ]
+    assert harness_gitops.pause_commands("argocd", [], paused=True) == []
+    assert harness_gitops.pause_commands("flux", ["kustomization.kustomize.toolkit.fluxcd.io/apps"], paused=True) == [
+        ["patch", "kustomization.kustomize.toolkit.fluxcd.io/apps", "--type=merge", "-p", '{"spec": {"suspend": true}}']
+    ]
 
 
 # --- bring-up helpers, diagnostics, skip reasons ------------------------------------------------
@@ -390,6 +599,10 @@ def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_a
     assert len(rows) == len(contract.load())
     assert len([line for line in collected if "test_bringup.py::" in line]) == 5
     assert len([line for line in collected if "test_tls_acme.py::" in line]) == 2
+    internet = [row for row in contract.load() if row.caller == "internet"]
+    kinds = ("split", "version", "timeout", "retries", "circuit_breaking")
+    expected_traffic_tests = sum(len(traffic.rows_with(internet, kind)) for kind in kinds)
+    assert len([line for line in collected if "test_traffic_policy.py::" in line]) == expected_traffic_tests > 0
     assert collected[-1].startswith("e2e/test_tls_acme.py::")  # it switches the Gateway's certificate: last
 
 

@@ -161,7 +161,10 @@ def test_a_backend_request_timeout_without_retries_is_the_routes_timeout(rendere
     docs = rendered("staging")
     for rule in api_rules(docs):
         rule["timeouts"]["backendRequest"] = "2s"
-    assert "expected, HTTPRoute" in (line := broken_rows(docs)[row_named("a GET to")].line()) and "has 2s" in line
+    assert (
+        "expected, HTTPRoute" in (line := broken_rows(docs)[row_named("a GET to")].line())
+        and "gives up after 2s" in line
+    )
 
 
 def test_promoting_the_canary_is_one_line_in_the_overlay(tmp_path: Path):

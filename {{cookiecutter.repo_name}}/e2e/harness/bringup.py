@@ -370,6 +370,24 @@ class Bringup:
         finally:
             use(original)
 
+    @contextmanager
+    def gitops_paused(self) -> Iterator[None]:
+        """The GitOps agent that installed the cluster (if one did) leaves it alone for the duration: a test that
+        scales a Deployment down would otherwise see it back within seconds (Argo CD's selfHeal) or at Flux's
+        next sync."""
+        if not self.agent:
+            yield
+            return
+        namespace, resource = gitops.AGENTS[self.agent].namespace, gitops.AGENTS[self.agent].resource
+        names = self.kubectl("-n", namespace, "get", resource, "-o", "name").split()
+        for args in gitops.pause_commands(self.agent, names, paused=True):
+            self.kubectl("-n", namespace, *args)
+        try:
+            yield
+        finally:
+            for args in gitops.pause_commands(self.agent, names, paused=False):
+                self.kubectl("-n", namespace, *args)
+
     def ca_file(self, directory: Path) -> str:
         path = directory / "e2e-test-ca.pem"
         self.test_ca.cert_pem.write_to_path(str(path))
@@ -393,7 +411,10 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
     if probe.client is None:
         port = settings.https_node_port if probe.scheme == "https" else settings.http_node_port
         try:
-            response = tls.get(probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file)
+            method = probe.row.request.method
+            response = tls.send(
+                method, probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file, probe.headers
+            )
         except Exception as error:  # noqa: BLE001 - any transport error is an answer to judge, not a crash
             return Check(False, f"{type(error).__name__}: {error}")
         answer = scenarios.Answer(0, response.status_code, response.text, response.headers.get("location", ""))

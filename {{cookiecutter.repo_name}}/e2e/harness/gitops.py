@@ -6,6 +6,7 @@ the e2e entry point (clusters/<tool>/e2e) and waits until the agent reports the 
 """
 
 import ipaddress
+import json
 import shutil
 import socket
 import subprocess
@@ -129,6 +130,17 @@ AGENTS = {
     "argocd": Agent("argocd", "Application", "applications.argoproj.io"),
     "flux": Agent("flux-system", "Kustomization", "kustomizations.kustomize.toolkit.fluxcd.io"),
 }
+
+
+def pause_commands(tool: str, names: list[str], paused: bool) -> list[list[str]]:
+    """kubectl arguments that stop (or resume) the agent's reconciliation of the named objects: Argo CD skips an
+    Application annotated skip-reconcile (since v2.7); Flux skips a suspended Kustomization."""
+    if tool == "argocd":
+        annotation = "argocd.argoproj.io/skip-reconcile"
+        change = f"{annotation}=true" if paused else f"{annotation}-"
+        return [["annotate", "--overwrite", *names, change]] if names else []
+    patch = json.dumps({"spec": {"suspend": paused}})
+    return [["patch", name, "--type=merge", "-p", patch] for name in names]
 
 
 @dataclass(frozen=True)

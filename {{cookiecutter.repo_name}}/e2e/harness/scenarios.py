@@ -3,9 +3,11 @@
 import re
 from dataclasses import dataclass
 
+from e2e.harness import traffic
 from e2e.harness.commands import TIMED_OUT
 from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
 from repo_tools.contract import Newcomer, Row, caller_of
+from repo_tools.mesh import Verdict
 from repo_tools.resources import service_fqdn
 
 # A server without a sidecar next to the app: a plaintext client must reach it before "no answer" from
@@ -38,6 +40,9 @@ class Probe:
     path: str = "/"
     url: str = ""
     tcp: tuple[str, int] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    # The workloads whose pods may answer a row pinned to a version (from the offline verdict's shares).
+    workloads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,18 +67,20 @@ def service_port(services: dict[str, dict], to: str) -> tuple[str, int, bool]:
     return f"{to}.svc.cluster.local", port["port"], port.get("appProtocol") == "tcp"
 
 
-def probe_for(row: Row, settings: Settings, services: dict[str, dict]) -> Probe:
+def probe_for(row: Row, settings: Settings, services: dict[str, dict], verdict: Verdict | None = None) -> Probe:
+    """verdict: the offline one for the e2e overlay, needed by rows pinned to a version."""
     client = client_for(row, settings)
     request = row.request
+    workloads = traffic.version_workloads(row, verdict)
     if client is None:
-        return Probe(row, None, scheme=request.scheme, path=request.path)
+        return Probe(row, None, scheme=request.scheme, path=request.path, headers=request.headers, workloads=workloads)
     target = request.to
     if isinstance(target, Newcomer):
         target = f"{newcomer_name(target)}.{target.namespace}"
     host, port, tcp = service_port(services, str(target))
     if tcp:
         return Probe(row, client, tcp=(host, port))
-    return Probe(row, client, url=f"http://{host}:{port}{request.path}")
+    return Probe(row, client, url=f"http://{host}:{port}{request.path}", workloads=workloads)
 
 
 def newcomer_name(target: Newcomer) -> str:
@@ -107,7 +114,13 @@ def judge(probe: Probe, answer: Answer, settings: Settings) -> tuple[bool, str]:
     if expected.startswith("reaches "):
         workload = expected.removeprefix("reaches ")
         served_by = SERVED_BY.search(answer.body)
-        holds = answer.status == 200 and served_by is not None and served_by.group(1).startswith(f"{workload}-")
+        pod = served_by.group(1) if served_by else ""
+        if probe.workloads:
+            served = traffic.workload_of(pod, probe.workloads) is not None
+            seen += f", served by {pod or 'no pod'} (expected a pod of {' or '.join(probe.workloads)})"
+        else:
+            served = pod.startswith(f"{workload}-")
+        holds = answer.status == 200 and served
         if holds and probe.client is None:
             # Routed from the gateway: the workload's sidecar saw the gateway's mTLS identity.
             holds = f"URI=spiffe://{settings.gateway.principal}" in answer.body

@@ -28,12 +28,28 @@ def get(
     scheme: str, address: str, port: int, host: str, path: str, ca_file: str | None, timeout: float = 5.0
 ) -> requests.Response:
     """GET scheme://host{path}, sent to address:port; never follows redirects."""
+    return send("GET", scheme, address, port, host, path, ca_file, timeout=timeout)
+
+
+def send(
+    method: str,
+    scheme: str,
+    address: str,
+    port: int,
+    host: str,
+    path: str,
+    ca_file: str | None,
+    headers: tuple[tuple[str, str], ...] = (),
+    timeout: float = 5.0,
+) -> requests.Response:
+    """A request with extra headers to scheme://host{path}, sent to address:port; never follows redirects."""
     session = requests.Session()
     if scheme == "https":
         session.mount(f"https://{address}:{port}", HostnameAdapter(host))
-    return session.get(
+    return session.request(
+        method,
         f"{scheme}://{address}:{port}{path}",
-        headers={"Host": host},
+        headers={**dict(headers), "Host": host},
         verify=ca_file if scheme == "https" else True,
         allow_redirects=False,
         timeout=timeout,

@@ -1,0 +1,168 @@
+"""Traffic policy rows -> what the e2e run expects to see: which pods answer, in what shares, after how long, and
+how often a failing backend still gets through. Every expectation comes from the offline verdict for the e2e
+overlay (repo_tools.resilience), so the run checks Envoy against the model, not against a second guess."""
+
+import math
+import re
+from collections.abc import Iterable
+from functools import cache
+
+from e2e.harness.settings import FAULT_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
+from repo_tools import contract, kustomize, layout, resilience
+from repo_tools.contract import Row
+from repo_tools.mesh import Mesh, Verdict
+
+E2E_OVERLAY = "e2e"
+FAULT_LABEL = "e2e.fault"  # selects one fault Deployment's pods, which also carry the replaced workload's labels
+# Above the longest route timeout a repo may set (cookiecutter.json: api_timeout_seconds up to 300).
+MAX_DELAY = "10m"
+# Envoy retries a try that ran into its per-try timeout only under these conditions (router.cc
+# onPerTryTimeoutCommon -> RetryStateImpl::wouldRetryFromReset); under any other the request ends with 504 there.
+RETRIED_ON_503 = frozenset({"503", "5xx", "gateway-error"})
+# <Deployment>-<pod-template-hash>-<suffix>, or <StatefulSet>-<ordinal>.
+POD_OF_WORKLOAD = r"{workload}-(?:[a-z0-9]+-[a-z0-9]{{5}}|\d+)"
+
+
+@cache
+def e2e_mesh() -> tuple[Mesh, str]:
+    overlay = layout.overlays()[E2E_OVERLAY]
+    return Mesh(kustomize.build(overlay), layout.ingress_gateway()), layout.public_host(overlay)
+
+
+def offline_verdict(row: Row) -> Verdict:
+    """What the offline model says the e2e overlay does with the row's request."""
+    mesh, host = e2e_mesh()
+    return contract.evaluate(row, mesh, host)
+
+
+def rows_with(rows: list[Row], field: str) -> list[Row]:
+    """The rows whose traffic expectation sets `field` (version, split, timeout, retries, circuit_breaking)."""
+    return [row for row in rows if row.traffic is not None and getattr(row.traffic, field) is not None]
+
+
+def version_workloads(row: Row, verdict: Verdict | None) -> tuple[str, ...]:
+    """The workloads that may answer a row pinned to a version, from the verdict's shares; () for other rows."""
+    version = row.traffic.version if row.traffic else None
+    if version is None:
+        return ()
+    if verdict is None:
+        raise ValueError(f"{row.name!r} expects version {version}: pass the offline verdict to judge it")
+    shares = verdict.traffic.shares if verdict.traffic else ()
+    workloads = tuple(share.workload for share in shares if share.version == version and share.weight > 0)
+    if not workloads:
+        raise ValueError(
+            f"{row.name!r} expects version {version}, but in the {E2E_OVERLAY} overlay no share of its route goes "
+            f"to that version ({verdict.outcome}: {verdict.because})"
+        )
+    return workloads
+
+
+def belongs_to(pod: str, workload: str) -> bool:
+    """Is `pod` one of the workload's own pods? A prefix is not enough: backend-canary-... starts with backend-."""
+    return re.fullmatch(POD_OF_WORKLOAD.format(workload=re.escape(workload)), pod) is not None
+
+
+def workload_of(pod: str, workloads: Iterable[str]) -> str | None:
+    return next((workload for workload in workloads if belongs_to(pod, workload)), None)
+
+
+def binomial_problem(what: str, observed: int, n: int, share: float, sigmas: float) -> str:
+    """ "" when `observed` of `n` lies within `sigmas` standard deviations of a binomial(n, share), else why not."""
+    expected = n * share
+    bound = sigmas * math.sqrt(n * share * (1 - share))
+    if abs(observed - expected) <= bound:
+        return ""
+    return (
+        f"{what}: {observed} of {n}, expected {expected:.1f} ± {bound:.1f} "
+        f"({sigmas:g} standard deviations of a binomial with p = {share:.3f})"
+    )
+
+
+def split_within_bound(counts: dict[str, int], weights: dict[str, int], n: int, sigmas: float) -> list[str]:
+    """Problems with an observed split: each workload's count must lie within `sigmas` binomial standard
+    deviations of its weight's share of n, and nothing else may have answered."""
+    total = sum(weights.values())
+    problems = [
+        problem
+        for workload, weight in weights.items()
+        if (
+            problem := binomial_problem(
+                f"{workload} (weight {weight})", counts.get(workload, 0), n, weight / total, sigmas
+            )
+        )
+    ]
+    problems += [
+        f"{who}: {count} of {n}, not a workload of the split" for who, count in counts.items() if who not in weights
+    ]
+    return problems
+
+
+def success_probability(policy: resilience.RoutePolicy, failure_rate: float) -> float:
+    """The chance that a request gets 200 from a backend answering 503 at `failure_rate`, each try on its own."""
+    tries = policy.retries.attempts + 1 if policy.retries.on & RETRIED_ON_503 else 1
+    return 1 - failure_rate**tries
+
+
+def log_lines_for(request_ids: Iterable[str], text: str) -> list[str]:
+    """The access-log lines that carry one of the request ids (in x-request-id or in the tagged path)."""
+    ids = tuple(request_ids)
+    return [line for line in text.splitlines() if any(request_id in line for request_id in ids)]
+
+
+def tagged(path: str, request_id: str) -> str:
+    """The path with the request id in its query: access logs print the path, whatever becomes of x-request-id."""
+    return f"{path}{'&' if '?' in path else '?'}e2e-request={request_id}"
+
+
+def fault_prefix(path: str) -> str:
+    """Where a fault backend serves its routes for a row's path: go-httpbin's PREFIX, no trailing slash."""
+    return path.split("?", 1)[0].rstrip("/")
+
+
+def fault_name(workload: str) -> str:
+    return f"e2e-fault-{workload}"
+
+
+def fault_deployment(live: dict, prefix: str, settings: Settings, replicas: int) -> dict:
+    """go-httpbin in place of a live Deployment: pods with the same labels (so the same Services, DestinationRules
+    and AuthorizationPolicies apply), the same ServiceAccount and named port, serving its routes below `prefix`."""
+    name = fault_name(live["metadata"]["name"])
+    template = live["spec"]["template"]
+    port = template["spec"]["containers"][0]["ports"][0]
+    labels = template["metadata"]["labels"] | {
+        HARNESS_LABEL: "true",
+        FAULT_LABEL: name,
+        "sidecar.istio.io/inject": "true",
+    }
+    container = {
+        "name": "httpbin",
+        "image": FAULT_IMAGE,
+        "env": [
+            {"name": "PORT", "value": str(port["containerPort"])},
+            {"name": "PREFIX", "value": prefix},
+            {"name": "MAX_DURATION", "value": MAX_DELAY},
+        ],
+        "ports": [{"name": port["name"], "containerPort": port["containerPort"]}],
+        "readinessProbe": {"httpGet": {"path": f"{prefix}/status/200", "port": port["name"]}, "periodSeconds": 2},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec = {"serviceAccountName": template["spec"].get("serviceAccountName", "default"), "containers": [container]}
+    if "securityContext" in template["spec"]:  # e.g. the sysctl that lets a non-root process bind a low port
+        pod_spec["securityContext"] = template["spec"]["securityContext"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": live["metadata"]["namespace"]},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {FAULT_LABEL: name}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {PROXY_CPU_ANNOTATION: settings.proxy_cpu}},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,287 @@
+"""The API's traffic policy over real traffic, one test per kind of traffic row in contract.yaml: a weighted split
+shares the requests by weight, a pinned version serves every request, a backend slower than the route meets its
+timeout, and a failing one is retried as the route says. What to expect comes from the offline verdict for the
+e2e overlay; a failure shows the access-log lines of the requests the test sent (each carries its own id)."""
+
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import pytest
+import requests
+import yaml
+
+from e2e.harness import bringup, commands, scenarios, tls, traffic
+from e2e.harness.retry import Check, eventually
+from repo_tools import contract, resilience
+from repo_tools.contract import Row
+
+INTERNET_ROWS = [row for row in contract.load() if row.caller == "internet"]
+SIGMAS = 4.5  # a binomial count this far from its mean: about 1 run in 150,000 per count
+SPLIT_REQUESTS = 200
+VERSION_REQUESTS = 20
+# Each waits the whole timeout; fewer than the five failures in a row that eject a pod (outlierDetection).
+TIMEOUT_REQUESTS = 2
+TIMEOUT_MARGIN = 3.0  # seconds: TLS, the node port and scheduling on a busy 2-vCPU runner
+FAILURE_RATE = 0.3
+RETRIED_REQUESTS = 200
+CONTROL_REQUESTS = 100
+# A pod that answers 503 five times in a row is ejected for 30s; with two pods per version and maxEjectionPercent
+# 50 one always stays in, so an ejection moves requests to the other pod instead of failing them.
+FAULT_REPLICAS = 2
+LOG_FLUSH_SECONDS = 2.0  # Envoy flushes access logs to stdout once a second
+GATEWAY_API_RETRIES = (
+    "the Gateway API's standard channel has no retry field; Istio's default retries only requests that never "
+    "reached the backend"
+)
+
+
+@dataclass(frozen=True)
+class Sent:
+    request_id: str
+    status: int | None  # None: no answer, `detail` says why
+    body: str
+    seconds: float
+    detail: str = ""
+
+    @property
+    def pod(self) -> str:
+        served_by = scenarios.SERVED_BY.search(self.body) if self.status == 200 else None
+        return served_by.group(1) if served_by else ""
+
+    def line(self) -> str:
+        return f"{self.request_id}: status {self.status} after {self.seconds:.1f}s {self.pod or self.detail}".rstrip()
+
+
+def row_id(row: Row) -> str:
+    return row.name
+
+
+def send(harness, ca_file: str, row: Row, path: str = "", method: str = "", timeout: float = 10.0) -> Sent:
+    """The row's request (or another path or method on the same route), with an id of its own."""
+    request_id = str(uuid.uuid4())
+    s = harness.settings
+    port = s.https_node_port if row.request.scheme == "https" else s.http_node_port
+    headers = (*row.request.headers, ("x-request-id", request_id))
+    target = traffic.tagged(path or row.request.path, request_id)
+    started = time.monotonic()
+    try:
+        response = tls.send(
+            method or row.request.method,
+            row.request.scheme,
+            "127.0.0.1",
+            port,
+            s.host,
+            target,
+            ca_file,
+            headers,
+            timeout,
+        )
+    except requests.RequestException as error:
+        return Sent(request_id, None, "", time.monotonic() - started, f"{type(error).__name__}: {error}")
+    return Sent(request_id, response.status_code, response.text, time.monotonic() - started)
+
+
+def access_log(harness, namespace: str, selector: str, sent: list[Sent]) -> list[str]:
+    """The istio-proxy access-log lines of the selected pods that belong to the sent requests."""
+    time.sleep(LOG_FLUSH_SECONDS)
+    command = commands.kubectl(
+        harness.tools, "-n", namespace, "logs", "-l", selector, "-c", "istio-proxy", "--tail=-1", "--prefix"
+    )
+    output = commands.run([*command, "--max-log-requests=20"], timeout=60).stdout
+    return traffic.log_lines_for([request.request_id for request in sent], output)
+
+
+def gateway_log(harness, sent: list[Sent]) -> list[str]:
+    gateway = harness.settings.gateway
+    return access_log(harness, gateway.namespace, gateway.selector, sent)
+
+
+def shown(lines: list[str], title: str, limit: int = 30) -> str:
+    more = f", the last {limit}" if len(lines) > limit else ""
+    return f"\n{title}: {len(lines)} lines{more}\n" + "\n".join(lines[-limit:])
+
+
+def offline_traffic(row: Row) -> resilience.Traffic:
+    verdict = traffic.offline_verdict(row)
+    assert verdict.traffic is not None, f"offline, {row.name!r} has no traffic policy in e2e: {verdict.because}"
+    return verdict.traffic
+
+
+def offline_policy(row: Row) -> resilience.RoutePolicy:
+    policy = offline_traffic(row).policy
+    assert policy is not None, f"offline, {row.name!r} takes no route of the gateway in e2e"
+    return policy
+
+
+def same_route(row: Row, path: str, method: str = "") -> Row:
+    """The row with the test's path (and method), checked offline to reach the same workloads as the row."""
+    probe_row = replace(row, request=replace(row.request, path=path, method=method or row.request.method))
+    wanted, got = traffic.offline_verdict(row), traffic.offline_verdict(probe_row)
+    shares = [verdict.traffic.shares if verdict.traffic else () for verdict in (wanted, got)]
+    assert (got.outcome, shares[1]) == (wanted.outcome, shares[0]), (
+        f"offline, {probe_row.request.method} {path} does not go where {row.name!r} goes: {got.because}"
+    )
+    return probe_row
+
+
+def warm_up(harness, ca_file: str, row: Row) -> None:
+    """The row holds as the contract test checks it, so that what follows measures the policy, not a late push."""
+    probe = scenarios.probe_for(row, harness.settings, {}, traffic.offline_verdict(row))
+    bringup.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))
+
+
+def only_fault_pods_answer(harness, ca_file: str, row: Row, prefix: str) -> Check:
+    answer = send(harness, ca_file, row, f"{prefix}/status/418")
+    return Check(answer.status == 418, f"{answer.line()} (the replaced pods answer 200, go-httpbin 418)")
+
+
+@contextmanager
+def faults_in_place_of(harness, ca_file: str, row: Row, prefix: str, replicas: int) -> Iterator[None]:
+    """go-httpbin instead of every workload the row's route shares its requests with, for the duration."""
+    namespace = harness.settings.app_namespace
+    workloads = sorted({share.workload for share in offline_traffic(row).shares})
+    with harness.gitops_paused():
+        live = {
+            workload: json.loads(harness.kubectl("-n", namespace, "get", "deployment", workload, "-o", "json"))
+            for workload in workloads
+        }
+        faults = [
+            traffic.fault_deployment(live[workload], prefix, harness.settings, replicas) for workload in workloads
+        ]
+        try:
+            harness.apply(yaml.safe_dump_all(faults))
+            for workload in workloads:
+                commands.run_checked(commands.rollout_status(harness.tools, namespace, traffic.fault_name(workload)))
+                harness.kubectl("-n", namespace, "scale", f"deployment/{workload}", "--replicas=0")
+            for workload in workloads:
+                own = ",".join(
+                    f"{key}={value}" for key, value in live[workload]["spec"]["selector"]["matchLabels"].items()
+                )
+                selector = f"{own},!{traffic.FAULT_LABEL}"
+
+                def gone(selector: str = selector) -> Check:
+                    left = harness.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "name").split()
+                    return Check(not left, f"still running: {', '.join(left)}")
+
+                eventually(gone, timeout=120, interval=2, consecutive=1)
+            # The gateway hears of the removed endpoints a moment later.
+            eventually(lambda: only_fault_pods_answer(harness, ca_file, row, prefix), timeout=60, consecutive=10)
+            yield
+        finally:
+            fault_names = [traffic.fault_name(workload) for workload in workloads]
+            harness.kubectl("-n", namespace, "delete", "deployment", *fault_names, "--ignore-not-found", "--wait")
+            for workload in workloads:
+                replicas_before = str(live[workload]["spec"].get("replicas", 1))
+                harness.kubectl("-n", namespace, "scale", f"deployment/{workload}", f"--replicas={replicas_before}")
+                commands.run_checked(commands.rollout_status(harness.tools, namespace, workload))
+
+
+@pytest.mark.parametrize("row", traffic.rows_with(INTERNET_ROWS, "split"), ids=row_id)
+def test_a_weighted_split_shares_the_requests_by_weight(row, harness, ca_file):
+    weights = {share.workload: share.weight for share in offline_traffic(row).shares}
+    warm_up(harness, ca_file, row)
+    sent = [send(harness, ca_file, row) for _ in range(SPLIT_REQUESTS)]
+    counts = Counter(
+        traffic.workload_of(request.pod, weights) or f"other ({request.pod or f'status {request.status}'})"
+        for request in sent
+    )
+    problems = traffic.split_within_bound(dict(counts), weights, SPLIT_REQUESTS, SIGMAS)
+    assert not problems, (
+        f"{SPLIT_REQUESTS} requests to {row.request.path}, each workload within {SIGMAS:g} binomial standard "
+        f"deviations of its weight: {'; '.join(problems)}\ncounts: {dict(counts)}\n"
+        f"pods: {dict(Counter(request.pod for request in sent))}" + shown(gateway_log(harness, sent), "gateway")
+    )
+
+
+@pytest.mark.parametrize("row", traffic.rows_with(INTERNET_ROWS, "version"), ids=row_id)
+def test_a_pinned_version_serves_every_request(row, harness, ca_file):
+    workloads = traffic.version_workloads(row, traffic.offline_verdict(row))
+    warm_up(harness, ca_file, row)
+    sent = [send(harness, ca_file, row) for _ in range(VERSION_REQUESTS)]
+    strays = [request for request in sent if request.status != 200 or not traffic.workload_of(request.pod, workloads)]
+    assert not strays, (
+        f"{len(strays)} of {VERSION_REQUESTS} requests to {row.request.path} with {dict(row.request.headers)} were "
+        f"not answered by a pod of {' or '.join(workloads)}:\n"
+        + "\n".join(request.line() for request in strays)
+        + shown(gateway_log(harness, strays), "gateway")
+    )
+
+
+@pytest.mark.parametrize("row", traffic.rows_with(INTERNET_ROWS, "timeout"), ids=row_id)
+def test_a_backend_slower_than_the_route_gets_504_in_time(row, harness, ca_file):
+    policy = offline_policy(row)
+    gives_up = resilience.gives_up_after(policy)
+    assert gives_up < math.inf, f"offline, {policy.where} never times out ({policy.describe()})"
+    prefix = traffic.fault_prefix(row.request.path)
+    path = f"{prefix}/delay/{gives_up + 2 * TIMEOUT_MARGIN:g}"
+    same_route(row, path)
+    warm_up(harness, ca_file, row)
+    with faults_in_place_of(harness, ca_file, row, prefix, replicas=1):
+        sent = [
+            send(harness, ca_file, row, path, timeout=gives_up + 2 * TIMEOUT_MARGIN) for _ in range(TIMEOUT_REQUESTS)
+        ]
+    in_time = [
+        request.status == 504 and gives_up - 0.5 <= request.seconds <= gives_up + TIMEOUT_MARGIN for request in sent
+    ]
+    late = [request for request, held in zip(sent, in_time, strict=True) if not held]
+    assert not late, (
+        f"{policy.where} ({policy.describe()}) should answer 504 after {gives_up:g}s (+{TIMEOUT_MARGIN:g}s) when the "
+        f"backend takes longer; GET {path}:\n"
+        + "\n".join(request.line() for request in late)
+        + shown(gateway_log(harness, sent), "gateway")
+    )
+
+
+@pytest.mark.parametrize("row", traffic.rows_with(INTERNET_ROWS, "retries"), ids=row_id)
+def test_a_failing_backend_is_retried_as_the_route_says(row, harness, ca_file):
+    """Requests to pods that answer 503 at FAILURE_RATE get through as often as the route's retries allow; in the
+    same run, the other kind of method (POST for a GET row), which the routes retry differently, shows the contrast."""
+    if harness.settings.gateway.gateway_api:
+        pytest.skip(GATEWAY_API_RETRIES)
+    prefix = traffic.fault_prefix(row.request.path)
+    path = f"{prefix}/status/200:{1 - FAILURE_RATE:g},503:{FAILURE_RATE:g}"
+    subject = same_route(row, path)
+    # The control: the other kind of method, which the routes treat the other way (a POST for a GET row).
+    control = same_route(row, path, "POST" if row.request.method in resilience.IDEMPOTENT_METHODS else "GET")
+    warm_up(harness, ca_file, row)
+    with faults_in_place_of(harness, ca_file, row, prefix, FAULT_REPLICAS):
+        runs = [
+            (probe_row, [send(harness, ca_file, probe_row, path) for _ in range(count)])
+            for probe_row, count in ((subject, RETRIED_REQUESTS), (control, CONTROL_REQUESTS))
+        ]
+        tries = [access_log(harness, harness.settings.app_namespace, traffic.FAULT_LABEL, sent) for _, sent in runs]
+    problems, evidence = [], []
+    for (probe_row, sent), logged in zip(runs, tries, strict=True):
+        policy, method = offline_policy(probe_row), probe_row.request.method
+        answered = sum(request.status == 200 for request in sent)
+        expected = traffic.success_probability(policy, FAILURE_RATE)
+        problems.append(
+            traffic.binomial_problem(
+                f"{method} answered 200 ({policy.describe()})", answered, len(sent), expected, SIGMAS
+            )
+        )
+        if policy.retries.on & traffic.RETRIED_ON_503 and len(logged) <= len(sent):
+            problems.append(f"the fault pods logged {len(logged)} tries of {len(sent)} {method}s: none retried")
+        evidence.append(shown(logged, f"fault pods' sidecars, {method} tries"))
+    problems = [problem for problem in problems if problem]
+    every_request = [request for _, sent in runs for request in sent]
+    assert not problems, (
+        f"{path}, 503 at {FAILURE_RATE:.0%} per try, bound {SIGMAS:g} binomial standard deviations: "
+        + "; ".join(problems)
+        + "".join(evidence)
+        + shown(gateway_log(harness, every_request), "gateway")
+    )
+
+
+@pytest.mark.parametrize("row", traffic.rows_with(INTERNET_ROWS, "circuit_breaking"), ids=row_id)
+def test_a_failing_pod_is_ejected(row, harness):  # harness first: without a cluster, the suite's own skip or CI failure
+    pytest.skip(
+        "not staged on kind yet: ejection needs one pod of a version failing while another answers; the offline "
+        "check holds every Service the route reaches to a DestinationRule with connectionPool and outlierDetection"
+    )
