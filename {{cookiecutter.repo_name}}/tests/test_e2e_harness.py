@@ -452,15 +452,16 @@ def test_a_fault_backend_takes_the_replaced_workloads_place_and_nothing_else(e2e
     live = next(
         doc
         for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
-        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == CANARY.workload
+        if doc["kind"] == "Deployment" and doc["spec"]["template"]["metadata"]["labels"].get("version") == "canary"
     )
+    name = traffic.fault_name(live["metadata"]["name"])
     fault = traffic.fault_deployment(live, "/api/orders", e2e_settings, replicas=2)
     template, own = fault["spec"]["template"], live["spec"]["template"]
-    assert fault["metadata"] == {"name": "e2e-fault-backend-canary", "namespace": live["metadata"]["namespace"]}
+    assert fault["metadata"] == {"name": name, "namespace": live["metadata"]["namespace"]}
     assert fault["spec"]["replicas"] == 2
     # Its pods are selected by the Service and policies of the workload, but not by the workload's own selector's owner.
     assert own["metadata"]["labels"].items() <= template["metadata"]["labels"].items()
-    assert fault["spec"]["selector"]["matchLabels"] == {traffic.FAULT_LABEL: "e2e-fault-backend-canary"}
+    assert fault["spec"]["selector"]["matchLabels"] == {traffic.FAULT_LABEL: name}
     assert template["metadata"]["labels"][settings.HARNESS_LABEL] == "true"
     assert template["metadata"]["annotations"] == {settings.PROXY_CPU_ANNOTATION: e2e_settings.proxy_cpu}
     assert template["spec"]["serviceAccountName"] == own["spec"]["serviceAccountName"]

@@ -68,13 +68,15 @@ def test_post_retried_on_every_5xx_is_caught_by_rule_and_row(rendered):
 def test_a_per_try_timeout_above_the_routes_timeout_is_caught_by_rule_and_row(rendered):
     docs = rendered("staging")
     for rule in api_rules(docs):
+        timeout = rule["timeouts"]["request"] if GATEWAY_API else rule["timeout"]
+        too_long = f"{int(resilience.seconds(timeout)) * 2}s"
         if GATEWAY_API:
             rule["retry"] = {"attempts": 2}
-            rule["timeouts"]["backendRequest"] = "30s"
+            rule["timeouts"]["backendRequest"] = too_long
         else:
-            rule["retries"]["perTryTimeout"] = "30s"
+            rule["retries"] = {"attempts": 2, "perTryTimeout": too_long, "retryOn": "connect-failure"}
     problems = resilience.retries_fit_the_timeout(docs, ingress_gateway())
-    assert problems and all("per-try timeout 30s is not below" in problem for problem in problems)
+    assert problems and all(f"per-try timeout {too_long} is not below" in problem for problem in problems)
     assert row_named("a GET to") in broken_rows(docs)
 
 
