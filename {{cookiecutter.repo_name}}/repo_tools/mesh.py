@@ -18,7 +18,6 @@ meshed namespaces and the gateway's (invariants.network_policies_fence_the_names
 which every row's caller is in; the e2e suite exercises them for real.
 """
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ from repo_tools.resilience import (
     traffic_policy,
     virtual_service_policy,
 )
-from repo_tools.resources import Unmodelled, describe, principal, selects, service_fqdn
+from repo_tools.resources import Unmodelled, describe, principal, selects, service_fqdn, string_match
 
 ROOT_NAMESPACE = "istio-system"
 HTTP_ONLY_OPERATION_FIELDS = {"paths", "notPaths", "methods", "notMethods", "hosts", "notHosts"}
@@ -456,19 +455,6 @@ def host_matches(pattern: str, host: str) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:])
     return pattern == host
-
-
-def string_match(spec: dict, value: str, ignore_case: bool = False) -> bool:
-    if ignore_case:
-        value = value.lower()
-        spec = {k: v.lower() if k != "regex" else v for k, v in spec.items()}
-    if "exact" in spec:
-        return value == spec["exact"]
-    if "prefix" in spec:
-        return value.startswith(spec["prefix"])
-    if "regex" in spec:
-        return re.fullmatch(spec["regex"], value) is not None
-    raise Unmodelled(f"string match {spec}")
 
 
 def rewritten(rule: dict, path: str, condition: dict) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from repo_tools.layout import IngressGateway
-from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind, service_fqdn
+from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind, service_fqdn, string_match
 
 # Methods that may repeat without repeating a change (RFC 9110 safe methods).
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -214,7 +214,7 @@ def route_policies(docs: list[dict]) -> Iterator[tuple[RoutePolicy, set[str], li
                 method
                 for condition in rule.get("match") or [{}]
                 for method in METHODS
-                if "method" not in condition or string_matches(condition["method"], method)
+                if "method" not in condition or string_match(condition["method"], method)
             }
             destinations = [
                 (service_fqdn(entry["destination"]["host"], namespace_of(vs)), entry.get("weight", 100))
@@ -240,16 +240,6 @@ def route_policies(docs: list[dict]) -> Iterator[tuple[RoutePolicy, set[str], li
                 for ref in rule["backendRefs"]
             ]
             yield policy, methods, destinations
-
-
-def string_matches(spec: dict, value: str) -> bool:
-    if "exact" in spec:
-        return value == spec["exact"]
-    if "prefix" in spec:
-        return value.startswith(spec["prefix"])
-    if "regex" in spec:
-        return re.fullmatch(spec["regex"], value) is not None
-    raise Unmodelled(f"string match {spec}")
 
 
 def retries_never_repeat_a_change(docs: list[dict], gateway: IngressGateway) -> list[str]:

@@ -1,7 +1,9 @@
 """The ground floor every rule stands on: how a resource is named in a message, found by kind and matched by
-labels, and how Istio names a workload's identity and a Service's host. It imports nothing, so the mesh
+labels, how Istio names a workload's identity and a Service's host, and how its StringMatch compares. It imports
+nothing of the repo's, so the mesh
 model and the rules load without any schema tooling."""
 
+import re
 from collections.abc import Iterable, Iterator
 
 TRUST_DOMAIN = "cluster.local"
@@ -50,3 +52,16 @@ def service_fqdn(host: str, namespace: str) -> str:
     """A Service host as Istio reads it: short names and name.namespace resolve from `namespace`."""
     name, _, rest = host.partition(".")
     return f"{name}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
+
+
+def string_match(spec: dict, value: str, ignore_case: bool = False) -> bool:
+    if ignore_case:
+        value = value.lower()
+        spec = {k: v.lower() if k != "regex" else v for k, v in spec.items()}
+    if "exact" in spec:
+        return value == spec["exact"]
+    if "prefix" in spec:
+        return value.startswith(spec["prefix"])
+    if "regex" in spec:
+        return re.fullmatch(spec["regex"], value) is not None
+    raise Unmodelled(f"string match {spec}")
