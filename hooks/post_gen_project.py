@@ -31,8 +31,11 @@ def remove_other_ingress_api() -> None:
             "apps/base/gateway/virtualservice.yaml",
             "infrastructure/istio-gateway",
             "infrastructure/istiod/ingress-class.yaml",
-            "infrastructure/components",
-            "infrastructure/flux/components",
+            *(
+                f"infrastructure/{flux}components/{component}"
+                for flux in ("", "flux/")
+                for component in ("gateway-high-availability", "kind-node-ports")
+            ),
         )
     else:
         remove(

@@ -37,6 +37,13 @@ GATEWAY_API_RELEASE_URL = (
 GATEWAY_API_RELEASE = re.compile(
     re.escape(GATEWAY_API_RELEASE_URL).replace(re.escape("{version}"), r"(?P<version>v[^/\s]+)")
 )
+# Istio's sample add-ons at a release tag, as components/observability-addons lists them.
+ISTIO_ADDON_URL = "https://raw.githubusercontent.com/istio/istio/{version}/samples/addons/{addon}.yaml"
+ISTIO_ADDON = re.compile(
+    re.escape(ISTIO_ADDON_URL)
+    .replace(re.escape("{version}"), r"(?P<version>[^/\s]+)")
+    .replace(re.escape("{addon}"), r"(?P<addon>[a-z-]+)")
+)
 ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
 # (release, namespace) each recording was made with: see the fixtures' README.
 RECORDED_RELEASES = {

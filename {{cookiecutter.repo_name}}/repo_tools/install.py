@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from repo_tools import REPO_ROOT, kustomize, read_env_file
-from repo_tools.charts import GATEWAY_API_RELEASE
+from repo_tools.charts import GATEWAY_API_RELEASE, ISTIO_ADDON
 from repo_tools.layout import IngressGateway
 
 ISTIO_CHARTS = "https://istio-release.storage.googleapis.com/charts"
@@ -122,6 +122,27 @@ def gateway_api_releases(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
     ]
 
 
+def istio_addons(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
+    """(component, version) of every Istio sample add-on the install layer's components list."""
+    return [
+        (kustomization, match["version"])
+        for kustomization in sorted((root / "infrastructure" / "components").glob("*/kustomization.yaml"))
+        for resource in read_yaml(kustomization).get("resources", [])
+        if (match := ISTIO_ADDON.fullmatch(str(resource)))
+    ]
+
+
+def addon_problems(root: Path = REPO_ROOT) -> list[str]:
+    """The add-ons come from the Istio release the repo installs, so their dashboards read its metrics."""
+    pinned = read_env_file(root / "versions.env")["ISTIO_VERSION"]
+    return [
+        f"{path.relative_to(root)}: an Istio add-on from {version}; take it from {pinned} (ISTIO_VERSION in "
+        "versions.env), or run python -m repo_tools.install"
+        for path, version in istio_addons(root)
+        if version != pinned
+    ]
+
+
 def gateway_identity_problems(gateway: IngressGateway, root: Path = REPO_ROOT) -> list[str]:
     """With the Gateway API, its CRDs are installed at the pinned version and istiod deploys the gateway; else the
     gateway chart installs the ServiceAccount, namespace and pod label the apps layer trusts."""
@@ -191,8 +212,8 @@ def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path 
 
 
 def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
-    """Rewrite every chart version (helmCharts and Flux HelmReleases) and the Gateway API CRDs' release to
-    versions.env; returns the changed files."""
+    """Rewrite every chart version (helmCharts and Flux HelmReleases), the Gateway API CRDs' release and the
+    Istio add-ons' release to versions.env; returns the changed files."""
     versions = read_env_file(root / "versions.env")
     replacements: dict[Path, list[tuple[str, str]]] = {}
     for chart in charts(root):
@@ -214,6 +235,11 @@ def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
         if version != versions.get("GATEWAY_API_VERSION", version):
             replacements.setdefault(kustomization, []).append(
                 (f"/download/{version}/", f"/download/{versions['GATEWAY_API_VERSION']}/")
+            )
+    for component, version in istio_addons(root):
+        if version != versions["ISTIO_VERSION"]:
+            replacements.setdefault(component, []).append(
+                (f"/istio/istio/{version}/", f"/istio/istio/{versions['ISTIO_VERSION']}/")
             )
     for path, pairs in replacements.items():
         text = path.read_text()

@@ -88,6 +88,20 @@ def test_the_gateway_api_crds_are_installed_once_at_the_pinned_version(gateway, 
     assert install.gateway_identity_problems(gateway, repo_copy) == []
 
 
+def test_the_observability_add_ons_come_from_the_pinned_istio_release_and_follow_it(repo_copy: Path):
+    pinned = VERSIONS["ISTIO_VERSION"]
+    assert [version for _, version in install.istio_addons()] == [pinned] * 3
+    assert install.addon_problems() == []
+    versions = repo_copy / "versions.env"
+    versions.write_text(versions.read_text().replace(f"ISTIO_VERSION={pinned}", "ISTIO_VERSION=1.31.2"))
+    problems = install.addon_problems(repo_copy)
+    assert len(problems) == 3 and all(f"from {pinned}; take it from 1.31.2" in problem for problem in problems)
+    assert "observability-addons" in {path.parent.name for path in install.pin_versions(repo_copy)}
+    assert install.addon_problems(repo_copy) == []
+    # Not in any environment by default: building it needs the network.
+    assert not any("observability-addons" in gitops.environment_components(name) for name in layout.overlays())
+
+
 def test_only_the_e2e_environment_exposes_the_gateway_on_fixed_node_ports(monkeypatch, tmp_path):
     environments = sorted(layout.overlays())
     assert [name for name in environments if "kind-node-ports" in gitops.environment_components(name)] == ["e2e"]
