@@ -184,7 +184,7 @@ class Mesh:
         subset_labels, policy = resolved
         try:
             workload, port = self.workload_for(
-                destination.service, destination.port, None, destination.namespace, subset_labels
+                destination.service, destination.port, destination.namespace, subset_labels
             )
         except NoEndpoints as missing:
             return Verdict("status 503", f"{missing}: no healthy upstream, Istio answers 503"), None
@@ -396,9 +396,9 @@ class Mesh:
     # --- services and workloads ----------------------------------------------------------------
 
     def workload_for(
-        self, host: str, port: int | None, vs: dict | None, namespace: str = "", subset_labels: dict | None = None
+        self, host: str, port: int | None, namespace: str, subset_labels: dict | None = None
     ) -> tuple[Workload, int]:
-        namespace = namespace or (vs["metadata"].get("namespace", "") if vs else "")
+        """The workload behind a Service host (read in `namespace`), and the container port the Service port targets."""
         name, service_namespace = service_fqdn(host, namespace).split(".")[:2]
         service = next(
             (
