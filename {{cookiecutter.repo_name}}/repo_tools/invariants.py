@@ -510,6 +510,7 @@ CHECKS: dict[str, Check] = {
         resilience.retries_fit_the_timeout,
         resilience.splits_add_up,
         resilience.services_have_circuit_breakers,
+        resilience.versions_run_alike,
     )
 }
 # The base is not deployed on its own: each overlay adds the Issuer for its environment.

@@ -20,7 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from repo_tools.layout import IngressGateway
-from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind, service_fqdn, string_match
+from repo_tools.resources import (
+    Unmodelled,
+    describe,
+    name_of,
+    namespace_of,
+    of_kind,
+    pod_labels,
+    service_fqdn,
+    string_match,
+)
 
 # Methods that may repeat without repeating a change (RFC 9110 safe methods).
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -104,6 +113,8 @@ def parse_retry_on(text: str) -> frozenset[str]:
 
 
 ISTIO_DEFAULT_RETRIES = Retries(2, None, parse_retry_on(ISTIO_DEFAULT_RETRY_ON))
+# What Istio retries on for an HTTPRoute's retry stanza, besides its codes (conversion.go).
+RETRY_STANZA_CONDITIONS = frozenset({"connect-failure", "refused-stream", "unavailable", "cancelled"})
 
 
 def retries_of(stanza: dict | None) -> Retries:
@@ -130,7 +141,7 @@ def http_route_policy(http_route: dict, rule: dict, name: str) -> RoutePolicy:
     codes = {str(code) for code in retry.get("codes") or []}
     attempts = int(retry.get("attempts", 2))
     retries = (
-        Retries(attempts, timeouts.get("backendRequest"), frozenset({"connect-failure", "refused-stream"}) | codes)
+        Retries(attempts, timeouts.get("backendRequest"), RETRY_STANZA_CONDITIONS | codes)
         if attempts
         else Retries(0, None, frozenset())
     )
@@ -285,6 +296,27 @@ def splits_add_up(docs: list[dict], gateway: IngressGateway) -> list[str]:
         for policy, _, destinations in route_policies(docs)
         if len(destinations) > 1 and sum(weight for _, weight in destinations) != 100
     ]
+
+
+def versions_run_alike(docs: list[dict], gateway: IngressGateway) -> list[str]:
+    """The versions of one app (stable, canary) get the same settings: the same environment variable names in
+    each container, so that a request the split sends to either finds what it needs."""
+    problems = []
+    first_of_app: dict[tuple[str, str], dict] = {}
+    for workload in of_kind(docs, "Deployment"):
+        app = (namespace_of(workload), pod_labels(workload).get("app", name_of(workload)))
+        first = first_of_app.setdefault(app, workload)
+        if first is not workload and env_names(first) != env_names(workload):
+            problems.append(
+                f"{describe(workload)}: environment {env_names(workload)} differs from {describe(first)}'s "
+                f"{env_names(first)}; a patch that targets one version by name misses the other"
+            )
+    return problems
+
+
+def env_names(workload: dict) -> list[list[str]]:
+    containers = workload["spec"]["template"]["spec"].get("containers", [])
+    return [sorted(entry["name"] for entry in container.get("env") or []) for container in containers]
 
 
 def services_have_circuit_breakers(docs: list[dict], gateway: IngressGateway) -> list[str]:

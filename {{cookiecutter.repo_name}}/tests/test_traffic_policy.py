@@ -186,3 +186,15 @@ def test_promoting_the_canary_is_one_line_in_the_overlay(tmp_path: Path):
         ("stable", 0),
         ("canary", 100),
     ]
+
+
+def test_a_setting_given_to_one_version_only_is_caught(rendered):
+    docs = rendered("staging")
+    stable = next(
+        doc
+        for doc in docs
+        if doc["kind"] == "Deployment" and doc["spec"]["template"]["metadata"]["labels"].get("version") == "stable"
+    )
+    stable["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "FEATURE_FLAGS", "value": "on"}]
+    problems = resilience.versions_run_alike(docs, ingress_gateway())
+    assert len(problems) == 1 and "a patch that targets one version by name misses the other" in problems[0]

@@ -1,9 +1,11 @@
 """Bring a kind cluster to the state the repo declares, phase by phase, each phase timed and logged."""
 
+import dataclasses
 import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ import requests
 import trustme
 import yaml
 
-from e2e.harness import acme, commands, gitops, scenarios, tls
+from e2e.harness import acme, commands, gitops, scenarios, tls, traffic
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
@@ -406,8 +408,14 @@ def pods_missing_proxy(pods: list[dict]) -> list[str]:
 
 
 def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
-    """Send one row's request and judge it."""
+    """Send one row's request, tagged with its own id for the access logs, and judge it."""
     settings = bringup.settings
+    request_id = f"e2e-{uuid.uuid4().hex[:16]}"
+    # In the query: the access logs print it, and neither routes nor policies match on it.
+    probe = dataclasses.replace(
+        probe, path=traffic.tagged(probe.path, request_id), url=probe.url and traffic.tagged(probe.url, request_id)
+    )
+    tagged = f" [request {request_id}: grep the diagnostics bundle's logs/ for it]"
     if probe.client is None:
         port = settings.https_node_port if probe.scheme == "https" else settings.http_node_port
         try:
@@ -416,11 +424,15 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
                 method, probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file, probe.headers
             )
         except Exception as error:  # noqa: BLE001 - any transport error is an answer to judge, not a crash
-            return Check(False, f"{type(error).__name__}: {error}")
+            return Check(False, f"{type(error).__name__}: {error}{tagged}")
         answer = scenarios.Answer(0, response.status_code, response.text, response.headers.get("location", ""))
     else:
         command = commands.exec_in(
-            bringup.tools, probe.client.namespace, probe.client.name, "curl", scenarios.client_command(probe)
+            bringup.tools,
+            probe.client.namespace,
+            probe.client.name,
+            "curl",
+            scenarios.client_command(probe),
         )
         result = commands.run(command, timeout=30)
         answer = (
@@ -429,7 +441,7 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
             else scenarios.Answer(result.returncode, None, result.stdout)
         )
     holds, seen = scenarios.judge(probe, answer, settings)
-    return Check(holds, seen)
+    return Check(holds, seen + tagged)
 
 
 def positive_control(bringup: Bringup, client: scenarios.Client) -> Check:

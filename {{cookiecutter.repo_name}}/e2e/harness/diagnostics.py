@@ -9,7 +9,7 @@ from e2e.harness import commands
 from e2e.harness.commands import Tools
 from repo_tools.layout import IngressGateway
 
-ISTIO_KINDS = "virtualservices,destinationrules,authorizationpolicies,peerauthentications"
+ISTIO_KINDS = "virtualservices,destinationrules,authorizationpolicies,peerauthentications,telemetries"
 GATEWAY_KINDS = {
     True: "gateways.gateway.networking.k8s.io,httproutes,referencegrants",
     False: "gateways.networking.istio.io",
