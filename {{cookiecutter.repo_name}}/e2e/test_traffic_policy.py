@@ -1,7 +1,8 @@
-"""The API's traffic policy over real traffic, one test per kind of traffic row in contract.yaml: a weighted split
-shares the requests by weight, a pinned version serves every request, a backend slower than the route meets its
-timeout, and a failing one is retried as the route says. What to expect comes from the offline verdict for the
-e2e overlay; a failure shows the access-log lines of the requests the test sent (each carries its own id)."""
+"""The API's traffic policy over real traffic: per traffic row of contract.yaml, a weighted split shares the
+requests by weight, a pinned version serves every request, a backend slower than the route meets its timeout, and a
+failing one is retried as the route says; for the rows' circuit breaking, a pod that keeps failing is ejected. What
+to expect comes from the offline verdict for the e2e overlay; a failure shows the access-log lines of the requests
+the test sent (each carries its own id)."""
 
 import json
 import math
@@ -22,7 +23,10 @@ from repo_tools import contract, resilience
 from repo_tools.contract import Row
 
 INTERNET_ROWS = [row for row in contract.load() if row.caller == "internet"]
-SIGMAS = 4.5  # a binomial count this far from its mean: about 1 run in 150,000 per count
+# How far a binomial count may stray from its mean. By the exact binomial tails, a correct repo fails about 1 run
+# in 100,000 per count for the split (p = 0.75) and the POST control (p = 0.7), but about 1 in 8,000 for 200 retried
+# GETs (p = 0.973, where the normal approximation behind this bound is poor).
+SIGMAS = 4.5
 SPLIT_REQUESTS = 200
 VERSION_REQUESTS = 20
 # Each waits the whole timeout; fewer than the five failures in a row that eject a pod (outlierDetection).
@@ -35,6 +39,14 @@ CONTROL_REQUESTS = 100
 # 50 one always stays in, so an ejection moves requests to the other pod instead of failing them.
 FAULT_REPLICAS = 2
 LOG_FLUSH_SECONDS = 2.0  # Envoy flushes access logs to stdout once a second
+EJECTED_VERSION = "stable"
+# Expected near 13 for the e2e overlay (the failing pod answers 3/8 of them); 100 leave it no way to hide.
+BEFORE_EJECTION_LIMIT = 100
+# Envoy ejects on the main thread a moment after the fifth 503 passes through on a worker.
+EJECTION_SETTLE_SECONDS = 1.0
+LUCK = 1e-6  # the chance that every request after the ejection succeeds though nothing ejected the failing pod
+# At a fraction of a second each on a busy runner, well inside the 30s an ejection lasts at least.
+AFTER_EJECTION_LIMIT = 60
 GATEWAY_API_RETRIES = (
     "the Gateway API's standard channel has no retry field; Istio's default retries only requests that never "
     "reached the backend"
@@ -279,9 +291,124 @@ def test_a_failing_backend_is_retried_as_the_route_says(row, harness, ca_file):
     )
 
 
-@pytest.mark.parametrize("row", traffic.rows_with(INTERNET_ROWS, "circuit_breaking"), ids=row_id)
-def test_a_failing_pod_is_ejected(row, harness):  # harness first: without a cluster, the suite's own skip or CI failure
-    pytest.skip(
-        "not staged on kind yet: ejection needs one pod of a version failing while another answers; the offline "
-        "check holds every Service the route reaches to a DestinationRule with connectionPool and outlierDetection"
+def unretried_on_503(row: Row, path: str) -> Row | None:
+    """The row's request to `path`, or a POST when its route retries the row's method on 503: with Istio's
+    retry_previous_hosts the retry goes to another pod, and the client would never see the failing pod's answer
+    (Istio's API retries a GET on 503; no route retries a POST on it)."""
+    for method in dict.fromkeys((row.request.method, "POST")):
+        probe_row = same_route(row, path, method)
+        if not traffic.retried_on_503(offline_policy(probe_row)):
+            return probe_row
+    return None
+
+
+def until_failed(harness, ca_file: str, row: Row, path: str, failures: int) -> list[Sent]:
+    """Requests until `failures` of them got 503, each from the failing pod (no route retries them); at most
+    BEFORE_EJECTION_LIMIT."""
+    sent: list[Sent] = []
+    while sum(request.status == 503 for request in sent) < failures and len(sent) < BEFORE_EJECTION_LIMIT:
+        sent.append(send(harness, ca_file, row, path))
+    return sent
+
+
+@contextmanager
+def failing_pod_beside(harness, ca_file: str, row: Row, workload: str, prefix: str) -> Iterator[str]:
+    """One go-httpbin pod with the workload's labels beside its own pods, for the duration: the same Service and
+    DestinationRule take it in. It answers {prefix}/status/503 with 503, where the workload's echo pods answer 200.
+    Yields its pod name once the gateway sends it requests."""
+    namespace = harness.settings.app_namespace
+    live = json.loads(harness.kubectl("-n", namespace, "get", "deployment", workload, "-o", "json"))
+    fault = traffic.fault_deployment(live, prefix, harness.settings, replicas=1)
+    name = fault["metadata"]["name"]
+    try:
+        # Nothing the GitOps agent reconciles changes: the workload keeps its pods, the fault Deployment is extra.
+        harness.apply(yaml.safe_dump(fault))
+        commands.run_checked(commands.rollout_status(harness.tools, namespace, name))
+        pod = harness.kubectl("-n", namespace, "get", "pods", "-l", f"{traffic.FAULT_LABEL}={name}", "-o", "name")
+
+        def answered_by_the_failing_pod() -> Check:
+            # /status/200 on both kinds of pod: the gateway learns of the endpoint without counting a 5xx against it.
+            answer = send(harness, ca_file, row, f"{prefix}/status/200")
+            return Check(answer.status == 200 and not answer.pod, f"{answer.line()} (go-httpbin names no pod)")
+
+        eventually(answered_by_the_failing_pod, timeout=60, interval=0.2, consecutive=1)
+        yield pod.strip().removeprefix("pod/")
+    finally:
+        harness.kubectl("-n", namespace, "delete", "deployment", name, "--ignore-not-found", "--wait")
+
+
+def test_outlier_detection_ejects_a_failing_pod(harness, ca_file):  # harness first: without a cluster, its skip
+    """One pod of the stable backend answers 503 to every request, the others 200. Once it has answered
+    consecutive5xxErrors times, the gateway ejects it for baseEjectionTime: every request sent in that time
+    succeeds. The failures before the ejection are the control: without them, "all succeed" would prove nothing."""
+    candidates = [
+        (row, share)
+        for row in traffic.rows_with(INTERNET_ROWS, "circuit_breaking")
+        for share in offline_traffic(row).shares
+        if share.version == EJECTED_VERSION and share.weight > 0
+    ]
+    if not candidates:
+        pytest.skip(f"no contract row with circuitBreaking routes internet requests to a {EJECTED_VERSION} version")
+    row, share = candidates[0]
+    detection, where = traffic.outlier_detection_towards(traffic.e2e_mesh()[0].docs, share.workload)
+    assert detection is not None, f"{row.name!r} expects circuit breaking, but {where} ejects no pod answering 503"
+    prefix = traffic.fault_prefix(row.request.path)
+    path = f"{prefix}/status/503"
+    subject = unretried_on_503(row, path)
+    if subject is None:
+        pytest.skip(f"every method's route to {path} retries 503 on another pod: no failure would reach the client")
+    namespace = harness.settings.app_namespace
+    commands.run_checked(commands.rollout_status(harness.tools, namespace, share.workload))
+    live = json.loads(harness.kubectl("-n", namespace, "get", "deployment", share.workload, "-o", "json"))
+    healthy_pods = int(live["spec"].get("replicas", 1))
+    if not traffic.ejectable(healthy_pods, detection.max_ejection_percent):
+        pytest.skip(
+            f"{where}: maxEjectionPercent {detection.max_ejection_percent} lets Envoy eject no pod of "
+            f"{healthy_pods + 1} (it ejects while (ejected + 1) / pods stays within it)"
+        )
+    failure_share = traffic.failure_share_while_in(offline_traffic(row).shares, share.workload, healthy_pods)
+    required = traffic.requests_to_tell(failure_share, LUCK)
+    if required > AFTER_EJECTION_LIMIT:
+        pytest.skip(
+            f"the failing pod would answer only {failure_share:.1%} of the requests: {required} would have to "
+            f"succeed for the ejection to show, more than the {AFTER_EJECTION_LIMIT} that surely fit in "
+            f"{detection.base_ejection_seconds:g}s"
+        )
+    gateway = harness.settings.gateway
+    gateway_pods = harness.kubectl("-n", gateway.namespace, "get", "pods", "-l", gateway.selector, "-o", "name")
+    if len(gateway_pods.split()) != 1:
+        pytest.skip(f"{len(gateway_pods.split())} gateway pods, each ejecting on its own count of 503s: one is needed")
+    warm_up(harness, ca_file, row)
+    with failing_pod_beside(harness, ca_file, subject, share.workload, prefix) as failing_pod:
+        before = until_failed(harness, ca_file, subject, path, detection.consecutive_errors)
+        ejected_at = time.monotonic()
+        time.sleep(EJECTION_SETTLE_SECONDS)
+        after = []
+        for _ in range(required):
+            request = send(harness, ca_file, subject, path)
+            after.append((request, time.monotonic() - ejected_at))
+        sent = before + [request for request, _ in after]
+        failing_pods_log = access_log(
+            harness, namespace, f"{traffic.FAULT_LABEL}={traffic.fault_name(share.workload)}", sent
+        )
+    problems = traffic.ejection_problems(
+        [request.status for request in before],
+        [(request.status, seconds) for request, seconds in after],
+        detection,
+        failure_share,
+        required,
+    )
+    answered_by = Counter(request.pod or f"status {request.status}" for request in sent)
+    assert not problems, (
+        f"{subject.request.method} {path}; {failing_pod} answers 503, {share.workload}'s {healthy_pods} other pods "
+        f"200; {where} ejects after {detection.consecutive_errors} in a row for {detection.base_ejection_seconds:g}s. "
+        f"All {required} requests after the ejection succeed by luck with probability "
+        f"{(1 - failure_share) ** required:.1e} when nothing ejects the pod: "
+        + "; ".join(problems)
+        + f"\nanswered by: {dict(answered_by)}\n"
+        + "\n".join(f"before: {request.line()}" for request in before)
+        + "\n"
+        + "\n".join(f"after {seconds:.1f}s: {request.line()}" for request, seconds in after)
+        + shown(failing_pods_log, f"{failing_pod}'s sidecar")
+        + shown(gateway_log(harness, sent), "gateway")
     )

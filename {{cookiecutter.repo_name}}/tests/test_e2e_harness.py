@@ -474,6 +474,155 @@ def test_a_fault_backend_takes_the_replaced_workloads_place_and_nothing_else(e2e
     assert container["readinessProbe"]["httpGet"] == {"path": "/api/orders/status/200", "port": port["name"]}
 
 
+EJECTS_AFTER_FIVE = traffic.OutlierDetection(consecutive_errors=5, base_ejection_seconds=30, max_ejection_percent=50)
+
+
+def test_outlier_detection_is_read_with_the_defaults_istio_and_envoy_give():
+    stated = {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s", "maxEjectionPercent": 50}
+    assert traffic.outlier_detection({"outlierDetection": stated}) == EJECTS_AFTER_FIVE
+    assert traffic.outlier_detection({"outlierDetection": {}}) == traffic.OutlierDetection(5, 30, 10)
+    assert traffic.outlier_detection({"outlierDetection": {"baseEjectionTime": "1m"}}).base_ejection_seconds == 60
+    # A 503 is a gateway error too: whichever count is lower ejects first; 0 turns the 5xx count off.
+    gateway_errors = {"consecutive5xxErrors": 7, "consecutiveGatewayErrors": 3}
+    assert traffic.outlier_detection({"outlierDetection": gateway_errors}).consecutive_errors == 3
+    only_gateway = {"consecutive5xxErrors": 0, "consecutiveGatewayErrors": 4}
+    assert traffic.outlier_detection({"outlierDetection": only_gateway}).consecutive_errors == 4
+    assert traffic.outlier_detection({"outlierDetection": {"consecutive5xxErrors": 0}}) is None
+    assert traffic.outlier_detection({"connectionPool": {"tcp": {"maxConnections": 1}}}) is None
+
+
+def test_the_e2e_overlays_stable_backend_is_ejected_after_five_503s_for_30_seconds():
+    docs = kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+    stable = next(
+        doc
+        for doc in docs
+        if doc["kind"] == "Deployment" and doc["spec"]["template"]["metadata"]["labels"].get("version") == "stable"
+    )
+    name, namespace = stable["metadata"]["name"], stable["metadata"]["namespace"]
+    detection, where = traffic.outlier_detection_towards(docs, name)
+    assert (detection, where) == (EJECTS_AFTER_FIVE, f"DestinationRule {namespace}/{name}")
+    with pytest.raises(ValueError, match="no workload 'nowhere'"):
+        traffic.outlier_detection_towards(docs, "nowhere")
+
+
+def service(name: str, namespace: str, selector: dict | None) -> dict:
+    spec = {"selector": selector} if selector is not None else {}
+    return {"kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def test_the_outlier_detection_is_the_one_of_the_service_in_front_of_the_workload():
+    workload = {
+        "kind": "Deployment",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"template": {"metadata": {"labels": {"app": "api", "version": "stable"}}}},
+    }
+    rule = {
+        "kind": "DestinationRule",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"host": "api.shop.svc.cluster.local", "trafficPolicy": {"outlierDetection": {}}},
+    }
+    in_front = service("api", "shop", {"app": "api"})
+    # Neither a Service of another namespace nor one without a selector (its endpoints are its own) stands in front.
+    others = [service("api", "elsewhere", {"app": "api"}), service("external", "shop", None)]
+    docs = [workload, rule, in_front, *others]
+    assert traffic.outlier_detection_towards(docs, "api") == (
+        traffic.OutlierDetection(5, 30, 10),
+        "DestinationRule shop/api",
+    )
+    assert traffic.outlier_detection_towards([workload, in_front], "api") == (
+        None,
+        "no DestinationRule for Service shop/api",
+    )
+    with pytest.raises(ValueError, match="exactly one Service"):
+        traffic.outlier_detection_towards([*docs, service("api-v1", "shop", {"version": "stable"})], "api")
+
+
+def test_envoy_ejects_one_failing_pod_only_within_max_ejection_percent():
+    assert traffic.ejectable(healthy_pods=1, max_ejection_percent=50)  # 1 of 2 pods: 50% <= 50%
+    assert not traffic.ejectable(healthy_pods=1, max_ejection_percent=49)
+    assert not traffic.ejectable(healthy_pods=0, max_ejection_percent=50)  # the only pod: 100%
+    assert not traffic.ejectable(healthy_pods=8, max_ejection_percent=10)  # 1 of 9: 11%, Envoy's default is 10
+    assert traffic.ejectable(healthy_pods=9, max_ejection_percent=10)
+
+
+def test_a_route_that_retries_503_hides_the_failing_pod_from_the_client():
+    assert traffic.retried_on_503(route("15s", 2, "5s", "connect-failure,refused-stream,reset,503"))
+    assert traffic.retried_on_503(route("15s", 1, None, "5xx"))
+    assert not traffic.retried_on_503(route("15s", 2, None, "connect-failure,refused-stream,unavailable,cancelled"))
+    assert not traffic.retried_on_503(route("15s", 0, None, "503"))
+
+
+def test_the_failing_pod_takes_its_share_and_enough_requests_tell_ejection_from_luck():
+    # 75% to the stable version, half of it to the failing pod beside one healthy one.
+    assert traffic.failure_share_while_in((STABLE, CANARY), "backend", healthy_pods=1) == pytest.approx(0.375)
+    assert traffic.failure_share_while_in((STABLE, CANARY), "backend", healthy_pods=2) == pytest.approx(0.25)
+    assert traffic.failure_share_while_in((STABLE,), "backend", healthy_pods=1) == pytest.approx(0.5)
+    required = traffic.requests_to_tell(0.375, 1e-6)
+    assert required == 30 and (1 - 0.375) ** required <= 1e-6 < (1 - 0.375) ** (required - 1)
+    assert traffic.requests_to_tell(1.0, 1e-6) == 1
+
+
+def test_every_e2e_route_with_a_stable_version_behind_a_circuit_breaker_can_show_an_ejection():
+    """The test on kind runs, not skips, for this repo's e2e overlay: the stable backend's one pod and a failing
+    one, 50% ejectable, the failing pod answering 3/8 of the requests until then."""
+    live_replicas = {
+        doc["metadata"]["name"]: doc["spec"].get("replicas", 1)
+        for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+        if doc["kind"] == "Deployment"
+    }
+    internet = [row for row in contract.load() if row.caller == "internet"]
+    checked = 0
+    for row in traffic.rows_with(internet, "circuit_breaking"):
+        verdict = traffic.offline_verdict(row)
+        assert verdict.traffic is not None, row.name
+        for share in verdict.traffic.shares:
+            if share.version != "stable":
+                continue
+            detection, where = traffic.outlier_detection_towards(traffic.e2e_mesh()[0].docs, share.workload)
+            assert detection is not None, where
+            healthy_pods = live_replicas[share.workload]
+            assert traffic.ejectable(healthy_pods, detection.max_ejection_percent), where
+            failure_share = traffic.failure_share_while_in(verdict.traffic.shares, share.workload, healthy_pods)
+            assert traffic.requests_to_tell(failure_share, 1e-6) == 30, row.name
+            checked += 1
+    assert checked
+
+
+def ejection_judged(before: list[int | None], after: list[tuple[int | None, float]], required: int = 3) -> list[str]:
+    return traffic.ejection_problems(before, after, EJECTS_AFTER_FIVE, 0.375, required)
+
+
+def test_an_ejection_shows_as_failures_first_and_none_while_it_lasts():
+    before = [200, 503, 200, 503, 503, 200, 503, 503]
+    assert ejection_judged(before, [(200, 1.0), (200, 1.2), (200, 1.4)]) == []
+    # Answers after the ejection's least length (30s, less the margin) may meet the pod again: not judged.
+    assert ejection_judged(before, [(200, 1.0), (200, 1.2), (200, 1.4), (503, 29.0)]) == []
+
+
+def test_a_failure_while_the_pod_should_be_ejected_is_a_problem():
+    before = [200, 503, 200, 503, 503, 200, 503, 503]
+    (problem,) = ejection_judged(before, [(200, 1.0), (503, 1.2), (None, 1.4)])
+    assert problem.startswith("after the ejection: 2 of 3 requests failed ({'503': 1, 'None': 1})")
+    assert "without ejection about 38% fail" in problem
+
+
+def test_without_the_failures_that_eject_nothing_is_shown():
+    """The control: a failing pod that never answered 5 times (not staged, not routed to) proves nothing."""
+    (problem,) = ejection_judged([200] * 100, [(200, 1.0), (200, 1.2), (200, 1.4)])
+    assert problem.startswith("before the ejection: 0 answers 503 in 100 requests, fewer than the 5 in a row")
+    (one_short,) = ejection_judged([503, 200, 503, 503, 503] + [200] * 95, [(200, 1.0), (200, 1.2), (200, 1.4)])
+    assert one_short.startswith("before the ejection: 4 answers 503 in 100 requests")
+    (stray,) = ejection_judged([404, 503, 503, 503, 503, 503], [(200, 1.0), (200, 1.2), (200, 1.4)])
+    assert stray == "before the ejection: answers neither kind of pod gives: {'404': 1}"
+
+
+def test_too_few_answers_inside_the_ejection_are_a_problem():
+    before = [503] * 5
+    (problem,) = ejection_judged(before, [(200, 1.0), (200, 28.5), (200, 40.0)])
+    assert problem.startswith("after the ejection: 1 of 3 requests answered within 28s of it")
+    assert ejection_judged(before, [(200, 1.0), (200, 1.2)]) != []
+
+
 def test_the_gitops_agent_is_paused_and_resumed_on_the_objects_it_reconciles():
     apps = ["application.argoproj.io/root", "application.argoproj.io/apps"]
     assert harness_gitops.pause_commands("argocd", apps, paused=True) == [
@@ -601,9 +750,10 @@ def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_a
     assert len([line for line in collected if "test_bringup.py::" in line]) == 5
     assert len([line for line in collected if "test_tls_acme.py::" in line]) == 2
     internet = [row for row in contract.load() if row.caller == "internet"]
-    kinds = ("split", "version", "timeout", "retries", "circuit_breaking")
-    expected_traffic_tests = sum(len(traffic.rows_with(internet, kind)) for kind in kinds)
-    assert len([line for line in collected if "test_traffic_policy.py::" in line]) == expected_traffic_tests > 0
+    kinds = ("split", "version", "timeout", "retries")
+    # One test per row of each kind, and one outlier-detection test for the rows' circuit breaking.
+    expected_traffic_tests = sum(len(traffic.rows_with(internet, kind)) for kind in kinds) + 1
+    assert len([line for line in collected if "test_traffic_policy.py::" in line]) == expected_traffic_tests > 1
     assert collected[-1].startswith("e2e/test_tls_acme.py::")  # it switches the Gateway's certificate: last
 
 

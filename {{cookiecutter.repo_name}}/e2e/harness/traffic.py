@@ -4,13 +4,16 @@ overlay (repo_tools.resilience), so the run checks Envoy against the model, not 
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 
 from e2e.harness.settings import FAULT_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
 from repo_tools import contract, kustomize, layout, resilience
 from repo_tools.contract import Row
 from repo_tools.mesh import Mesh, Verdict
+from repo_tools.resources import describe, name_of, namespace_of, of_kind, pod_labels, selects
 
 E2E_OVERLAY = "e2e"
 FAULT_LABEL = "e2e.fault"  # selects one fault Deployment's pods, which also carry the replaced workload's labels
@@ -19,6 +22,9 @@ MAX_DELAY = "10m"
 # Envoy retries a try that ran into its per-try timeout only under these conditions (router.cc
 # onPerTryTimeoutCommon -> RetryStateImpl::wouldRetryFromReset); under any other the request ends with 504 there.
 RETRIED_ON_503 = frozenset({"503", "5xx", "gateway-error"})
+# Requests answered this close to the end of an ejection may already meet the pod again: Envoy stamps the ejection
+# when the 5xx that ejects the pod passes through, a moment before the client has the answer.
+EJECTION_MARGIN = 2.0
 # <Deployment>-<pod-template-hash>-<suffix>, or <StatefulSet>-<ordinal>.
 POD_OF_WORKLOAD = r"{workload}-(?:[a-z0-9]+-[a-z0-9]{{5}}|\d+)"
 
@@ -166,3 +172,115 @@ def fault_deployment(live: dict, prefix: str, settings: Settings, replicas: int)
             },
         },
     }
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    consecutive_errors: int  # answers 503 in a row that eject a pod
+    base_ejection_seconds: float  # how long the first ejection lasts at least
+    max_ejection_percent: int
+
+
+def outlier_detection(policy: dict) -> OutlierDetection | None:
+    """What a DestinationRule traffic policy's outlierDetection does to a pod that answers 503, with the defaults
+    Istio and Envoy give the fields it leaves out; None when nothing ejects such a pod."""
+    stanza = policy.get("outlierDetection")
+    if stanza is None:
+        return None
+    # A 503 is both a 5xx and a gateway error. Envoy enforces the 5xx count unless Istio is told 0, the gateway-error
+    # count only when it is set (pilot cluster_traffic_policy.go applyOutlierDetection).
+    counts = (int(stanza.get("consecutive5xxErrors", 5)), int(stanza.get("consecutiveGatewayErrors", 0)))
+    thresholds = [count for count in counts if count > 0]
+    if not thresholds:
+        return None
+    return OutlierDetection(
+        min(thresholds),
+        resilience.seconds(stanza.get("baseEjectionTime", "30s")),
+        int(stanza.get("maxEjectionPercent", 10)),
+    )
+
+
+def outlier_detection_towards(docs: list[dict], workload: str) -> tuple[OutlierDetection | None, str]:
+    """The outlier detection of the one Service in front of a workload of the build, and where it is set."""
+    deployment = next((doc for doc in of_kind(docs, "Deployment", "StatefulSet") if name_of(doc) == workload), None)
+    if deployment is None:
+        raise ValueError(f"no workload {workload!r} in the build")
+    services = [
+        service
+        for service in of_kind(docs, "Service")
+        if namespace_of(service) == namespace_of(deployment)
+        and service["spec"].get("selector")
+        and selects(service["spec"]["selector"], pod_labels(deployment))
+    ]
+    if len(services) != 1:
+        names = ", ".join(map(describe, services)) or "none"
+        raise ValueError(f"{workload!r} should be behind exactly one Service, not: {names}")
+    rule = resilience.destination_rule(docs, name_of(services[0]), namespace_of(services[0]))
+    if rule is None:
+        return None, f"no DestinationRule for {describe(services[0])}"
+    return outlier_detection(rule["spec"].get("trafficPolicy") or {}), describe(rule)
+
+
+def ejectable(healthy_pods: int, max_ejection_percent: int) -> bool:
+    """Can Envoy eject one failing pod beside `healthy_pods`? Only while (ejected + 1) / pods stays within
+    maxEjectionPercent (ejectHost, source/common/upstream/outlier_detection_impl.cc)."""
+    return 100 / (healthy_pods + 1) <= max_ejection_percent
+
+
+def retried_on_503(policy: resilience.RoutePolicy) -> bool:
+    return bool(policy.retries.attempts and policy.retries.on & RETRIED_ON_503)
+
+
+def failure_share_while_in(shares: tuple[resilience.Share, ...], workload: str, healthy_pods: int) -> float:
+    """The share of a route's requests that one failing pod beside `healthy_pods` of `workload` answers until it
+    is ejected: the workload's weight, shared evenly by its pods (sequential requests leave the gateway's
+    least-request balancing a fair pick between idle pods)."""
+    own = sum(share.weight for share in shares if share.workload == workload)
+    return own / sum(share.weight for share in shares) / (healthy_pods + 1)
+
+
+def requests_to_tell(failure_share: float, chance: float) -> int:
+    """How many requests must all succeed before luck explains it with at most `chance`: were the failing pod
+    never ejected, n of them would all succeed with probability (1 - failure_share) ** n."""
+    if failure_share >= 1:
+        return 1
+    return math.ceil(math.log(chance) / math.log(1 - failure_share))
+
+
+def ejection_problems(
+    before: list[int | None],
+    after: list[tuple[int | None, float]],
+    detection: OutlierDetection,
+    failure_share: float,
+    required: int,
+) -> list[str]:
+    """What went wrong around the ejection of a pod that answers every request 503 while its neighbours answer 200.
+    `before`: the statuses until the failing pod had answered `consecutive_errors` times (without them, "all
+    succeed afterwards" proves nothing); `after`: (status, seconds since that last 503) of the requests sent next,
+    each of which must succeed while the ejection lasts, at least `required` of them."""
+    problems = []
+    failed_before = before.count(503)
+    if failed_before < detection.consecutive_errors:
+        problems.append(
+            f"before the ejection: {failed_before} answers 503 in {len(before)} requests, fewer than the "
+            f"{detection.consecutive_errors} in a row that eject a pod; the failing pod should answer about "
+            f"{failure_share:.0%} of them"
+        )
+    strays = Counter(str(status) for status in before if status not in (200, 503))
+    if strays:
+        problems.append(f"before the ejection: answers neither kind of pod gives: {dict(strays)}")
+    window = detection.base_ejection_seconds - EJECTION_MARGIN
+    inside = [status for status, seconds in after if seconds <= window]
+    if len(inside) < required:
+        problems.append(
+            f"after the ejection: {len(inside)} of {len(after)} requests answered within {window:g}s of it "
+            f"(baseEjectionTime {detection.base_ejection_seconds:g}s less {EJECTION_MARGIN:g}s), {required} needed"
+        )
+    failed = Counter(str(status) for status in inside if status != 200)
+    if failed:
+        problems.append(
+            f"after the ejection: {failed.total()} of {len(inside)} requests failed ({dict(failed)}); with the "
+            f"failing pod ejected every one reaches a pod answering 200, without ejection about "
+            f"{failure_share:.0%} fail"
+        )
+    return problems
