@@ -20,6 +20,7 @@ URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 PORT = re.compile(r"^[1-9][0-9]{0,4}$")
 WHOLE_NUMBER = re.compile(r"^(0|[1-9][0-9]{0,5})$")
+HTTPS_URL = re.compile(r"^https://[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[1-9][0-9]{0,4})?(/[A-Za-z0-9._~-]+)*/?$")
 EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$")
 ISTIO_VERSION = re.compile(r"^1\.(\d+)\.\d+$")
 GIT_URL = re.compile(
@@ -210,6 +211,12 @@ def problems_with(answers: dict) -> list[str]:
     problems += check_api_prefix(str(answers["api_prefix"]))
     problems += check_whole_number("api_timeout_seconds", answers["api_timeout_seconds"], 1, 300, "seconds")
     problems += check_whole_number("api_retry_attempts", answers["api_retry_attempts"], 0, 5, "retries")
+    for field in ("jwt_issuer", "jwks_uri"):
+        if not HTTPS_URL.fullmatch(str(answers[field])):
+            problems.append(
+                f"{field}: {answers[field]!r} must be an https URL such as 'https://auth.example.com' (lowercase host, "
+                "path of letters, digits and '.', '_', '~', '-'; no query)."
+            )
     if not EMAIL.fullmatch(str(answers["acme_email"])):
         problems.append(f"acme_email: {answers['acme_email']!r} is not an e-mail address like 'platform@example.com'.")
     problems += check_versions(answers)

@@ -119,12 +119,14 @@ def harness(
             cluster.create()  # attaches pytest-kind-ng to the running cluster and its kubeconfig
         if config.getoption("gitops"):
             run.install_test_ca()
+            run.serve_jwks()  # harness-owned, as without GitOps: before the agent syncs the apps layer
             snapshot, url, branch = serve_snapshot(served, tmp_path_factory.mktemp("gitops") / "repo")
             run.sync_with_gitops(snapshot, url, branch)
             run.install_apps(with_overlay=False)
         else:
             run.install_infrastructure()
             run.install_test_ca()
+            run.serve_jwks()
             run.install_apps()
         run.wait_for_workloads()
         run.log_node_cpu()
@@ -166,9 +168,11 @@ def serve_snapshot(stack: contextlib.ExitStack, destination: Path) -> tuple[Path
 def write_diagnostics(request: pytest.FixtureRequest, run: bringup.Bringup, cluster: KindCluster) -> None:
     bundle = Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S")
     agent_namespaces = {gitops.AGENTS[run.agent].namespace} if run.agent else set()
+    jwks_namespaces = {run.jwks.namespace} if run.jwks else set()
     namespaces = sorted(
         {run.settings.app_namespace, run.settings.gateway.namespace, acme.NAMESPACE, *(s.namespace for s in run.stages)}
         | agent_namespaces
+        | jwks_namespaces
     )
     pods = []
     for namespace in namespaces:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from e2e.harness import bringup, scenarios, traffic
+from e2e.harness import bringup, scenarios, tokens, traffic
 from repo_tools import contract
 
 ROWS = contract.load()
@@ -19,7 +19,8 @@ def services(harness) -> dict[str, dict]:
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_row(row, harness, services, ca_file):
-    probe = scenarios.probe_for(row, harness.settings, services, traffic.offline_verdict(row))
+    subject_header = tokens.overlay_token_settings().subject_header if row.request.token == "valid" else ""
+    probe = scenarios.probe_for(row, harness.settings, services, traffic.offline_verdict(row), subject_header)
     if row.expected == "no-answer":
         bringup.eventually_holds(lambda: bringup.positive_control(harness, probe.client))
     bringup.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))

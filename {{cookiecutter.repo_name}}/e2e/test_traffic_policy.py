@@ -79,7 +79,8 @@ def send(harness, ca_file: str, row: Row, path: str = "", method: str = "", time
     request_id = str(uuid.uuid4())
     s = harness.settings
     port = s.https_node_port if row.request.scheme == "https" else s.http_node_port
-    headers = (*row.request.headers, ("x-request-id", request_id))
+    # The row's token, minted for this request (a traffic row on the API sends a valid one).
+    headers = (*row.request.headers, *harness.token_headers(row.request.token), ("x-request-id", request_id))
     target = traffic.tagged(path or row.request.path, request_id)
     started = time.monotonic()
     try:

@@ -88,7 +88,9 @@ def validate_all() -> list[str]:
         outcomes = [
             outcome
             for name, path in overlays.items()
-            for outcome in contract.check(name, built[name], rows, gateway, layout.public_host(path))
+            for outcome in contract.check(
+                name, built[name], rows, gateway, layout.public_host(path), layout.api_tokens(path)
+            )
         ]
         return f"{len(rows)} rows x {len(overlays)} overlays", [o.line() for o in outcomes if not o.holds]
 

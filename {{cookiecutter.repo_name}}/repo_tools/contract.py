@@ -12,19 +12,23 @@ from pathlib import Path
 import yaml
 
 from repo_tools import REPO_ROOT, kustomize, layout, resilience
-from repo_tools.mesh import Caller, Mesh, Unmodelled, Verdict
+from repo_tools.mesh import Caller, Mesh, Token, Unmodelled, Verdict
 
 CONTRACT = REPO_ROOT / "contract.yaml"
 
 
 # What a row may expect: each is an outcome the offline verifier reports and the e2e run can observe.
-OUTCOMES = ("reaches <app>", "redirect https", "denied", "no-answer")
+OUTCOMES = ("reaches <app>", "redirect https", "denied", "unauthenticated", "no-answer")
+# The JWT an internet row sends: none, one the overlay's issuer signed, or one the gateway must refuse.
+TOKENS = ("none", "valid", "expired", "forged", "other-issuer")
+OTHER_ISSUER = "https://elsewhere.invalid"
+FORGING_KEY = "a key no JWKS holds"
 # What a row may add to "reaches": where the traffic goes and under which route policy.
 TRAFFIC_KEYS = {"version", "split", "timeout", "retries", "circuitBreaking"}
 RETRIES_KEYS = {"attempts", "perTryTimeout", "retryOn"}
 ROW_KEYS = {"name", "from", "request", "expect"}
 POD_KEYS = {"namespace", "serviceAccount", "sidecar"}
-INTERNET_REQUEST_KEYS = {"scheme", "path", "method", "headers"}
+INTERNET_REQUEST_KEYS = {"scheme", "path", "method", "headers", "token"}
 POD_REQUEST_KEYS = {"to", "path", "port"}
 NEWCOMER_KEYS = {"namespace", "labels"}
 
@@ -49,6 +53,7 @@ class Request:
     to: str | Newcomer | None = None
     port: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    token: str = "none"  # one of TOKENS
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,9 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
     port = request.get("port")
     if port is not None and not isinstance(port, int):
         problems.append(f"{where} request: port must be a number")
+    token = request.get("token", "none")
+    if token not in TOKENS:
+        problems.append(f"{where} request: token must be one of {', '.join(TOKENS)}, not {token!r}")
     headers = request.get("headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         problems.append(f"{where} request: headers must map header names to strings")
@@ -197,12 +205,13 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
         to,
         port,
         tuple((str(name).lower(), value) for name, value in headers.items()),
+        str(token),
     )
     return parsed, problems
 
 
 def parse_expected(where: str, expect: object) -> tuple[str, Traffic | None, list[str]]:
-    if expect in ("denied", "no-answer"):
+    if expect in ("denied", "unauthenticated", "no-answer"):
         return str(expect), None, []
     if expect == {"redirect": "https"}:
         return "redirect https", None, []
@@ -294,11 +303,25 @@ def caller_of(row: Row, gateway: layout.IngressGateway) -> Caller:
     return row.caller
 
 
-def evaluate(row: Row, mesh: Mesh, host: str) -> Verdict:
+def token_for(kind: str, tokens: layout.ApiTokens | None) -> Token | None:
+    if kind == "none":
+        return None
+    if tokens is None:
+        raise Unmodelled("a token row, but no api-tokens settings to say which tokens are valid")
+    return {
+        "valid": Token(tokens.issuer, tokens.jwks_uri),
+        "expired": Token(tokens.issuer, tokens.jwks_uri, expired=True),
+        "forged": Token(tokens.issuer, FORGING_KEY),
+        "other-issuer": Token(OTHER_ISSUER, tokens.jwks_uri),
+    }[kind]
+
+
+def evaluate(row: Row, mesh: Mesh, host: str, tokens: layout.ApiTokens | None = None) -> Verdict:
     request = row.request
     try:
         if row.caller == "internet":
-            return mesh.from_internet(request.scheme, host, request.path, request.method, dict(request.headers))
+            token = token_for(request.token, tokens)
+            return mesh.from_internet(request.scheme, host, request.path, request.method, dict(request.headers), token)
         to = request.to
         target = {"namespace": to.namespace, "labels": to.labels} if isinstance(to, Newcomer) else str(to)
         return mesh.from_pod(caller_of(row, mesh.gateway), target, request.path, request.port)
@@ -306,9 +329,16 @@ def evaluate(row: Row, mesh: Mesh, host: str) -> Verdict:
         return Verdict("unknown", f"not modelled, so not guessed: {construct}")
 
 
-def check(overlay: str, docs: list[dict], rows: list[Row], gateway: layout.IngressGateway, host: str) -> list[Outcome]:
+def check(
+    overlay: str,
+    docs: list[dict],
+    rows: list[Row],
+    gateway: layout.IngressGateway,
+    host: str,
+    tokens: layout.ApiTokens | None = None,
+) -> list[Outcome]:
     mesh = Mesh(docs, gateway)
-    return [Outcome(overlay, row, evaluate(row, mesh, host)) for row in rows]
+    return [Outcome(overlay, row, evaluate(row, mesh, host, tokens)) for row in rows]
 
 
 def main(argv: list[str], contract_file: Path = CONTRACT) -> int:
@@ -322,7 +352,14 @@ def main(argv: list[str], contract_file: Path = CONTRACT) -> int:
     outcomes = [
         outcome
         for name in chosen
-        for outcome in check(name, kustomize.build(overlays[name]), rows, gateway, layout.public_host(overlays[name]))
+        for outcome in check(
+            name,
+            kustomize.build(overlays[name]),
+            rows,
+            gateway,
+            layout.public_host(overlays[name]),
+            layout.api_tokens(overlays[name]),
+        )
     ]
     for outcome in outcomes:
         print(outcome.line())

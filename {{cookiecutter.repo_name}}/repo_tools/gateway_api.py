@@ -24,7 +24,9 @@ Anything else that could change the answer raises Unmodelled, as in repo_tools.m
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import yaml
 
@@ -33,6 +35,7 @@ from repo_tools.resilience import Destination, RoutePolicy, http_route_policy
 from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind
 
 GROUP = "gateway.networking.k8s.io"
+T = TypeVar("T")
 GATEWAY_CLASS = "istio"
 PATH_RANK = {"Exact": 3, "PathPrefix": 2, "RegularExpression": 1}
 CATCH_ALL = (PATH_RANK["PathPrefix"], 1)  # PathPrefix "/", which Istio moves behind every other match
@@ -85,7 +88,10 @@ def route(
     path: str,
     method: str,
     headers: dict[str, str] | None = None,
-) -> Refused | Routed:
+    admit: Callable[[int], T | None] | None = None,
+) -> Refused | Routed | T:
+    """Where the gateway sends the request. `admit`, given the listener's port, answers for the gateway's own
+    filters (JWT, RBAC), which run once a listener took the request and before any route."""
     gw = the_gateway(docs, gateway)
     port = 443 if scheme == "https" else 80
     if gw is None or gw["spec"].get("gatewayClassName") != GATEWAY_CLASS:
@@ -107,6 +113,9 @@ def route(
         problem = tls_problem(docs, gw, listener)
         if problem:
             return Refused("tls-failure", f"{where}: {problem}")
+    refused = admit(port) if admit else None
+    if refused is not None:
+        return refused
     candidates = [
         candidate
         for http_route in attached_routes(docs, gw, listener)

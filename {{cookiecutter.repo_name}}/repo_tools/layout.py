@@ -70,11 +70,31 @@ def app_kustomizations() -> dict[str, Path]:
     return {"base": APPS / "base"} | overlays()
 
 
-def public_host(kustomization_dir: Path, base: Path = APPS / "base") -> str:
-    """The public-host setting an overlay (or the base) gives: its own configMapGenerator literal, else the base's."""
+def setting(kustomization_dir: Path, generator: str, key: str, base: Path = APPS / "base") -> str:
+    """A setting an overlay gives in its configMapGenerator `generator` (merged over the base's), else the base's."""
     for directory in (kustomization_dir, base):
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-        for generator in kustomization.get("configMapGenerator", []):
-            if generator.get("name") == "public-host":
-                return dict(literal.split("=", 1) for literal in generator.get("literals", []))["host"]
-    raise LookupError(f"no public-host setting in {kustomization_dir} or the base")
+        for entry in kustomization.get("configMapGenerator", []):
+            literals = dict(literal.split("=", 1) for literal in entry.get("literals", []))
+            if entry.get("name") == generator and key in literals:
+                return literals[key]
+    raise LookupError(f"no {generator} setting {key} in {kustomization_dir} or the base")
+
+
+def public_host(kustomization_dir: Path, base: Path = APPS / "base") -> str:
+    return setting(kustomization_dir, "public-host", "host", base)
+
+
+@dataclass(frozen=True)
+class ApiTokens:
+    """Who signs the tokens the API requires, and where the gateway reads that issuer's keys."""
+
+    issuer: str
+    jwks_uri: str
+
+
+def api_tokens(kustomization_dir: Path, base: Path = APPS / "base") -> ApiTokens:
+    return ApiTokens(
+        setting(kustomization_dir, "api-tokens", "issuer", base),
+        setting(kustomization_dir, "api-tokens", "jwksUri", base),
+    )

@@ -7,7 +7,9 @@ destinations and DestinationRule subsets; the route's timeout and retries and th
 (repo_tools.resilience: circuit breaking, and a TLS mode that replaces mutual TLS fails the connection);
 destination host resolution, PeerAuthentication precedence (workload > namespace > mesh, port-level modes), and
 AuthorizationPolicy selection and evaluation (CUSTOM, then DENY, then ALLOW; allow-nothing; principals,
-namespaces, paths, methods, ports, hosts and their wildcard forms).
+namespaces, request principals, paths, methods, ports, hosts and their wildcard forms), at the workload and, for
+requests from the internet, at the gateway itself after its RequestAuthentications checked the request's JWT
+(issuer, signing key, expiry: a bad token is 401, none gives no request principal).
 
 A request reaches an app (its pods' `app` label); a weighted split reports each version's share. Anything else
 that could change the answer (a `when` condition, JWT principals, IP blocks, CUSTOM policies, fault
@@ -18,7 +20,7 @@ meshed namespaces and the gateway's (invariants.network_policies_fence_the_names
 which every row's caller is in; the e2e suite exercises them for real.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from repo_tools import gateway_api
@@ -56,8 +58,20 @@ class Caller:
 
 
 @dataclass(frozen=True)
+class Token:
+    """A JWT as the gateway sees it: who issued it, which key set holds the key that signed it (a JWKS URI; any
+    other string for a key no JWKS holds), whether it has expired, and its subject."""
+
+    issuer: str
+    signed_with_key_of: str
+    expired: bool = False
+    subject: str = "e2e-client"
+
+
+@dataclass(frozen=True)
 class Verdict:
-    outcome: str  # "reaches <app>", "redirect https", "denied", "no-answer", "no-route", "tls-failure", "status <n>"
+    outcome: str  # "reaches <app>", "redirect https", "denied", "unauthenticated", "no-answer", "no-route",
+    # "tls-failure", "status <n>"
     because: str
     traffic: Traffic | None = None  # where the request went and under which policy, when it reached workloads
 
@@ -93,11 +107,21 @@ class Mesh:
     # --- from the internet, through the ingress gateway ---------------------------------------
 
     def from_internet(
-        self, scheme: str, host: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
+        self,
+        scheme: str,
+        host: str,
+        path: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        token: Token | None = None,
     ) -> Verdict:
         headers = {name.lower(): value for name, value in (headers or {}).items()}
+
+        def admit(port: int) -> Verdict | None:
+            return self.gateway_admits(token, port, path, method, host)
+
         if self.gateway.gateway_api:
-            return self.through_gateway_api(scheme, host, path, method, headers)
+            return self.through_gateway_api(scheme, host, path, method, headers, admit)
         port = 443 if scheme == "https" else 80
         server_match = self.gateway_server(host, port)
         if server_match is None:
@@ -105,12 +129,15 @@ class Mesh:
         gw, index, server = server_match
         where = f"{describe(gw)} server {index + 1}"
         tls = server.get("tls") or {}
-        if scheme == "http" and tls.get("httpsRedirect"):
-            return Verdict("redirect https", f"{where} sets httpsRedirect")
         if scheme == "https":
             problem = self.tls_problem(tls)
             if problem:
                 return Verdict("tls-failure", f"{where}: {problem}")
+        refused = admit(port)  # the gateway's JWT and RBAC filters run before any route or redirect
+        if refused:
+            return refused
+        if scheme == "http" and tls.get("httpsRedirect"):
+            return Verdict("redirect https", f"{where} sets httpsRedirect")
         route = self.route(gw, host, path, method, port, headers)
         if isinstance(route, Verdict):
             return route
@@ -131,8 +158,18 @@ class Mesh:
         policy = virtual_service_policy(vs, rule, rule.get("name") or described)
         return self.deliver(destinations, path_at_destination, method, host, routed, policy)
 
-    def through_gateway_api(self, scheme: str, host: str, path: str, method: str, headers: dict[str, str]) -> Verdict:
-        routed = gateway_api.route(self.docs, self.gateway, scheme, host, path, method, headers)
+    def through_gateway_api(
+        self,
+        scheme: str,
+        host: str,
+        path: str,
+        method: str,
+        headers: dict[str, str],
+        admit: Callable[[int], Verdict | None],
+    ) -> Verdict:
+        routed = gateway_api.route(self.docs, self.gateway, scheme, host, path, method, headers, admit)
+        if isinstance(routed, Verdict):
+            return routed
         if isinstance(routed, gateway_api.Refused):
             return Verdict(routed.outcome, routed.because)
         return self.deliver(routed.destinations, routed.path, method, host, routed.because, routed.policy)
@@ -207,6 +244,41 @@ class Mesh:
             f"{describe(rule or {})} sets tls mode {tls_mode} where {decided_by} expects Istio's mutual TLS "
             f"({server_mode}): the connection fails and the caller's proxy answers 503",
         ), share
+
+    def gateway_admits(self, token: Token | None, port: int, path: str, method: str, host: str) -> Verdict | None:
+        """None when the gateway's RequestAuthentications and AuthorizationPolicies let the request on, else their
+        answer: 401 for a token that fails validation, 403 for a request a policy denies."""
+        gateway = Workload(self.gateway.deployment, self.gateway.namespace, self.gateway.pod_labels)
+        request_principal = ""
+        if token is not None:
+            rules = [
+                (ra, rule)
+                for ra in self.of_kind("RequestAuthentication")
+                if self.applies(ra, gateway)
+                for rule in (ra.get("spec") or {}).get("jwtRules") or []
+            ]
+            for ra, rule in rules:
+                unmodelled = set(rule) & {"jwks", "fromHeaders", "fromParams", "fromCookies", "audiences"}
+                if unmodelled:
+                    raise Unmodelled(f"{describe(ra)} jwtRules set {', '.join(sorted(unmodelled))}")
+            trusting = [(ra, rule) for ra, rule in rules if rule.get("issuer") == token.issuer]
+            if not trusting:
+                trusted = ", ".join(sorted({str(rule.get("issuer")) for _, rule in rules})) or "none"
+                return Verdict(
+                    "unauthenticated", f"the gateway trusts no issuer {token.issuer} (trusts {trusted}): 401"
+                )
+            ra, rule = trusting[0]
+            if rule.get("jwksUri") != token.signed_with_key_of:
+                return Verdict(
+                    "unauthenticated",
+                    f"{describe(ra)} reads {token.issuer}'s keys from {rule.get('jwksUri')}, which does not hold the key "
+                    f"that signed the token: 401",
+                )
+            if token.expired:
+                return Verdict("unauthenticated", f"{describe(ra)}: the token has expired: 401")
+            request_principal = f"{token.issuer}/{token.subject}"
+        verdict = self.authorize(Caller("", "", sidecar=False), gateway, port, path, method, host, request_principal)
+        return verdict if verdict.outcome == "denied" else None
 
     def gateway_server(self, host: str, port: int) -> tuple[dict, int, dict] | None:
         for gw in self.of_kind("Gateway"):
@@ -351,20 +423,40 @@ class Mesh:
         return [pa for pa in self.of_kind("PeerAuthentication") if pa["metadata"].get("namespace") == namespace]
 
     def selects(self, resource: dict, workload: Workload) -> bool:
+        """Does the resource name this workload: by selector, or by targetRefs to the Gateway it runs for?"""
         spec = resource.get("spec") or {}
-        if "targetRef" in spec or "targetRefs" in spec:
-            raise Unmodelled(f"{describe(resource)} uses targetRef")
+        refs = spec.get("targetRefs") or ([spec["targetRef"]] if "targetRef" in spec else [])
+        if refs:
+            if any(ref.get("kind") != "Gateway" or ref.get("group") != gateway_api.GROUP for ref in refs):
+                raise Unmodelled(f"{describe(resource)} targets {refs}")
+            return (
+                resource["metadata"].get("namespace") == self.gateway.namespace
+                and any(ref.get("name") == self.gateway.gateway_name for ref in refs)
+                and workload.labels == self.gateway.pod_labels
+            )
         selector = (spec.get("selector") or {}).get("matchLabels") or {}
         return bool(selector) and selects(selector, workload.labels)
 
-    def authorize(self, caller: Caller, workload: Workload, port: int, path: str, method: str, host: str) -> Verdict:
-        applicable = [
-            policy
-            for policy in self.of_kind("AuthorizationPolicy")
-            if policy["metadata"].get("namespace") in (workload.namespace, ROOT_NAMESPACE)
-            and (not (policy.get("spec") or {}).get("selector") or self.selects(policy, workload))
-        ]
+    def applies(self, resource: dict, workload: Workload) -> bool:
+        """A policy in the workload's namespace (or the root namespace) without a target, or one that selects it."""
+        spec = resource.get("spec") or {}
+        targeted = spec.get("selector") or spec.get("targetRef") or spec.get("targetRefs")
+        namespace = resource["metadata"].get("namespace")
+        return namespace in (workload.namespace, ROOT_NAMESPACE) and (not targeted or self.selects(resource, workload))
+
+    def authorize(
+        self,
+        caller: Caller,
+        workload: Workload,
+        port: int,
+        path: str,
+        method: str,
+        host: str,
+        request_principal: str = "",
+    ) -> Verdict:
+        applicable = [policy for policy in self.of_kind("AuthorizationPolicy") if self.applies(policy, workload)]
         request = {
+            "request_principal": request_principal,
             "principal": caller.principal if caller.namespace else "",
             "namespace": caller.namespace,
             "path": path,
@@ -496,8 +588,6 @@ def rule_matches(policy: dict, number: int, rule: dict, request: dict, protocol:
     operations = [entry.get("operation", {}) for entry in rule.get("to") or []]
     for source in sources:
         unmodelled = set(source) & {
-            "requestPrincipals",
-            "notRequestPrincipals",
             "ipBlocks",
             "notIpBlocks",
             "remoteIpBlocks",
@@ -516,6 +606,8 @@ def source_matches(source: dict, request: dict) -> bool:
     checks = [
         ("principals" not in source) or matches_any(source["principals"], request["principal"]),
         not matches_any(source.get("notPrincipals"), request["principal"]),
+        ("requestPrincipals" not in source) or matches_any(source["requestPrincipals"], request["request_principal"]),
+        not matches_any(source.get("notRequestPrincipals"), request["request_principal"]),
         ("namespaces" not in source) or matches_any(source["namespaces"], request["namespace"]),
         not matches_any(source.get("notNamespaces"), request["namespace"]),
     ]

@@ -257,8 +257,15 @@ def outcomes(tree: Tree, environment: str) -> dict[str, contract.Outcome]:
         return {}
     base = tree.root / "apps" / "base"
     gateway = layout.ingress_gateway(base / "ingress-gateway.env")
-    host = layout.public_host(tree.root / "apps" / "overlays" / environment, base)
-    return {outcome.row.name: outcome for outcome in contract.check(environment, docs, tree.rows, gateway, host)}
+    overlay = tree.root / "apps" / "overlays" / environment
+    try:
+        tokens: layout.ApiTokens | None = layout.api_tokens(overlay, base)
+    except LookupError:  # a tree from before the API required tokens
+        tokens = None
+    host = layout.public_host(overlay, base)
+    return {
+        outcome.row.name: outcome for outcome in contract.check(environment, docs, tree.rows, gateway, host, tokens)
+    }
 
 
 def review_environment(name: str, before: Tree, after: Tree) -> EnvironmentReview:

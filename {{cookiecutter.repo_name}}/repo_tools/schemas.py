@@ -237,7 +237,8 @@ def _check_rules(schema: dict, value: Any, path: str, found: list[str]) -> None:
         except celpy.CELEvalError as error:
             holds = error
         if isinstance(holds, celpy.CELEvalError):
-            found.append(f"{path or '(document)'}: rule {rule['rule']!r} fails to evaluate: {holds.args[0]}")
+            reason = str(holds.args[0]).split(" (in activation")[0]
+            found.append(f"{path or '(document)'}: rule {rule['rule']!r} fails to evaluate: {reason}")
         elif not holds:
             found.append(f"{path or '(document)'}: {rule.get('message') or rule['rule']}")
     if isinstance(value, dict):
@@ -261,7 +262,38 @@ def _cel_program(rule: str) -> Any:
     import celpy
 
     environment = celpy.Environment()
-    return environment.program(environment.compile(rule))
+    return environment.program(environment.compile(rule), functions=_kubernetes_url_library())
+
+
+def _kubernetes_url_library() -> dict[str, Any]:
+    """The API server's CEL URL functions (Kubernetes' URL library), which CRDs such as Istio's use: a URL is an
+    absolute URI or an absolute path, as Go's url.ParseRequestURI reads it."""
+    from urllib.parse import urlsplit
+
+    from celpy import CELEvalError, celtypes
+
+    def is_url(text: str) -> bool:
+        parts = urlsplit(text)
+        return (bool(parts.scheme) and bool(parts.netloc or parts.path)) or text.startswith("/")
+
+    def url(text: Any) -> Any:
+        if not is_url(str(text)):
+            return CELEvalError(f"URL parse error during conversion from string: {text}")
+        return celtypes.StringType(text)
+
+    def part(read: Any) -> Any:
+        return lambda value: celtypes.StringType(read(urlsplit(str(value))))
+
+    return {
+        "url": url,
+        "isURL": lambda text: celtypes.BoolType(is_url(str(text))),
+        "getScheme": part(lambda parts: parts.scheme),
+        "getHost": part(lambda parts: parts.netloc.rpartition("@")[2]),
+        "getHostname": part(lambda parts: parts.hostname or ""),
+        "getPort": part(lambda parts: str(parts.port or "")),
+        "getEscapedPath": part(lambda parts: parts.path),
+        "getQuery": part(lambda parts: parts.query),
+    }
 
 
 def _json_schema_errors(validator: Any, doc: dict) -> list[str]:

@@ -26,8 +26,8 @@ ROWS = contract.load()
 
 
 def outcomes(docs: list[dict], overlay: str = "dev") -> dict[str, contract.Outcome]:
-    host = layout.public_host(KUSTOMIZATIONS[overlay])
-    return {o.row.name: o for o in contract.check(overlay, docs, ROWS, layout.ingress_gateway(), host)}
+    host, tokens = layout.public_host(KUSTOMIZATIONS[overlay]), layout.api_tokens(KUSTOMIZATIONS[overlay])
+    return {o.row.name: o for o in contract.check(overlay, docs, ROWS, layout.ingress_gateway(), host, tokens)}
 
 
 def failing(docs: list[dict]) -> dict[str, contract.Outcome]:
@@ -148,8 +148,7 @@ def test_a_route_attached_to_the_wrong_listener_routes_nothing_over_https(render
     docs = rendered("dev")
     app_route(docs)["spec"]["parentRefs"][0]["sectionName"] = "http"
     broken = failing(docs)
-    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.scheme == "https"}
-    assert set(broken) == https_rows
+    assert set(broken) == routed_https_rows()
     assert all(o.verdict.outcome == "no-route" and "listener https" in o.line() for o in broken.values())
 
 
@@ -158,8 +157,16 @@ def test_a_route_for_another_host_is_not_served(rendered):
     docs = rendered("dev")
     app_route(docs)["spec"]["hostnames"] = ["other.example.org"]
     broken = failing(docs)
-    https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.scheme == "https"}
-    assert set(broken) == https_rows
+    assert set(broken) == routed_https_rows()
+
+
+def routed_https_rows() -> set[str]:
+    """The HTTPS rows a route must serve; the gateway refuses the others (a missing or bad token) before routing."""
+    return {
+        row.name
+        for row in ROWS
+        if row.caller == "internet" and row.request.scheme == "https" and row.expected.startswith("reaches ")
+    }
 
 
 def test_without_allow_nothing_a_new_workload_admits_everyone(rendered):

@@ -1,6 +1,8 @@
 """The e2e harness's parts that need no cluster, tested for real: TLS with SNI on 127.0.0.1, retries,
 the kind config, command lines, contract rows -> requests, judging answers, diagnostics and skip reasons."""
 
+import ast
+import base64
 import dataclasses
 import http.server
 import json
@@ -8,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +18,11 @@ import pytest
 import requests
 import trustme
 import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls, traffic
+from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls, tokens, traffic
 from e2e.harness import gitops as harness_gitops
 from e2e.harness.retry import Check, eventually
 from repo_tools import (
@@ -28,6 +34,7 @@ from repo_tools import (
     install,
     kustomize,
     layout,
+    renovate,
     resilience,
     review,
 )
@@ -204,7 +211,7 @@ def test_every_contract_row_becomes_a_request(e2e_settings, services):
         probe = scenarios.probe_for(row, e2e_settings, services, traffic.offline_verdict(row))
         if row.caller == "internet":
             assert probe.client is None and probe.scheme in ("http", "https") and probe.path.startswith("/")
-            assert probe.headers == row.request.headers
+            assert probe.headers == row.request.headers and probe.token == row.request.token
         else:
             assert probe.client is not None
             assert probe.tcp or probe.url.startswith("http://") and ".svc.cluster.local:" in probe.url
@@ -726,6 +733,276 @@ def test_a_hung_probe_is_a_failed_answer_never_a_denial_nor_a_crash(e2e_settings
 def test_a_kind_release_other_than_the_pinned_one_is_named():
     assert bringup.version_mismatch("kind v0.33.1 go1.24 linux/amd64", "v0.33.0") == ""
     assert "is not the pinned v0.33.0" in bringup.version_mismatch("kind v0.29.0 go1.24 linux/amd64", "v0.33.0")
+
+
+# --- the run's token authority and its JWKS server ------------------------------------------------
+
+ISSUER = "https://tokens.e2e.test"
+JWKS_URI = "http://jwks.e2e-tokens.svc.cluster.local:8080/jwks.json"
+
+
+@pytest.fixture(scope="module")
+def authority() -> tokens.Authority:
+    return tokens.Authority.generate()
+
+
+def unpadded(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def verified_claims(token: str, jwks: dict) -> tuple[dict, dict]:
+    """(header, claims) of an RS256 JWT whose signature a key of the JWKS verifies, found by its kid; raises
+    InvalidSignature otherwise. Written from RFC 7515/7518 with cryptography alone, not with the harness's code."""
+    header_part, claims_part, signature = token.split(".")
+    header = json.loads(unpadded(header_part))
+    key = next(key for key in jwks["keys"] if key["kid"] == header["kid"])
+    assert (header["alg"], key["kty"], key["alg"], key["use"]) == ("RS256", "RSA", "RS256", "sig")
+    public = rsa.RSAPublicNumbers(
+        int.from_bytes(unpadded(key["e"]), "big"), int.from_bytes(unpadded(key["n"]), "big")
+    ).public_key()
+    signing_input = f"{header_part}.{claims_part}".encode()
+    public.verify(unpadded(signature), signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return header, json.loads(unpadded(claims_part))
+
+
+def test_the_jwks_holds_the_public_half_of_the_signing_key_as_rs256_sig(authority):
+    (key,) = authority.jwks()["keys"]
+    numbers = authority.key.public_key().public_numbers()
+    assert int.from_bytes(unpadded(key["n"]), "big") == numbers.n and key["e"] == "AQAB"
+    assert authority.key.key_size == 2048 and "=" not in key["n"]
+    assert key["kid"] == authority.kid and key["kid"] != tokens.thumbprint(authority.forger.public_key())
+    assert "d" not in key and "p" not in key  # no private part is served
+
+
+def test_a_valid_token_verifies_against_the_jwks_with_the_issuer_and_ten_minutes_to_run(authority):
+    now = int(time.time())
+    header, claims = verified_claims(authority.token("valid", ISSUER, now), authority.jwks())
+    assert header["kid"] == authority.kid
+    assert (claims["iss"], claims["sub"], claims["iat"], claims["exp"]) == (ISSUER, "e2e-client", now, now + 600)
+
+
+def test_an_expired_token_verifies_but_ran_out_ten_minutes_ago(authority):
+    now = int(time.time())
+    _, claims = verified_claims(authority.token("expired", ISSUER, now), authority.jwks())
+    assert claims["iss"] == ISSUER and claims["exp"] == now - 600 and claims["iat"] < claims["exp"]
+
+
+def test_a_forged_token_claims_the_same_kid_and_claims_but_fails_verification(authority):
+    now = int(time.time())
+    forged = authority.token("forged", ISSUER, now)
+    header = json.loads(unpadded(forged.split(".")[0]))
+    claims = json.loads(unpadded(forged.split(".")[1]))
+    assert header["kid"] == authority.kid and (claims["iss"], claims["exp"]) == (ISSUER, now + 600)
+    with pytest.raises(InvalidSignature):
+        verified_claims(forged, authority.jwks())
+
+
+def test_a_token_of_another_issuer_is_signed_with_the_real_key(authority):
+    _, claims = verified_claims(authority.token("other-issuer", ISSUER, int(time.time())), authority.jwks())
+    assert claims["iss"] == "https://elsewhere.e2e.test" != ISSUER and claims["sub"] == "e2e-client"
+
+
+def test_a_row_without_a_token_sends_no_authorization_header_and_an_unknown_kind_is_refused(authority):
+    assert tokens.authorization("none", authority, ISSUER, 0) == ()
+    ((name, value),) = tokens.authorization("valid", authority, ISSUER, int(time.time()))
+    assert name == "Authorization" and value.startswith("Bearer ")
+    assert verified_claims(value.removeprefix("Bearer "), authority.jwks())[1]["iss"] == ISSUER
+    with pytest.raises(ValueError, match="no token of kind 'stolen'"):
+        authority.token("stolen", ISSUER, 0)
+
+
+def request_authentication(rule: dict, name: str = "api-tokens") -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": name}} | {
+        "spec": {"jwtRules": [rule]}
+    }
+
+
+def test_the_token_settings_are_read_from_the_overlays_request_authentication():
+    rule = {
+        "issuer": ISSUER,
+        "jwksUri": JWKS_URI,
+        "outputClaimToHeaders": [{"header": "x-jwt-subject", "claim": "sub"}],
+    }
+    docs = [{"kind": "Namespace", "metadata": {"name": "shop"}}, request_authentication(rule)]
+    assert tokens.token_settings(docs) == tokens.TokenSettings(ISSUER, JWKS_URI, "x-jwt-subject")
+    without_header = request_authentication({"issuer": ISSUER, "jwksUri": JWKS_URI})
+    assert tokens.token_settings([without_header]).subject_header == ""
+    with pytest.raises(ValueError, match="the e2e overlay builds no RequestAuthentication 'api-tokens'"):
+        tokens.token_settings([request_authentication(rule, name="other")])
+    with pytest.raises(ValueError, match=r"has no spec.jwtRules\[0\].jwksUri: the e2e harness needs both"):
+        tokens.token_settings([request_authentication({"issuer": ISSUER})])
+
+
+def test_the_harness_serves_and_signs_for_what_the_e2e_overlay_names():
+    served = tokens.overlay_token_settings()
+    offline = layout.api_tokens(layout.overlays()["e2e"])
+    assert (served.issuer, served.jwks_uri) == (offline.issuer, offline.jwks_uri)
+    assert served.subject_header
+
+
+@pytest.mark.parametrize(
+    ("uri", "location"),
+    [
+        (JWKS_URI, tokens.JwksLocation("e2e-tokens", "jwks", 8080, "/jwks.json")),
+        (
+            "http://keys.auth.svc/.well-known/jwks.json",
+            tokens.JwksLocation("auth", "keys", 80, "/.well-known/jwks.json"),
+        ),
+    ],
+)
+def test_the_jwks_uri_names_the_service_that_serves_it(uri, location):
+    assert tokens.jwks_location(uri) == location
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("https://jwks.e2e-tokens.svc.cluster.local/jwks.json", "plain http"),
+        ("http://tokens.example.com/jwks.json", "<service>.<namespace>.svc.cluster.local"),
+        ("http://jwks.svc.cluster.local/jwks.json", "<service>.<namespace>.svc.cluster.local"),
+        ("http://jwks.e2e-tokens.svc.cluster.local:8080/", "must name a file"),
+    ],
+)
+def test_a_jwks_uri_the_harness_cannot_serve_is_named(uri, problem):
+    with pytest.raises(ValueError, match=f"jwksUri '{uri}' is not one the e2e harness can serve: .*{problem}"):
+        tokens.jwks_location(uri)
+
+
+def test_the_jwks_server_is_nginx_unprivileged_without_a_sidecar_serving_the_jwks_at_the_uri(authority, e2e_settings):
+    location = tokens.jwks_location(JWKS_URI)
+    docs = tokens.jwks_server_manifests(location, authority.jwks(), e2e_settings.proxy_cpu)
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert [doc["kind"] for doc in docs] == ["Namespace", "ConfigMap", "Deployment", "Service"]
+    assert by_kind["Namespace"]["metadata"] == {"name": "e2e-tokens", "labels": {"istio-injection": "disabled"}}
+    assert {doc["metadata"].get("namespace", "e2e-tokens") for doc in docs} == {"e2e-tokens"}
+    assert json.loads(by_kind["ConfigMap"]["data"]["jwks.json"]) == authority.jwks()
+    template = by_kind["Deployment"]["spec"]["template"]
+    assert template["metadata"]["labels"][settings.HARNESS_LABEL] == "true"
+    assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert template["metadata"]["annotations"][settings.PROXY_CPU_ANNOTATION] == e2e_settings.proxy_cpu
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == settings.JWKS_IMAGE and container["image"].startswith("nginxinc/nginx-unprivileged:")
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert container["volumeMounts"][0]["mountPath"] == "/usr/share/nginx/html"
+    assert template["spec"]["volumes"][0]["configMap"]["name"] == by_kind["ConfigMap"]["metadata"]["name"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/jwks.json"
+    service = by_kind["Service"]
+    assert (
+        service["metadata"]["name"] == "jwks"
+        and service["spec"]["selector"] == by_kind["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
+    assert service["spec"]["ports"][0] == {"name": "http", "port": 8080, "targetPort": "http", "appProtocol": "http"}
+
+
+def test_a_jwks_below_a_directory_is_mounted_there_and_a_new_key_rolls_the_pod(authority, e2e_settings):
+    location = tokens.JwksLocation("auth", "keys", 80, "/.well-known/jwks.json")
+    docs = tokens.jwks_server_manifests(location, authority.jwks(), e2e_settings.proxy_cpu)
+    configmap, deployment = (
+        next(doc for doc in docs if doc["kind"] == wanted) for wanted in ("ConfigMap", "Deployment")
+    )
+    assert list(configmap["data"]) == ["jwks.json"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["volumeMounts"][0]["mountPath"] == "/usr/share/nginx/html/.well-known"
+    other = tokens.jwks_server_manifests(location, tokens.Authority.generate().jwks(), e2e_settings.proxy_cpu)
+    annotations = [
+        next(doc for doc in found if doc["kind"] == "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        for found in (docs, other)
+    ]
+    assert annotations[0] != annotations[1]
+
+
+def test_renovate_keeps_the_jwks_servers_image_current():
+    pins = {pin.name: pin for pin in renovate.pins() if pin.where == "e2e/harness/settings.py"}
+    image, tag = settings.JWKS_IMAGE.split(":")
+    assert pins[image].version == tag
+
+
+def run_calls(statements: list[ast.stmt]) -> list[str]:
+    """The names of the `run.<method>(...)` calls among the statements, in source order."""
+    calls = [
+        (node.lineno, node.col_offset, node.func.attr)
+        for statement in statements
+        for node in ast.walk(statement)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "run"
+    ]
+    return [name for _, _, name in sorted(calls)]
+
+
+def test_the_jwks_is_served_before_anything_applies_the_apps_layer():
+    """istiod fetches the jwksUri when it first pushes the RequestAuthentication, and keeps a failure a while."""
+    tree = ast.parse((REPO_ROOT / "e2e" / "conftest.py").read_text())
+    branch = next(node for node in ast.walk(tree) if isinstance(node, ast.If) and "gitops" in ast.unparse(node.test))
+    with_gitops, with_overlays = run_calls(branch.body), run_calls(branch.orelse)
+    assert with_gitops.index("serve_jwks") < with_gitops.index("sync_with_gitops")
+    assert with_overlays.index("serve_jwks") < with_overlays.index("install_apps")
+
+
+def token_probe(expected: str, token: str = "valid", subject_header: str = "") -> scenarios.Probe:
+    row = contract.Row("r", "internet", contract.Request(path="/api", token=token), expected)
+    return scenarios.Probe(row, None, path="/api", token=token, subject_header=subject_header)
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "holds"),
+    [
+        ("unauthenticated", scenarios.Answer(0, 401, "Jwt is expired"), True),
+        ("unauthenticated", scenarios.Answer(0, 401, "Jwt issuer is not configured"), True),
+        ("unauthenticated", scenarios.Answer(0, 403, "RBAC: access denied"), False),
+        ("unauthenticated", scenarios.Answer(0, 200, "Request served by backend-7d9f-x\n"), False),
+        ("unauthenticated", scenarios.Answer(0, 401, "Request served by backend-7d9f-x\n"), False),  # the app's 401
+        ("denied", scenarios.Answer(0, 403, "RBAC: access denied"), True),
+        ("denied", scenarios.Answer(0, 401, "Jwt verification fails"), False),
+        ("denied", scenarios.Answer(0, 403, "Forbidden"), False),
+    ],
+)
+def test_a_token_row_is_judged_by_the_gateways_answer(e2e_settings, expected, answer, holds):
+    assert scenarios.judge(token_probe(expected, "expired"), answer, e2e_settings)[0] is holds
+
+
+@pytest.mark.parametrize(
+    ("header_line", "holds"),
+    [("X-Jwt-Subject: e2e-client", True), ("X-Jwt-Subject: someone-else", False), ("", False)],
+)
+def test_a_valid_tokens_subject_must_reach_the_backend(e2e_settings, header_line, holds):
+    body = (
+        f"Request served by backend-6c9f8d7b5-x2x7z\n\nGET /api HTTP/1.1\n{header_line}\n"
+        f"X-Forwarded-Client-Cert: By=x;URI=spiffe://{e2e_settings.gateway.principal}\n"
+    )
+    probe = token_probe("reaches backend", subject_header="x-jwt-subject")
+    held, seen = scenarios.judge(probe, scenarios.Answer(0, 200, body), e2e_settings)
+    assert held is holds and "expected x-jwt-subject: e2e-client" in seen
+
+
+def test_only_a_row_sending_a_valid_token_expects_its_subject_at_the_backend(e2e_settings):
+    for token, header in (("valid", "x-jwt-subject"), ("expired", ""), ("none", "")):
+        row = contract.Row("r", "internet", contract.Request(path="/api", token=token), "reaches backend")
+        probe = scenarios.probe_for(row, e2e_settings, {}, subject_header="x-jwt-subject")
+        assert (probe.token, probe.subject_header) == (token, header)
+
+
+def test_an_internet_probe_sends_a_fresh_token_of_the_rows_kind(e2e_settings, monkeypatch):
+    sent: list[tuple[tuple[str, str], ...]] = []
+
+    def send(method: str, *args: object) -> object:
+        sent.append(args[-1])  # type: ignore[arg-type]
+        raise requests.ConnectionError("not sent")
+
+    monkeypatch.setattr(tls, "send", send)
+    run = bringup.Bringup(commands.Tools("kind", "kubectl", "helm"), e2e_settings, [])
+    issuer = tokens.overlay_token_settings().issuer
+    for token in ("valid", "forged", "none"):
+        headers = (("x-canary", "always"),)
+        row = contract.Row("r", "internet", contract.Request(path="/api", headers=headers, token=token), "denied")
+        bringup.probe_once(run, scenarios.probe_for(row, e2e_settings, {}), "ca.pem")
+    valid, forged, none = sent
+    assert none == (("x-canary", "always"),)
+    assert valid[0] == forged[0] == ("x-canary", "always") and valid[1][0] == "Authorization"
+    assert verified_claims(valid[1][1].removeprefix("Bearer "), run.authority.jwks())[1]["iss"] == issuer
+    with pytest.raises(InvalidSignature):
+        verified_claims(forged[1][1].removeprefix("Bearer "), run.authority.jwks())
 
 
 # --- the suite as pytest sees it -------------------------------------------------------------------

@@ -58,14 +58,19 @@ def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_obje
         if doc["kind"] == "AuthorizationPolicy"
         for rule in doc["spec"].get("rules", [])
         for src in rule.get("from", [])
-        for principal in src["source"]["principals"]
+        for principal in src["source"].get("principals", [])
     }
     assert f"cluster.local/ns/edge/sa/{service_account}" in principals
     assert not any("istio-system" in principal for principal in principals)
     gateway_objects = [doc for doc in docs if doc["apiVersion"].startswith(("cert-manager.io/", "gateway.networking"))]
     moved = {doc["metadata"]["namespace"] for doc in gateway_objects if doc["metadata"]["name"] != "public-routes"}
     assert moved == {"edge"}
-    assert find(docs, "Telemetry", "ingress-gateway-access-logs")["metadata"]["namespace"] == "edge"
+    for kind, name in [
+        ("Telemetry", "ingress-gateway-access-logs"),
+        ("RequestAuthentication", "api-tokens"),
+        ("AuthorizationPolicy", "api-requires-a-token"),
+    ]:
+        assert find(docs, kind, name)["metadata"]["namespace"] == "edge"
     if GATEWAY_API:
         assert find(docs, "HTTPRoute", "public-routes")["spec"]["parentRefs"][0]["namespace"] == "edge"
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from repo_tools.layout import IngressGateway
-from repo_tools.mesh import Caller, Mesh, Unmodelled, host_matches, istio_string_match, string_match
+from repo_tools.mesh import Caller, Mesh, Token, Unmodelled, host_matches, istio_string_match, string_match
 
 GATEWAY = IngressGateway(namespace="istio-system", service_account="istio-ingressgateway", istio_label="ingressgateway")
 WEB = Caller("app", "web")
@@ -310,13 +310,47 @@ def test_a_when_condition_is_not_guessed():
         mesh(workload("api"), policy("api", spec)).from_pod(WEB, "api.app")
 
 
-def test_jwt_request_principals_are_not_guessed():
+def test_a_request_principal_comes_only_from_a_token_the_gateway_validated():
     spec = {
         "selector": {"matchLabels": {"app": "api"}},
         "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}],
     }
-    with pytest.raises(Unmodelled, match="requestPrincipals"):
-        mesh(workload("api"), policy("api", spec)).from_pod(WEB, "api.app")
+    assert mesh(workload("api"), policy("api", spec)).from_pod(WEB, "api.app").outcome == "denied"
+
+
+GATEWAY_POD = {"istio": "ingressgateway"}
+
+
+def edge_authentication(issuer: str, jwks_uri: str) -> dict:
+    rule = {"issuer": issuer, "jwksUri": jwks_uri}
+    spec = {"selector": {"matchLabels": GATEWAY_POD}, "jwtRules": [rule]}
+    return {"kind": "RequestAuthentication", "metadata": {"name": "tokens", "namespace": "istio-system"}, "spec": spec}
+
+
+def token_required_on(path: str) -> dict:
+    rule = {"from": [{"source": {"notRequestPrincipals": ["*"]}}], "to": [{"operation": {"paths": [path]}}]}
+    spec = {"selector": {"matchLabels": GATEWAY_POD}, "action": "DENY", "rules": [rule]}
+    return policy("tokens", spec, namespace="istio-system")
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (None, "denied"),
+        (Token("https://issuer", "https://issuer/jwks"), "reaches api"),
+        (Token("https://issuer", "https://issuer/jwks", expired=True), "unauthenticated"),
+        (Token("https://issuer", "a key no JWKS holds"), "unauthenticated"),
+        (Token("https://elsewhere", "https://issuer/jwks"), "unauthenticated"),
+    ],
+)
+def test_the_gateway_checks_a_token_then_its_policies_before_any_route(token, expected):
+    m = mesh(
+        edge([to("api")]),
+        workload("api"),
+        edge_authentication("https://issuer", "https://issuer/jwks"),
+        token_required_on("/*"),
+    )
+    assert m.from_internet("https", HOST, "/orders", token=token).outcome == expected
 
 
 def test_a_policy_in_the_root_namespace_applies_to_every_namespace():

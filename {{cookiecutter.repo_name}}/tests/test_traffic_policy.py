@@ -13,7 +13,8 @@ ROWS = contract.load()
 
 
 def broken_or_not(docs: list[dict], overlay: str) -> list[contract.Outcome]:
-    return contract.check(overlay, docs, ROWS, ingress_gateway(), layout.public_host(layout.overlays()[overlay]))
+    path = layout.overlays()[overlay]
+    return contract.check(overlay, docs, ROWS, ingress_gateway(), layout.public_host(path), layout.api_tokens(path))
 
 
 def broken_rows(docs: list[dict], overlay: str = "staging") -> dict[str, contract.Outcome]:
@@ -178,7 +179,9 @@ def test_promoting_the_canary_is_one_line_in_the_overlay(tmp_path: Path):
     docs = kustomize.build(overlay.parent)
     outcome = next(
         o
-        for o in contract.check("prod", docs, ROWS, ingress_gateway(), layout.public_host(overlay.parent))
+        for o in contract.check(
+            "prod", docs, ROWS, ingress_gateway(), layout.public_host(overlay.parent), layout.api_tokens(overlay.parent)
+        )
         if o.row.name == row_named("shared between the stable and canary")
     )
     assert outcome.holds and outcome.verdict.traffic is not None

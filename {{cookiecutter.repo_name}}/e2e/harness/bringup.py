@@ -15,7 +15,7 @@ import requests
 import trustme
 import yaml
 
-from e2e.harness import acme, commands, gitops, scenarios, tls, traffic
+from e2e.harness import acme, commands, gitops, scenarios, tls, tokens, traffic
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
@@ -145,6 +145,8 @@ class Bringup:
     timings: list[tuple[str, float]] = field(default_factory=list)
     test_ca: trustme.CA = field(default_factory=trustme.CA)
     agent: str = ""  # the GitOps agent that installed the cluster, if one did (--gitops)
+    authority: tokens.Authority = field(default_factory=tokens.Authority.generate)  # the run's token issuer
+    jwks: tokens.JwksLocation | None = None  # where it serves its JWKS, once it does
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -251,6 +253,37 @@ class Bringup:
             self.apply(
                 tls.ca_secret_manifest(self.test_ca, self.settings.test_ca_secret, self.settings.gateway.namespace)
             )
+
+    def serve_jwks(self) -> None:
+        """The run's JWKS, served where the e2e overlay's RequestAuthentication fetches it, before the apps layer
+        exists: istiod fetches the jwksUri when it first pushes the RequestAuthentication and keeps a failure."""
+        token_settings = tokens.overlay_token_settings()
+        location = tokens.jwks_location(token_settings.jwks_uri)
+        with self.phase(f"serve the test tokens' JWKS at {token_settings.jwks_uri}"):
+            docs = tokens.jwks_server_manifests(location, self.authority.jwks(), self.settings.proxy_cpu)
+            served = self.kubectl(
+                "-n", location.namespace, "get", "configmap", location.service, "-o", "json", "--ignore-not-found"
+            )
+            self.apply(yaml.safe_dump_all(docs), field_manager="e2e-harness")
+            commands.run_checked(commands.rollout_status(self.tools, location.namespace, location.service))
+            self.jwks = location
+            configmap = next(doc for doc in docs if doc["kind"] == "ConfigMap")
+            namespace = self.settings.control_plane_namespace
+            if (
+                served
+                and json.loads(served).get("data") != configmap["data"]
+                and self.kubectl("-n", namespace, "get", "deployment/istiod", "-o", "name", "--ignore-not-found")
+            ):
+                # A reused cluster: istiod holds the last run's keys (it refetches every 20 minutes); restart it.
+                self.kubectl("-n", namespace, "rollout", "restart", "deployment/istiod")
+                commands.run_checked(commands.rollout_status(self.tools, namespace, "istiod"))
+
+    def token_headers(self, kind: str) -> tuple[tuple[str, str], ...]:
+        """The Authorization header for a token of `kind`, minted now for the overlay's issuer; () for none."""
+        if kind == tokens.NO_TOKEN:
+            return ()
+        issuer = tokens.overlay_token_settings().issuer
+        return tokens.authorization(kind, self.authority, issuer, int(time.time()))
 
     def install_apps(self, with_overlay: bool = True) -> None:
         with self.phase("apply the apps e2e overlay and the test clients"):
@@ -420,9 +453,8 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
         port = settings.https_node_port if probe.scheme == "https" else settings.http_node_port
         try:
             method = probe.row.request.method
-            response = tls.send(
-                method, probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file, probe.headers
-            )
+            headers = probe.headers + bringup.token_headers(probe.token)
+            response = tls.send(method, probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file, headers)
         except Exception as error:  # noqa: BLE001 - any transport error is an answer to judge, not a crash
             return Check(False, f"{type(error).__name__}: {error}{tagged}")
         answer = scenarios.Answer(0, response.status_code, response.text, response.headers.get("location", ""))

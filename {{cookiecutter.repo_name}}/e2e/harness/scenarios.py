@@ -3,7 +3,7 @@
 import re
 from dataclasses import dataclass
 
-from e2e.harness import traffic
+from e2e.harness import tokens, traffic
 from e2e.harness.commands import TIMED_OUT
 from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
 from repo_tools.contract import Newcomer, Row, caller_of
@@ -43,6 +43,9 @@ class Probe:
     headers: tuple[tuple[str, str], ...] = ()
     # The workloads whose pods may answer a row pinned to a version (from the offline verdict's shares).
     workloads: tuple[str, ...] = ()
+    token: str = tokens.NO_TOKEN  # the kind of token an internet row sends (tokens.TOKEN_KINDS), minted per request
+    # The header the backend must show the token's subject in, for a row that sends a valid token ("" for none).
+    subject_header: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,13 +70,29 @@ def service_port(services: dict[str, dict], to: str) -> tuple[str, int, bool]:
     return f"{to}.svc.cluster.local", port["port"], port.get("appProtocol") == "tcp"
 
 
-def probe_for(row: Row, settings: Settings, services: dict[str, dict], verdict: Verdict | None = None) -> Probe:
-    """verdict: the offline one for the e2e overlay, needed by rows pinned to a version."""
+def probe_for(
+    row: Row,
+    settings: Settings,
+    services: dict[str, dict],
+    verdict: Verdict | None = None,
+    subject_header: str = "",
+) -> Probe:
+    """verdict: the offline one for the e2e overlay, needed by rows pinned to a version. subject_header: where the
+    e2e overlay's RequestAuthentication passes a valid token's subject to the backend (tokens.TokenSettings)."""
     client = client_for(row, settings)
     request = row.request
     workloads = traffic.version_workloads(row, verdict)
     if client is None:
-        return Probe(row, None, scheme=request.scheme, path=request.path, headers=request.headers, workloads=workloads)
+        return Probe(
+            row,
+            None,
+            scheme=request.scheme,
+            path=request.path,
+            headers=request.headers,
+            workloads=workloads,
+            token=request.token,
+            subject_header=subject_header if request.token == "valid" else "",
+        )
     target = request.to
     if isinstance(target, Newcomer):
         target = f"{newcomer_name(target)}.{target.namespace}"
@@ -124,9 +143,17 @@ def judge(probe: Probe, answer: Answer, settings: Settings) -> tuple[bool, str]:
         if holds and probe.client is None:
             # Routed from the gateway: the workload's sidecar saw the gateway's mTLS identity.
             holds = f"URI=spiffe://{settings.gateway.principal}" in answer.body
+        if probe.subject_header:
+            # The gateway verified the token and passed its subject on (the echo server prints every header).
+            line = re.compile(rf"^{re.escape(probe.subject_header)}: {re.escape(tokens.SUBJECT)}\r?$", re.I | re.M)
+            holds = holds and line.search(answer.body) is not None
+            seen += f", expected {probe.subject_header}: {tokens.SUBJECT}"
         return holds, seen
     if expected == "denied":
         return answer.status == 403 and "RBAC: access denied" in answer.body, seen
+    if expected == "unauthenticated":
+        # The gateway's JWT filter refused the token; no backend saw the request.
+        return answer.status == 401 and not SERVED_BY.search(answer.body), seen
     if expected == "redirect https":
         return answer.status == 301 and answer.location.startswith(f"https://{settings.host}"), seen
     if expected == "no-answer":

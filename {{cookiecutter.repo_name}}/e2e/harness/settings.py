@@ -19,6 +19,10 @@ HARNESS_LABEL = "e2e.harness"  # on every pod the harness adds: clients, the pla
 # reads PORT, PREFIX (serve every route below a path) and MAX_DURATION (lift the 10s cap of /delay) from its
 # environment (httpbin/cmd/cmd.go).
 FAULT_IMAGE = "ghcr.io/mccutchen/go-httpbin:2.25.0"
+# Serves the run's JWKS where the e2e overlay's RequestAuthentication fetches it (e2e/harness/tokens.py): the stable
+# nginx 1.30.4 of https://github.com/nginx/docker-nginx-unprivileged (stable/alpine-slim/Dockerfile, "Updated
+# mainline to 1.31.3, stable to 1.30.4"), listening on 8080 as uid 101.
+JWKS_IMAGE = "nginxinc/nginx-unprivileged:1.30.4-alpine-slim"
 
 
 @dataclass(frozen=True)

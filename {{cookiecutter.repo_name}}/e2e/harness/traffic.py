@@ -30,15 +30,16 @@ POD_OF_WORKLOAD = r"{workload}-(?:[a-z0-9]+-[a-z0-9]{{5}}|\d+)"
 
 
 @cache
-def e2e_mesh() -> tuple[Mesh, str]:
+def e2e_mesh() -> tuple[Mesh, str, layout.ApiTokens]:
     overlay = layout.overlays()[E2E_OVERLAY]
-    return Mesh(kustomize.build(overlay), layout.ingress_gateway()), layout.public_host(overlay)
+    mesh = Mesh(kustomize.build(overlay), layout.ingress_gateway())
+    return mesh, layout.public_host(overlay), layout.api_tokens(overlay)
 
 
 def offline_verdict(row: Row) -> Verdict:
-    """What the offline model says the e2e overlay does with the row's request."""
-    mesh, host = e2e_mesh()
-    return contract.evaluate(row, mesh, host)
+    """What the offline model says the e2e overlay does with the row's request (and the token it sends)."""
+    mesh, host, tokens = e2e_mesh()
+    return contract.evaluate(row, mesh, host, tokens)
 
 
 def rows_with(rows: list[Row], field: str) -> list[Row]:
