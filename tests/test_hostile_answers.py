@@ -26,7 +26,7 @@ pytestmark = pytest.mark.xdist_group("hostile-answers")
 FREE_TEXT_ANSWERS = [
     "project_name", "repo_name", "namespace", "domain", "frontend_name", "backend_name", "frontend_image",
     "backend_image", "frontend_port", "backend_port", "frontend_health_path", "api_prefix", "acme_email",
-    "git_repo_url", "git_branch", "api_timeout_seconds", "api_retry_attempts",
+    "git_repo_url", "git_branch", "api_timeout_seconds", "api_retry_attempts", "jwt_issuer", "jwks_uri",
 ]  # fmt: skip
 # Outside every directory a bake creates: a refused bake deletes its output, and would take a marker with it.
 # The same name in every xdist worker (they must collect the same test ids), unique to the run.

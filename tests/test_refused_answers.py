@@ -43,6 +43,14 @@ REFUSED = {
         "database_port: 15090 is used by the Istio sidecar",
     ),
     "the api prefix /": ({"api_prefix": "/"}, "api_prefix: '/' must be a path like '/api'"),
+    "an issuer over plain http": (
+        {"jwt_issuer": "http://auth.example.com"},
+        "jwt_issuer: 'http://auth.example.com' must be an https URL",
+    ),
+    "a JWKS URL with a query": (
+        {"jwks_uri": "https://auth.example.com/keys?all=1"},
+        "jwks_uri: 'https://auth.example.com/keys?all=1' must be an https URL",
+    ),
     "no time for the api": (
         {"api_timeout_seconds": "0"},
         "api_timeout_seconds: '0' must be a whole number of seconds from 1 to 300",

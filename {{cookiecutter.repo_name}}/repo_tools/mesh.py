@@ -249,21 +249,21 @@ class Mesh:
         """None when the gateway's RequestAuthentications and AuthorizationPolicies let the request on, else their
         answer: 401 for a token that fails validation, 403 for a request a policy denies."""
         gateway = Workload(self.gateway.deployment, self.gateway.namespace, self.gateway.pod_labels)
+        rules = [
+            (ra, rule)
+            for ra in self.of_kind("RequestAuthentication")
+            if self.applies(ra, gateway)
+            for rule in (ra.get("spec") or {}).get("jwtRules") or []
+        ]
+        for ra, rule in rules:
+            unmodelled = set(rule) & {"jwks", "fromHeaders", "fromParams", "fromCookies", "audiences"}
+            if unmodelled:
+                raise Unmodelled(f"{describe(ra)} jwtRules set {', '.join(sorted(unmodelled))}")
         request_principal = ""
-        if token is not None:
-            rules = [
-                (ra, rule)
-                for ra in self.of_kind("RequestAuthentication")
-                if self.applies(ra, gateway)
-                for rule in (ra.get("spec") or {}).get("jwtRules") or []
-            ]
-            for ra, rule in rules:
-                unmodelled = set(rule) & {"jwks", "fromHeaders", "fromParams", "fromCookies", "audiences"}
-                if unmodelled:
-                    raise Unmodelled(f"{describe(ra)} jwtRules set {', '.join(sorted(unmodelled))}")
+        if token is not None and rules:  # without a RequestAuthentication, no filter reads the token at all
             trusting = [(ra, rule) for ra, rule in rules if rule.get("issuer") == token.issuer]
             if not trusting:
-                trusted = ", ".join(sorted({str(rule.get("issuer")) for _, rule in rules})) or "none"
+                trusted = ", ".join(sorted({str(rule.get("issuer")) for _, rule in rules}))
                 return Verdict(
                     "unauthenticated", f"the gateway trusts no issuer {token.issuer} (trusts {trusted}): 401"
                 )
