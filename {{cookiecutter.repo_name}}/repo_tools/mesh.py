@@ -267,15 +267,15 @@ class Mesh:
                 return Verdict(
                     "unauthenticated", f"the gateway trusts no issuer {token.issuer} (trusts {trusted}): 401"
                 )
-            ra, rule = trusting[0]
-            if rule.get("jwksUri") != token.signed_with_key_of:
+            if token.expired:
+                return Verdict("unauthenticated", f"{describe(trusting[0][0])}: the token has expired: 401")
+            if not any(rule.get("jwksUri") == token.signed_with_key_of for _, rule in trusting):
+                read_from = ", ".join(str(rule.get("jwksUri")) for _, rule in trusting)
                 return Verdict(
                     "unauthenticated",
-                    f"{describe(ra)} reads {token.issuer}'s keys from {rule.get('jwksUri')}, which does not hold the key "
-                    f"that signed the token: 401",
+                    f"the gateway reads {token.issuer}'s keys from {read_from}, which holds no key that signed the "
+                    "token: 401",
                 )
-            if token.expired:
-                return Verdict("unauthenticated", f"{describe(ra)}: the token has expired: 401")
             request_principal = f"{token.issuer}/{token.subject}"
         verdict = self.authorize(Caller("", "", sidecar=False), gateway, port, path, method, host, request_principal)
         return verdict if verdict.outcome == "denied" else None

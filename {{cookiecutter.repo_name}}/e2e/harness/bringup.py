@@ -256,7 +256,8 @@ class Bringup:
 
     def serve_jwks(self) -> None:
         """The run's JWKS, served where the e2e overlay's RequestAuthentication fetches it, before the apps layer
-        exists: istiod fetches the jwksUri when it first pushes the RequestAuthentication and keeps a failure."""
+        exists: istiod fetches the jwksUri when it first pushes the RequestAuthentication, and after a failed fetch
+        refuses every token until one of its few retries, seconds apart, succeeds (pilot's jwks_resolver.go)."""
         token_settings = tokens.overlay_token_settings()
         location = tokens.jwks_location(token_settings.jwks_uri)
         with self.phase(f"serve the test tokens' JWKS at {token_settings.jwks_uri}"):
