@@ -30,8 +30,8 @@ NON_DEFAULT = {
     "api_prefix": "/v2/orders-api",
     "api_timeout_seconds": "7",
     "api_retry_attempts": "3",
-    "jwt_issuer": "https://login.acme.test:8443/realms/shop",
-    "jwks_uri": "https://login.acme.test:8443/realms/shop/protocol/openid-connect/certs",
+    "jwt_issuer": "https://login.acme.test:8443/realms/storefront",
+    "jwks_uri": "https://login.acme.test:8443/realms/storefront/protocol/openid-connect/certs",
     "acme_email": "certs@acme.test",
 }
 LONG = "x" * 53 + "-long-name"  # 63 characters, the most a label may have
