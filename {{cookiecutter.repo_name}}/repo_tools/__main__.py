@@ -185,6 +185,7 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
                 found.append(str(refused))
             found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
             found += rendered_install.selectors_select_the_gateway_pods(docs, apps.get(name, []), gateway)
+            found += rendered_install.policies_name_ports_the_gateway_listens_on(docs, apps.get(name, []), gateway)
             if gitops.HIGH_AVAILABILITY in gitops.environment_components(name):
                 found += rendered_install.high_availability_holds(docs, gateway)
             return f"{len(docs)} documents of infrastructure/overlays/{name}", found

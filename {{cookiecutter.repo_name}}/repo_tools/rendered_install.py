@@ -69,7 +69,7 @@ def selectors_select_the_gateway_pods(
     ]
     for doc in [
         *of_kind(infrastructure, "PodDisruptionBudget"),
-        *of_kind(infrastructure + apps, "AuthorizationPolicy"),
+        *of_kind(infrastructure + apps, "AuthorizationPolicy", "RequestAuthentication", "Telemetry"),
     ]:
         selector = doc["spec"].get("selector", {}).get("matchLabels") or {}
         if doc["metadata"].get("namespace") == namespace and selector and not selects(selector, labels):
@@ -82,6 +82,43 @@ def selectors_select_the_gateway_pods(
     }
     if any(of_kind(apps, "NetworkPolicy")) and namespace not in admitted:
         problems.append(f"no NetworkPolicy admits connections from {namespace!r}, where the gateway pods run")
+    return problems
+
+
+def policies_name_ports_the_gateway_listens_on(
+    infrastructure: list[dict], apps: list[dict], gateway: IngressGateway
+) -> list[str]:
+    """An AuthorizationPolicy of the gateway matches `ports` against the port its pods listen on (the Service's
+    target port): a rule on a port they do not listen on never matches, and a DENY there protects nothing."""
+    deployment = gateway_deployment(infrastructure, gateway)
+    if deployment is None:
+        return []
+    labels, namespace = pod_labels(deployment), deployment["metadata"]["namespace"]
+    containers = deployment["spec"]["template"]["spec"].get("containers", [])
+    named = {port.get("name"): port["containerPort"] for c in containers for port in c.get("ports", [])}
+    listening = {
+        str(named.get(port.get("targetPort"), port.get("targetPort", port["port"])))
+        for service in of_kind(infrastructure, "Service")
+        if service["metadata"].get("namespace") == namespace and selects(service["spec"].get("selector") or {}, labels)
+        for port in service["spec"].get("ports", [])
+    }
+    problems = []
+    for policy in of_kind(apps, "AuthorizationPolicy"):
+        spec = policy.get("spec") or {}
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        targets_gateway = any(ref.get("kind") == "Gateway" for ref in spec.get("targetRefs") or [])
+        if policy["metadata"].get("namespace") != namespace or not (
+            targets_gateway or (selector and selects(selector, labels))
+        ):
+            continue
+        for number, rule in enumerate(spec.get("rules") or [], start=1):
+            for entry in rule.get("to") or []:
+                unknown = sorted(set(entry.get("operation", {}).get("ports") or []) - listening)
+                if unknown:
+                    problems.append(
+                        f"{describe(policy)} rule {number}: the gateway pods listen on {sorted(listening)}, not "
+                        f"{unknown}, so the rule never matches there"
+                    )
     return problems
 
 

@@ -61,6 +61,16 @@ def test_every_gateway_selector_selects_the_real_gateway_pods(overlay, gateway):
     assert rendered_install.selectors_select_the_gateway_pods(installed(overlay), apps(overlay), gateway) == []
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_token_rule_names_the_port_the_gateway_pods_really_listen_on(overlay, gateway):
+    docs = apps(overlay)
+    assert rendered_install.policies_name_ports_the_gateway_listens_on(installed(overlay), docs, gateway) == []
+    rule = next(doc for doc in docs if doc["metadata"]["name"] == "api-requires-a-token")["spec"]["rules"][0]
+    rule["to"][0]["operation"]["ports"] = ["8443"]
+    problems = rendered_install.policies_name_ports_the_gateway_listens_on(installed(overlay), docs, gateway)
+    assert len(problems) == 1 and "not ['8443'], so the rule never matches there" in problems[0]
+
+
 @istio_api_only
 def test_a_gateway_selecting_another_label_is_caught(gateway):
     docs = apps("e2e")
