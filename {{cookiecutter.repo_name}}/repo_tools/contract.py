@@ -20,9 +20,11 @@ CONTRACT = REPO_ROOT / "contract.yaml"
 # What a row may expect: each is an outcome the offline verifier reports and the e2e run can observe.
 OUTCOMES = ("reaches <app>", "redirect https", "denied", "unauthenticated", "no-answer")
 # The JWT an internet row sends: none, one the overlay's issuer signed, or one the gateway must refuse.
-TOKENS = ("none", "valid", "expired", "forged", "other-issuer")
-OTHER_ISSUER = "https://elsewhere.invalid"
+NO_TOKEN = "none"
+TOKENS = (NO_TOKEN, "valid", "expired", "forged", "other-issuer")
+OTHER_ISSUER = "https://elsewhere.e2e.test"  # signed with the issuer's real key, but not an issuer the gateway trusts
 FORGING_KEY = "a key no JWKS holds"
+TOKEN_SUBJECT = "e2e-client"
 # What a row may add to "reaches": where the traffic goes and under which route policy.
 TRAFFIC_KEYS = {"version", "split", "timeout", "retries", "circuitBreaking"}
 RETRIES_KEYS = {"attempts", "perTryTimeout", "retryOn"}
@@ -53,11 +55,11 @@ class Request:
     to: str | Newcomer | None = None
     port: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
-    token: str = "none"  # one of TOKENS
+    token: str = NO_TOKEN  # one of TOKENS
 
 
 @dataclass(frozen=True)
-class Traffic:
+class ExpectedTraffic:
     """What a "reaches" row expects beyond the app: the version every request reaches, the versions a split
     shares the requests among (by the overlay's weights, adding up to 100), the route's timeout and retries, and
     a circuit breaker in front of every destination."""
@@ -127,7 +129,7 @@ class Row:
     caller: str | Caller  # "internet", "ingress-gateway", or a pod identity
     request: Request
     expected: str  # one of OUTCOMES, "reaches <app>" filled in
-    traffic: Traffic | None = None
+    traffic: ExpectedTraffic | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
     port = request.get("port")
     if port is not None and not isinstance(port, int):
         problems.append(f"{where} request: port must be a number")
-    token = request.get("token", "none")
+    token = request.get("token", NO_TOKEN)
     if token not in TOKENS:
         problems.append(f"{where} request: token must be one of {', '.join(TOKENS)}, not {token!r}")
     headers = request.get("headers") or {}
@@ -210,7 +212,7 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
     return parsed, problems
 
 
-def parse_expected(where: str, expect: object) -> tuple[str, Traffic | None, list[str]]:
+def parse_expected(where: str, expect: object) -> tuple[str, ExpectedTraffic | None, list[str]]:
     if expect in ("denied", "unauthenticated", "no-answer"):
         return str(expect), None, []
     if expect == {"redirect": "https"}:
@@ -221,7 +223,7 @@ def parse_expected(where: str, expect: object) -> tuple[str, Traffic | None, lis
     return "", None, [f"{where}: expect must be one of {', '.join(OUTCOMES)}, not {expect!r}"]
 
 
-def parse_traffic(where: str, given: dict) -> tuple[Traffic | None, list[str]]:
+def parse_traffic(where: str, given: dict) -> tuple[ExpectedTraffic | None, list[str]]:
     if not given:
         return None, []
     problems = unknown_keys(where, given, TRAFFIC_KEYS)
@@ -237,7 +239,7 @@ def parse_traffic(where: str, given: dict) -> tuple[Traffic | None, list[str]]:
     problems += found
     if not isinstance(given.get("circuitBreaking", True), bool):
         problems.append(f"{where}: circuitBreaking must be true or false")
-    traffic = Traffic(
+    traffic = ExpectedTraffic(
         str(given["version"]) if "version" in given else None,
         tuple(split) if isinstance(split, list) else None,
         timeout,
@@ -304,15 +306,15 @@ def caller_of(row: Row, gateway: layout.IngressGateway) -> Caller:
 
 
 def token_for(kind: str, tokens: layout.ApiTokens | None) -> Token | None:
-    if kind == "none":
+    if kind == NO_TOKEN:
         return None
     if tokens is None:
         raise Unmodelled("a token row, but no api-tokens settings to say which tokens are valid")
     return {
-        "valid": Token(tokens.issuer, tokens.jwks_uri),
-        "expired": Token(tokens.issuer, tokens.jwks_uri, expired=True),
-        "forged": Token(tokens.issuer, FORGING_KEY),
-        "other-issuer": Token(OTHER_ISSUER, tokens.jwks_uri),
+        "valid": Token(tokens.issuer, tokens.jwks_uri, TOKEN_SUBJECT),
+        "expired": Token(tokens.issuer, tokens.jwks_uri, TOKEN_SUBJECT, expired=True),
+        "forged": Token(tokens.issuer, FORGING_KEY, TOKEN_SUBJECT),
+        "other-issuer": Token(OTHER_ISSUER, tokens.jwks_uri, TOKEN_SUBJECT),
     }[kind]
 
 

@@ -31,7 +31,7 @@ from typing import TypeVar
 import yaml
 
 from repo_tools.layout import GATEWAY_NAME_LABEL, IngressGateway
-from repo_tools.resilience import Destination, RoutePolicy, http_route_policy
+from repo_tools.resilience import Destination, RoutePolicy, http_route_destination, http_route_policy
 from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind
 
 GROUP = "gateway.networking.k8s.io"
@@ -342,7 +342,7 @@ def apply_rule(docs: list[dict], http_route: dict, rule: dict, number: int, path
                 f"{routed}: Service {backend_namespace}/{backend['name']} is in another namespace "
                 "and no ReferenceGrant there admits the route",
             )
-        destinations.append(Destination(backend["name"], backend_namespace, backend["port"], backend.get("weight", 1)))
+        destinations.append(http_route_destination(http_route, backend))
     policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
     return Routed(tuple(destinations), path, routed, policy)
 

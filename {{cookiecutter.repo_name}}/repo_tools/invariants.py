@@ -18,7 +18,6 @@ from repo_tools.resources import (
     pod_labels,
     principal,
     selects,
-    service_fqdn,
 )
 
 Docs = list[dict]
@@ -363,17 +362,10 @@ def gateway_routes_reach_admitting_workloads(docs: Docs, gateway: IngressGateway
 
 def gateway_destinations(docs: Docs) -> Iterator[tuple[str, str]]:
     """(route, Service FQDN) for every destination a route of the ingress gateway sends requests to."""
-    for vs in of_kind(docs, "VirtualService"):
-        if vs.get("spec", {}).get("gateways"):
-            for route in vs["spec"].get("http", []):
-                for destination in route.get("route", []):
-                    host = service_fqdn(destination["destination"]["host"], namespace_of(vs))
-                    yield f"{describe(vs)} route {route.get('name', '?')}", host
-    for http_route in of_kind(docs, "HTTPRoute"):
-        for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
-            for backend in rule.get("backendRefs") or []:
-                host = service_fqdn(f"{backend['name']}.{backend.get('namespace', namespace_of(http_route))}", "")
-                yield f"{describe(http_route)} rule {rule.get('name') or number}", host
+    for rule in resilience.route_rules(docs):
+        if rule.at_the_gateway:
+            for destination in rule.destinations:
+                yield rule.policy.where, destination.fqdn
 
 
 def workloads_are_hardened(docs: Docs, gateway: IngressGateway) -> list[str]:

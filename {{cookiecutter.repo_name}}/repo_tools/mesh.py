@@ -34,6 +34,7 @@ from repo_tools.resilience import (
     destination_rule,
     has_circuit_breaker,
     traffic_policy,
+    virtual_service_destinations,
     virtual_service_policy,
 )
 from repo_tools.resources import Unmodelled, describe, principal, selects, service_fqdn, string_match
@@ -64,8 +65,8 @@ class Token:
 
     issuer: str
     signed_with_key_of: str
+    subject: str
     expired: bool = False
-    subject: str = "e2e-client"
 
 
 @dataclass(frozen=True)
@@ -145,18 +146,8 @@ class Mesh:
         routed = f"routed by {describe(vs)} route {described}"
         if scheme == "http":
             routed = f"{where} serves plain HTTP (no httpsRedirect); {routed}"
-        destinations = tuple(
-            Destination(
-                entry["destination"]["host"],
-                vs["metadata"].get("namespace", ""),
-                entry["destination"].get("port", {}).get("number"),
-                entry.get("weight", 100),
-                entry["destination"].get("subset"),
-            )
-            for entry in rule.get("route", [])
-        )
         policy = virtual_service_policy(vs, rule, rule.get("name") or described)
-        return self.deliver(destinations, path_at_destination, method, host, routed, policy)
+        return self.deliver(virtual_service_destinations(vs, rule), path_at_destination, method, host, routed, policy)
 
     def through_gateway_api(
         self,

@@ -78,6 +78,29 @@ class Destination:
     weight: int
     subset: str | None = None
 
+    @property
+    def fqdn(self) -> str:
+        return service_fqdn(self.service, self.namespace)
+
+
+def virtual_service_destinations(vs: dict, rule: dict) -> tuple[Destination, ...]:
+    return tuple(
+        Destination(
+            entry["destination"]["host"],
+            namespace_of(vs),
+            entry["destination"].get("port", {}).get("number"),
+            entry.get("weight", 100),
+            entry["destination"].get("subset"),
+        )
+        for entry in rule.get("route", [])
+    )
+
+
+def http_route_destination(http_route: dict, ref: dict) -> Destination:
+    return Destination(
+        ref["name"], ref.get("namespace", namespace_of(http_route)), ref.get("port"), ref.get("weight", 1)
+    )
+
 
 @dataclass(frozen=True)
 class Share:
@@ -105,10 +128,8 @@ class Traffic:
 
 def parse_retry_on(text: str) -> frozenset[str]:
     conditions = {part.strip() for part in text.split(",") if part.strip()}
-    if any(part.isdigit() for part in conditions):
-        conditions.discard("retriable-status-codes")
-    elif "retriable-status-codes" in conditions:
-        conditions.discard("retriable-status-codes")  # without a code it retries nothing
+    # With codes it only says to retry them (Istio adds it for codes); without one it retries nothing.
+    conditions.discard("retriable-status-codes")
     return frozenset(conditions)
 
 
@@ -214,50 +235,52 @@ def has_circuit_breaker(policy: dict) -> bool:
 # --- the rules ----------------------------------------------------------------------------------------
 
 
-def route_policies(docs: list[dict]) -> Iterator[tuple[RoutePolicy, set[str], list[tuple[str, int]]]]:
-    """(policy, methods the rule can match, [(Service FQDN, weight)]) for every route rule in the build."""
+@dataclass(frozen=True)
+class RouteRule:
+    """One routing rule of the build: its policy, the methods it can match, where it sends them, and whether the
+    ingress gateway serves it (an HTTPRoute, or a VirtualService bound to a gateway)."""
+
+    policy: RoutePolicy
+    methods: set[str]
+    destinations: tuple[Destination, ...]
+    at_the_gateway: bool
+
+
+def route_rules(docs: list[dict]) -> Iterator[RouteRule]:
+    """Every VirtualService route and HTTPRoute rule that sends requests on to Services."""
     for vs in of_kind(docs, "VirtualService"):
         for number, rule in enumerate(vs.get("spec", {}).get("http", []), start=1):
             if "route" not in rule:
                 continue
-            policy = virtual_service_policy(vs, rule, rule.get("name") or str(number))
             methods = {
                 method
                 for condition in rule.get("match") or [{}]
                 for method in METHODS
                 if "method" not in condition or string_match(condition["method"], method)
             }
-            destinations = [
-                (service_fqdn(entry["destination"]["host"], namespace_of(vs)), entry.get("weight", 100))
-                for entry in rule["route"]
-            ]
-            yield policy, methods, destinations
+            policy = virtual_service_policy(vs, rule, rule.get("name") or str(number))
+            yield RouteRule(policy, methods, virtual_service_destinations(vs, rule), bool(vs["spec"].get("gateways")))
     for http_route in of_kind(docs, "HTTPRoute"):
         for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
             if not rule.get("backendRefs"):
                 continue
-            policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
             methods = {
                 method
                 for match in rule.get("matches") or [{}]
                 for method in METHODS
                 if match.get("method", method) == method
             }
-            destinations = [
-                (
-                    service_fqdn(f"{ref['name']}.{ref.get('namespace', namespace_of(http_route))}", ""),
-                    ref.get("weight", 1),
-                )
-                for ref in rule["backendRefs"]
-            ]
-            yield policy, methods, destinations
+            policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
+            destinations = tuple(http_route_destination(http_route, ref) for ref in rule["backendRefs"])
+            yield RouteRule(policy, methods, destinations, True)
 
 
 def retries_never_repeat_a_change(docs: list[dict], gateway: IngressGateway) -> list[str]:
     """A method that is not idempotent is retried only when the request never reached the application."""
     problems = []
-    for policy, methods, _ in route_policies(docs):
-        changing = sorted(set(methods) - set(IDEMPOTENT_METHODS), key=METHODS.index)
+    for rule in route_rules(docs):
+        policy = rule.policy
+        changing = sorted(rule.methods - set(IDEMPOTENT_METHODS), key=METHODS.index)
         risky = sorted(policy.retries.on - NEVER_REACHED_THE_APP) if policy.retries.attempts else []
         if changing and risky:
             problems.append(
@@ -272,7 +295,7 @@ def retries_fit_the_timeout(docs: list[dict], gateway: IngressGateway) -> list[s
     """Bounded retries, each shorter than the route's timeout (when it has one), so a slow backend meets the
     timeout, not N times it."""
     problems = []
-    for policy, _, _ in route_policies(docs):
+    for policy in (rule.policy for rule in route_rules(docs)):
         retries = policy.retries
         if retries.attempts > 5:
             problems.append(f"{policy.where}: {retries.attempts} retries multiply an outage; use at most 5")
@@ -291,10 +314,10 @@ def retries_fit_the_timeout(docs: list[dict], gateway: IngressGateway) -> list[s
 def splits_add_up(docs: list[dict], gateway: IngressGateway) -> list[str]:
     """A weighted split is stated in percent: the weights add up to 100."""
     return [
-        f"{policy.where}: the weights add up to {sum(weight for _, weight in destinations)}, not 100 "
-        f"({', '.join(f'{host.partition(chr(46))[0]} {weight}' for host, weight in destinations)})"
-        for policy, _, destinations in route_policies(docs)
-        if len(destinations) > 1 and sum(weight for _, weight in destinations) != 100
+        f"{rule.policy.where}: the weights add up to {total}, not 100 "
+        f"({', '.join(f'{d.service} {d.weight}' for d in rule.destinations)})"
+        for rule in route_rules(docs)
+        if len(rule.destinations) > 1 and (total := sum(d.weight for d in rule.destinations)) != 100
     ]
 
 

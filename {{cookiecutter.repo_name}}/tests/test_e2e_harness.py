@@ -317,7 +317,9 @@ CANARY = resilience.Share("backend-canary", "backend", "canary", 25, True)
 
 
 def pinned(version: str | None) -> contract.Row:
-    return contract.Row("r", "internet", contract.Request(), "reaches backend", contract.Traffic(version=version))
+    return contract.Row(
+        "r", "internet", contract.Request(), "reaches backend", contract.ExpectedTraffic(version=version)
+    )
 
 
 def split_verdict(*shares: resilience.Share) -> Verdict:

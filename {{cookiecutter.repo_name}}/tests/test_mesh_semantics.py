@@ -337,10 +337,10 @@ def token_required_on(path: str) -> dict:
     ("token", "expected"),
     [
         (None, "denied"),
-        (Token("https://issuer", "https://issuer/jwks"), "reaches api"),
-        (Token("https://issuer", "https://issuer/jwks", expired=True), "unauthenticated"),
-        (Token("https://issuer", "a key no JWKS holds"), "unauthenticated"),
-        (Token("https://elsewhere", "https://issuer/jwks"), "unauthenticated"),
+        (Token("https://issuer", "https://issuer/jwks", "client"), "reaches api"),
+        (Token("https://issuer", "https://issuer/jwks", "client", expired=True), "unauthenticated"),
+        (Token("https://issuer", "a key no JWKS holds", "client"), "unauthenticated"),
+        (Token("https://elsewhere", "https://issuer/jwks", "client"), "unauthenticated"),
     ],
 )
 def test_the_gateway_checks_a_token_then_its_policies_before_any_route(token, expected):

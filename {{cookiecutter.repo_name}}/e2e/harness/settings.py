@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -42,6 +43,12 @@ class Settings:
     proxy_cpu: str
 
 
+@cache
+def e2e_build() -> list[dict]:
+    """The e2e overlay as kustomize builds it, once per run; read it, never change it."""
+    return kustomize.build(E2E_OVERLAY)
+
+
 def default_cluster_name() -> str:
     """<repo directory>-e2e, as a DNS label kind accepts."""
     name = re.sub(r"[^a-z0-9-]+", "-", REPO_ROOT.name.lower()).strip("-")[:40]
@@ -53,7 +60,7 @@ def node_ports(patch: Path = GATEWAY_NODE_PORTS) -> dict[int, int]:
     the e2e overlay's Gateway (Gateway API), else from the install layer's patch of the gateway chart's Service."""
     gateway = layout.ingress_gateway()
     if gateway.gateway_api:
-        deployed = gateway_api.deployed_gateway(kustomize.build(E2E_OVERLAY), gateway)
+        deployed = gateway_api.deployed_gateway(e2e_build(), gateway)
         service = next(doc for doc in deployed if doc["kind"] == "Service")
     else:
         service = yaml.safe_load(patch.read_text())
@@ -61,7 +68,7 @@ def node_ports(patch: Path = GATEWAY_NODE_PORTS) -> dict[int, int]:
 
 
 def load(cluster_name: str) -> Settings:
-    docs = kustomize.build(E2E_OVERLAY)
+    docs = e2e_build()
     first_workload = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]
     issuer = next(doc for doc in docs if doc["kind"] == "Issuer" and "ca" in doc["spec"])
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))

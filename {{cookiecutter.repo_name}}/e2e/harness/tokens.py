@@ -10,21 +10,19 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from functools import cache
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from e2e.harness.settings import HARNESS_LABEL, JWKS_IMAGE, PROXY_CPU_ANNOTATION
-from repo_tools import kustomize, layout
+from e2e.harness.settings import E2E_OVERLAY, HARNESS_LABEL, JWKS_IMAGE, PROXY_CPU_ANNOTATION, e2e_build
+from repo_tools import contract
 
-E2E_OVERLAY = "e2e"
 REQUEST_AUTHENTICATION = "api-tokens"
-NO_TOKEN = "none"
-TOKEN_KINDS = ("valid", "expired", "forged", "other-issuer")
-SUBJECT = "e2e-client"
-OTHER_ISSUER = "https://elsewhere.e2e.test"  # signed with the real key, but not an issuer the gateway trusts
+NO_TOKEN = contract.NO_TOKEN
+TOKEN_KINDS = contract.TOKENS[1:]
+SUBJECT = contract.TOKEN_SUBJECT
+OTHER_ISSUER = contract.OTHER_ISSUER
 LIFETIME = 600  # seconds a valid token lasts; an expired one ran out this long ago (far beyond Envoy's 60s skew)
 NGINX_PORT = 8080  # where nginx-unprivileged listens
 NGINX_ROOT = "/usr/share/nginx/html"
@@ -51,7 +49,7 @@ class JwksLocation:
     path: str
 
 
-def token_settings(docs: list[dict], where: str = f"the {E2E_OVERLAY} overlay") -> TokenSettings:
+def token_settings(docs: list[dict], where: str = f"the {E2E_OVERLAY.name} overlay") -> TokenSettings:
     """The issuer, JWKS URI and subject header of RequestAuthentication api-tokens in a build; ValueError naming
     what is missing otherwise."""
     found = [
@@ -78,9 +76,8 @@ def token_settings(docs: list[dict], where: str = f"the {E2E_OVERLAY} overlay") 
     return TokenSettings(rule["issuer"], rule["jwksUri"], header)
 
 
-@cache
 def overlay_token_settings() -> TokenSettings:
-    return token_settings(kustomize.build(layout.overlays()[E2E_OVERLAY]))
+    return token_settings(e2e_build())
 
 
 def jwks_location(uri: str) -> JwksLocation:

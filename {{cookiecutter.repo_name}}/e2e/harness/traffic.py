@@ -9,13 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from e2e.harness.settings import FAULT_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
-from repo_tools import contract, kustomize, layout, resilience
+from e2e.harness.settings import E2E_OVERLAY, FAULT_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings, e2e_build
+from repo_tools import contract, layout, resilience
 from repo_tools.contract import Row
 from repo_tools.mesh import Mesh, Verdict
 from repo_tools.resources import describe, name_of, namespace_of, of_kind, pod_labels, selects
 
-E2E_OVERLAY = "e2e"
 FAULT_LABEL = "e2e.fault"  # selects one fault Deployment's pods, which also carry the replaced workload's labels
 # Above the longest route timeout a repo may set (cookiecutter.json: api_timeout_seconds up to 300).
 MAX_DELAY = "10m"
@@ -31,9 +30,8 @@ POD_OF_WORKLOAD = r"{workload}-(?:[a-z0-9]+-[a-z0-9]{{5}}|\d+)"
 
 @cache
 def e2e_mesh() -> tuple[Mesh, str, layout.ApiTokens]:
-    overlay = layout.overlays()[E2E_OVERLAY]
-    mesh = Mesh(kustomize.build(overlay), layout.ingress_gateway())
-    return mesh, layout.public_host(overlay), layout.api_tokens(overlay)
+    mesh = Mesh(e2e_build(), layout.ingress_gateway())
+    return mesh, layout.public_host(E2E_OVERLAY), layout.api_tokens(E2E_OVERLAY)
 
 
 def offline_verdict(row: Row) -> Verdict:
@@ -58,7 +56,7 @@ def version_workloads(row: Row, verdict: Verdict | None) -> tuple[str, ...]:
     workloads = tuple(share.workload for share in shares if share.version == version and share.weight > 0)
     if not workloads:
         raise ValueError(
-            f"{row.name!r} expects version {version}, but in the {E2E_OVERLAY} overlay no share of its route goes "
+            f"{row.name!r} expects version {version}, but in the {E2E_OVERLAY.name} overlay no share of its route goes "
             f"to that version ({verdict.outcome}: {verdict.because})"
         )
     return workloads
