@@ -106,6 +106,7 @@ def validate_all() -> list[str]:
 
     def install_layer() -> tuple[str, list[str]]:
         found = install.chart_problems() + install.gateway_identity_problems(gateway) + install.addon_problems()
+        found += install.mesh_config_problems()
         found += install.webhook_failure_policy_is_fixed(install.charts())
         found += gitops.install_order_problems(sorted(layout.overlays()))
         return f"{len(install.charts())} charts", found

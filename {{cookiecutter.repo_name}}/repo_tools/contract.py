@@ -18,7 +18,20 @@ CONTRACT = REPO_ROOT / "contract.yaml"
 
 
 # What a row may expect: each is an outcome the offline verifier reports and the e2e run can observe.
-OUTCOMES = ("reaches <app>", "redirect https", "denied", "unauthenticated", "no-answer")
+OUTCOMES = (
+    "reaches <app>",
+    "redirect https",
+    "denied",
+    "unauthenticated",
+    "rate-limited",
+    "too-large",
+    "headers-too-large",
+    "no-answer",
+)
+REFUSALS = ("denied", "unauthenticated", "rate-limited", "too-large", "headers-too-large", "no-answer")
+# A limit of the gateway an internet row's request goes past (edge.py): its route's rate limit (one request more
+# than the bucket holds), the largest body, the largest headers.
+LIMITS = ("rate-limit", "body-limit", "header-limit")
 # The JWT an internet row sends: none, one the overlay's issuer signed, or one the gateway must refuse.
 NO_TOKEN = "none"
 TOKENS = (NO_TOKEN, "valid", "expired", "forged", "other-issuer")
@@ -30,7 +43,7 @@ TRAFFIC_KEYS = {"version", "split", "timeout", "retries", "circuitBreaking"}
 RETRIES_KEYS = {"attempts", "perTryTimeout", "retryOn"}
 ROW_KEYS = {"name", "from", "request", "expect"}
 POD_KEYS = {"namespace", "serviceAccount", "sidecar"}
-INTERNET_REQUEST_KEYS = {"scheme", "path", "method", "headers", "token"}
+INTERNET_REQUEST_KEYS = {"scheme", "path", "method", "headers", "token", "exceeds"}
 POD_REQUEST_KEYS = {"to", "path", "port"}
 NEWCOMER_KEYS = {"namespace", "labels"}
 
@@ -56,6 +69,7 @@ class Request:
     port: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
     token: str = NO_TOKEN  # one of TOKENS
+    exceeds: str = ""  # one of LIMITS
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,9 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
     token = request.get("token", NO_TOKEN)
     if token not in TOKENS:
         problems.append(f"{where} request: token must be one of {', '.join(TOKENS)}, not {token!r}")
+    exceeds = request.get("exceeds", "")
+    if exceeds and exceeds not in LIMITS:
+        problems.append(f"{where} request: exceeds must be one of {', '.join(LIMITS)}, not {exceeds!r}")
     headers = request.get("headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         problems.append(f"{where} request: headers must map header names to strings")
@@ -208,12 +225,13 @@ def parse_request(where: str, request: object, from_internet: bool) -> tuple[Req
         port,
         tuple((str(name).lower(), value) for name, value in headers.items()),
         str(token),
+        str(exceeds),
     )
     return parsed, problems
 
 
 def parse_expected(where: str, expect: object) -> tuple[str, ExpectedTraffic | None, list[str]]:
-    if expect in ("denied", "unauthenticated", "no-answer"):
+    if expect in REFUSALS:
         return str(expect), None, []
     if expect == {"redirect": "https"}:
         return "redirect https", None, []
@@ -323,7 +341,9 @@ def evaluate(row: Row, mesh: Mesh, host: str, tokens: layout.ApiTokens | None = 
     try:
         if row.caller == "internet":
             token = token_for(request.token, tokens)
-            return mesh.from_internet(request.scheme, host, request.path, request.method, dict(request.headers), token)
+            return mesh.from_internet(
+                request.scheme, host, request.path, request.method, dict(request.headers), token, request.exceeds
+            )
         to = request.to
         target = {"namespace": to.namespace, "labels": to.labels} if isinstance(to, Newcomer) else str(to)
         return mesh.from_pod(caller_of(row, mesh.gateway), target, request.path, request.port)

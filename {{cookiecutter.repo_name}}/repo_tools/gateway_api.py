@@ -31,7 +31,13 @@ from typing import TypeVar
 import yaml
 
 from repo_tools.layout import GATEWAY_NAME_LABEL, IngressGateway
-from repo_tools.resilience import Destination, RoutePolicy, http_route_destination, http_route_policy
+from repo_tools.resilience import (
+    Destination,
+    RoutePolicy,
+    http_route_destination,
+    http_route_policy,
+    http_route_rule_name,
+)
 from repo_tools.resources import Unmodelled, describe, name_of, namespace_of, of_kind
 
 GROUP = "gateway.networking.k8s.io"
@@ -59,6 +65,7 @@ class Routed:
     path: str
     because: str
     policy: RoutePolicy
+    route_name: str  # the Envoy route's name
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -344,7 +351,7 @@ def apply_rule(docs: list[dict], http_route: dict, rule: dict, number: int, path
             )
         destinations.append(http_route_destination(http_route, backend))
     policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
-    return Routed(tuple(destinations), path, routed, policy)
+    return Routed(tuple(destinations), path, routed, policy, http_route_rule_name(http_route, rule, number))
 
 
 def rewritten(rewrite: dict, rule: dict, path: str, http_route: dict) -> str:

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, kustomize, read_env_file
+from repo_tools import REPO_ROOT, edge, kustomize, read_env_file
 from repo_tools.charts import GATEWAY_API_RELEASE, ISTIO_ADDON
 from repo_tools.layout import IngressGateway
 
 ISTIO_CHARTS = "https://istio-release.storage.googleapis.com/charts"
 PINNED_BY_REPOSITORY = {ISTIO_CHARTS: "ISTIO_VERSION", "https://charts.jetstack.io": "CERT_MANAGER_VERSION"}
 PINNED_BY_SOURCE = {"istio": "ISTIO_VERSION", "jetstack": "CERT_MANAGER_VERSION"}
+BUILT_IN_LOG_PROVIDERS = {"envoy"}  # pkg/config/mesh/mesh.go
+GATEWAY_TELEMETRY = "ingress-gateway-access-logs"
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,64 @@ def addon_problems(root: Path = REPO_ROOT) -> list[str]:
         for path, version in istio_addons(root)
         if version != pinned
     ]
+
+
+def mesh_config_problems(root: Path = REPO_ROOT) -> list[str]:
+    """istiod's meshConfig as the apps layer and the contract read it: paths normalized as edge.NORMALIZATION, every
+    access-log provider a Telemetry names defined, the gateway's log carrying the request id, the route and the
+    token's subject, and no log format reading a token, a cookie or the query string."""
+    values_file = root / "infrastructure" / "istiod" / "values.yaml"
+    where = values_file.relative_to(root)
+    mesh_config = read_yaml(values_file).get("meshConfig") or {}
+    problems = []
+    normalization = (mesh_config.get("pathNormalization") or {}).get("normalization", "BASE (Istio's default)")
+    if normalization != edge.NORMALIZATION:
+        problems.append(
+            f"{where}: meshConfig.pathNormalization.normalization is {normalization}; the traffic contract and the "
+            f"gateway's policies are read with {edge.NORMALIZATION} (repo_tools/edge.py)"
+        )
+    formats = {
+        provider.get("name"): provider["envoyFileAccessLog"].get("logFormat") or {}
+        for provider in mesh_config.get("extensionProviders") or []
+        if "envoyFileAccessLog" in provider
+    }
+    for name, log_format in formats.items():
+        for field, command in (log_format.get("labels") or {"text": log_format.get("text", "")}).items():
+            problems += [f"{where}: access log {name} field {field}: {leak}" for leak in edge.log_leaks(str(command))]
+    telemetry_file = root / "apps" / "base" / "observability" / "access-logs.yaml"
+    required = edge.gateway_log_commands(subject_header(root))
+    for telemetry in yaml.safe_load_all(telemetry_file.read_text()):
+        for logging in (telemetry or {}).get("spec", {}).get("accessLogging") or []:
+            for provider in logging.get("providers") or []:
+                name, named_by = provider.get("name"), f"Telemetry {telemetry['metadata']['name']}"
+                if name not in {*formats, *BUILT_IN_LOG_PROVIDERS}:
+                    problems.append(
+                        f"{telemetry_file.relative_to(root)}: {named_by} names access log provider {name}, which "
+                        f"{where} does not define"
+                    )
+                elif telemetry["metadata"]["name"] == GATEWAY_TELEMETRY:
+                    commands = set((formats.get(name, {}).get("labels") or {}).values())
+                    problems += [
+                        f"{where}: access log {name}, which {named_by} gives the gateway, has no field for {what} "
+                        f"({command})"
+                        for what, command in required.items()
+                        if command not in commands
+                    ]
+    return problems
+
+
+def subject_header(root: Path) -> str:
+    """The request header the gateway's RequestAuthentication writes a verified token's subject to."""
+    authentication = read_yaml(root / "apps" / "base" / "edge-auth" / "request-authentication.yaml")
+    return next(
+        (
+            output["header"]
+            for rule in authentication["spec"]["jwtRules"]
+            for output in rule.get("outputClaimToHeaders") or []
+            if output.get("claim") == "sub"
+        ),
+        "",
+    )
 
 
 def gateway_identity_problems(gateway: IngressGateway, root: Path = REPO_ROOT) -> list[str]:

@@ -6,7 +6,7 @@ and returns one sentence per violation that names the resource to fix.
 
 from collections.abc import Callable, Iterator
 
-from repo_tools import gateway_api, resilience
+from repo_tools import edge, gateway_api, resilience
 from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Mesh, Unmodelled, Verdict
 from repo_tools.resources import (
@@ -503,6 +503,9 @@ CHECKS: dict[str, Check] = {
         resilience.splits_add_up,
         resilience.services_have_circuit_breakers,
         resilience.versions_run_alike,
+        edge.envoy_patches_are_envoy_config,
+        edge.rate_limits_name_routes_of_the_build,
+        edge.routes_to_a_service_are_limited_alike,
     )
 }
 # The base is not deployed on its own: each overlay adds the Issuer for its environment.

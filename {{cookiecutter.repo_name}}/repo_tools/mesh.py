@@ -23,7 +23,7 @@ which every row's caller is in; the e2e suite exercises them for real.
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from repo_tools import gateway_api
+from repo_tools import edge, gateway_api
 from repo_tools.layout import IngressGateway
 from repo_tools.resilience import (
     MESH_TLS_MODES,
@@ -71,8 +71,8 @@ class Token:
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str  # "reaches <app>", "redirect https", "denied", "unauthenticated", "no-answer", "no-route",
-    # "tls-failure", "status <n>"
+    outcome: str  # "reaches <app>", "redirect https", "denied", "unauthenticated", "rate-limited", "too-large",
+    # "headers-too-large", "no-answer", "no-route", "tls-failure", "status <n>"
     because: str
     traffic: Traffic | None = None  # where the request went and under which policy, when it reached workloads
 
@@ -115,14 +115,25 @@ class Mesh:
         method: str = "GET",
         headers: dict[str, str] | None = None,
         token: Token | None = None,
+        exceeds: str = "",
     ) -> Verdict:
+        """`exceeds` names a limit of the gateway the request goes past: "header-limit", "body-limit", or
+        "rate-limit" (one request more than the route's bucket holds)."""
         headers = {name.lower(): value for name, value in (headers or {}).items()}
+        path = edge.normalized(path)
 
         def admit(port: int) -> Verdict | None:
-            return self.gateway_admits(token, port, path, method, host)
+            if exceeds == "header-limit":  # the connection manager's codec, before any filter
+                limit = edge.header_limit(self.docs, self.gateway)
+                return Verdict("headers-too-large", f"headers over {limit.describe('KiB')}: 431")
+            refused = self.gateway_admits(token, port, path, method, host)
+            limit = edge.body_limit(self.docs, self.gateway) if exceeds == "body-limit" else None
+            if refused or limit is None:
+                return refused
+            return Verdict("too-large", f"a body over {limit.describe('bytes')}: the buffer filter answers 413")
 
         if self.gateway.gateway_api:
-            return self.through_gateway_api(scheme, host, path, method, headers, admit)
+            return self.through_gateway_api(scheme, host, path, method, headers, admit, exceeds)
         port = 443 if scheme == "https" else 80
         server_match = self.gateway_server(host, port)
         if server_match is None:
@@ -144,6 +155,9 @@ class Mesh:
             return route
         vs, rule, described, path_at_destination = route
         routed = f"routed by {describe(vs)} route {described}"
+        limited = self.rate_limited(exceeds, rule.get("name", ""), routed)
+        if limited:
+            return limited
         if scheme == "http":
             routed = f"{where} serves plain HTTP (no httpsRedirect); {routed}"
         policy = virtual_service_policy(vs, rule, rule.get("name") or described)
@@ -157,13 +171,23 @@ class Mesh:
         method: str,
         headers: dict[str, str],
         admit: Callable[[int], Verdict | None],
+        exceeds: str,
     ) -> Verdict:
         routed = gateway_api.route(self.docs, self.gateway, scheme, host, path, method, headers, admit)
         if isinstance(routed, Verdict):
             return routed
         if isinstance(routed, gateway_api.Refused):
             return Verdict(routed.outcome, routed.because)
+        limited = self.rate_limited(exceeds, routed.route_name, routed.because)
+        if limited:
+            return limited
         return self.deliver(routed.destinations, routed.path, method, host, routed.because, routed.policy)
+
+    def rate_limited(self, exceeds: str, route_name: str, routed: str) -> Verdict | None:
+        limit = edge.rate_limits(self.docs, self.gateway).get(route_name) if exceeds == "rate-limit" else None
+        if limit is None:
+            return None
+        return Verdict("rate-limited", f"{routed}; route {route_name} admits {limit.describe('requests')}: 429")
 
     def deliver(
         self,
@@ -247,9 +271,11 @@ class Mesh:
             for rule in (ra.get("spec") or {}).get("jwtRules") or []
         ]
         for ra, rule in rules:
-            unmodelled = set(rule) & {"jwks", "fromHeaders", "fromParams", "fromCookies", "audiences"}
+            unmodelled = set(rule) & {"jwks", "fromParams", "fromCookies", "audiences"}
             if unmodelled:
                 raise Unmodelled(f"{describe(ra)} jwtRules set {', '.join(sorted(unmodelled))}")
+        # A row's token travels as "Authorization: Bearer <token>"; a rule reading other places never sees it.
+        rules = [(ra, rule) for ra, rule in rules if reads_the_bearer_header(rule)]
         request_principal = ""
         if token is not None and rules:  # without a RequestAuthentication, no filter reads the token at all
             trusting = [(ra, rule) for ra, rule in rules if rule.get("issuer") == token.issuer]
@@ -515,6 +541,16 @@ class Mesh:
                     return Workload(doc["metadata"]["name"], service_namespace, labels, protocol=protocol), target
         subset = f" with the subset's labels {subset_labels}" if subset_labels else ""
         raise NoEndpoints(f"{describe(service)}{subset} selects no workload in this build")
+
+
+def reads_the_bearer_header(jwt_rule: dict) -> bool:
+    locations = jwt_rule.get("fromHeaders")
+    if locations is None:
+        return True  # Istio's default: the Authorization header (and the access_token parameter)
+    return any(
+        str(location.get("name", "")).lower() == "authorization" and location.get("prefix", "") == "Bearer "
+        for location in locations
+    )
 
 
 def same_service(host: str, host_namespace: str, other: str, other_namespace: str) -> bool:

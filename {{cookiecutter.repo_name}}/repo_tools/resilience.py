@@ -244,6 +244,13 @@ class RouteRule:
     methods: set[str]
     destinations: tuple[Destination, ...]
     at_the_gateway: bool
+    name: str  # the Envoy route's name, which EnvoyFilters match on ("" for an unnamed VirtualService route)
+
+
+def http_route_rule_name(http_route: dict, rule: dict, number: int) -> str:
+    """The Envoy route an HTTPRoute rule becomes: its name, else "<namespace>.<route>.<index from 0>" (pilot
+    config/kube/gateway/conversion.go)."""
+    return rule.get("name") or f"{namespace_of(http_route)}.{name_of(http_route)}.{number - 1}"
 
 
 def route_rules(docs: list[dict]) -> Iterator[RouteRule]:
@@ -259,7 +266,8 @@ def route_rules(docs: list[dict]) -> Iterator[RouteRule]:
                 if "method" not in condition or string_match(condition["method"], method)
             }
             policy = virtual_service_policy(vs, rule, rule.get("name") or str(number))
-            yield RouteRule(policy, methods, virtual_service_destinations(vs, rule), bool(vs["spec"].get("gateways")))
+            destinations = virtual_service_destinations(vs, rule)
+            yield RouteRule(policy, methods, destinations, bool(vs["spec"].get("gateways")), rule.get("name", ""))
     for http_route in of_kind(docs, "HTTPRoute"):
         for number, rule in enumerate(http_route["spec"].get("rules", []), start=1):
             if not rule.get("backendRefs"):
@@ -272,7 +280,7 @@ def route_rules(docs: list[dict]) -> Iterator[RouteRule]:
             }
             policy = http_route_policy(http_route, rule, rule.get("name") or str(number))
             destinations = tuple(http_route_destination(http_route, ref) for ref in rule["backendRefs"])
-            yield RouteRule(policy, methods, destinations, True)
+            yield RouteRule(policy, methods, destinations, True, http_route_rule_name(http_route, rule, number))
 
 
 def retries_never_repeat_a_change(docs: list[dict], gateway: IngressGateway) -> list[str]:

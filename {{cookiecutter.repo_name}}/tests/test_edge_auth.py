@@ -25,13 +25,15 @@ def token_policy(docs: list[dict]) -> dict:
 
 VALID_TOKEN_ROW = row_named("/orders reaches the backend")
 NO_TOKEN_ROW = row_named("without a token is refused")
+# The same request, as the gateway normalizes other spellings of its path.
+NO_TOKEN_ROWS = {row.name for row in ROWS if row.caller == "internet" and row.expected == "denied"}
 
 
 def test_a_token_rule_that_misses_the_api_paths_lets_requests_without_a_token_through(rendered):
     docs = rendered("prod")
     token_policy(docs)["spec"]["rules"][0]["to"][0]["operation"]["paths"] = ["/admin", "/admin/*"]
     broken = broken_rows(docs)
-    assert set(broken) == {NO_TOKEN_ROW}
+    assert NO_TOKEN_ROW in NO_TOKEN_ROWS and set(broken) == NO_TOKEN_ROWS
     assert "expected denied, got reaches" in broken[NO_TOKEN_ROW].line()
 
 
