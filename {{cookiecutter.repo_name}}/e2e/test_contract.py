@@ -7,7 +7,8 @@ import pytest
 from e2e.harness import bringup, scenarios, tokens, traffic
 from repo_tools import contract
 
-ROWS = contract.load()
+# Rows past a limit of the gateway need a burst or an oversized request: e2e/test_edge_limits.py sends those.
+ROWS = [row for row in contract.load() if not row.request.exceeds]
 
 
 @pytest.fixture(scope="session")

@@ -124,13 +124,13 @@ class Mesh:
 
         def admit(port: int) -> Verdict | None:
             if exceeds == "header-limit":  # the connection manager's codec, before any filter
-                limit = edge.header_limit(self.docs, self.gateway)
-                return Verdict("headers-too-large", f"headers over {limit.describe('KiB')}: 431")
+                headers_kb = edge.header_limit(self.docs, self.gateway)
+                return Verdict("headers-too-large", f"headers over {headers_kb.describe('KiB')}: 431")
             refused = self.gateway_admits(token, port, path, method, host)
-            limit = edge.body_limit(self.docs, self.gateway) if exceeds == "body-limit" else None
-            if refused or limit is None:
+            body = edge.body_limit(self.docs, self.gateway) if exceeds == "body-limit" else None
+            if refused or body is None:
                 return refused
-            return Verdict("too-large", f"a body over {limit.describe('bytes')}: the buffer filter answers 413")
+            return Verdict("too-large", f"a body over {body.describe('bytes')}: the buffer filter answers 413")
 
         if self.gateway.gateway_api:
             return self.through_gateway_api(scheme, host, path, method, headers, admit, exceeds)

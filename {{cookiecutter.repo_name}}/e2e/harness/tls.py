@@ -41,19 +41,28 @@ def send(
     ca_file: str | None,
     headers: tuple[tuple[str, str], ...] = (),
     timeout: float = 5.0,
+    body: bytes | None = None,
+    session: requests.Session | None = None,
 ) -> requests.Response:
-    """A request with extra headers to scheme://host{path}, sent to address:port; never follows redirects."""
-    session = requests.Session()
-    if scheme == "https":
-        session.mount(f"https://{address}:{port}", HostnameAdapter(host))
+    """A request with extra headers (and a body) to scheme://host{path}, sent to address:port; never follows
+    redirects. A session from `session_for` keeps its connection for the next request."""
+    session = session or session_for(scheme, address, port, host)
     return session.request(
         method,
         f"{scheme}://{address}:{port}{path}",
         headers={**dict(headers), "Host": host},
+        data=body,
         verify=ca_file if scheme == "https" else True,
         allow_redirects=False,
         timeout=timeout,
     )
+
+
+def session_for(scheme: str, address: str, port: int, host: str) -> requests.Session:
+    session = requests.Session()
+    if scheme == "https":
+        session.mount(f"https://{address}:{port}", HostnameAdapter(host))
+    return session
 
 
 def ca_secret_manifest(ca: trustme.CA, name: str, namespace: str) -> str:
