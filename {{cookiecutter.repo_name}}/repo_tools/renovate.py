@@ -1,7 +1,8 @@
 """Every pinned version in this repo is one that Renovate (renovate.json) can propose updates for.
 
 The pins: versions.env (all but KUBERNETES_VERSION, a choice rather than a pin), every chart version (helmCharts
-and Flux HelmReleases), and every container image the apps layer or the e2e harness runs. Renovate's managers
+and Flux HelmReleases), every container image the apps layer or the e2e harness runs, and every Wasm module a
+WasmPlugin pulls. Renovate's managers
 are applied as Renovate applies them: the regex managers' patterns (JavaScript syntax, translated), and the
 built-in kustomize, flux and kubernetes managers over the files their `managerFilePatterns` select.
 """
@@ -72,8 +73,16 @@ def pins(root: Path = REPO_ROOT) -> list[Pin]:
                 found.append(Pin(where, chart["chart"], str(chart["version"])))
     for path in sorted((root / "apps").rglob("*.yaml")):
         patched = PATCHED_IMAGE.findall(path.read_text())  # JSON patches that set an image, in a kustomization
-        in_manifests = [image for doc in yaml_documents(path) for image in images(doc)]
-        found += [Pin(str(path.relative_to(root)), *split_image(image)) for image in patched + in_manifests]
+        docs = yaml_documents(path)
+        in_manifests = [image for doc in docs for image in images(doc)]
+        wasm_modules = [
+            doc["spec"]["url"].removeprefix("oci://")
+            for doc in docs
+            if doc.get("kind") == "WasmPlugin" and str(doc["spec"].get("url", "")).startswith("oci://")
+        ]
+        found += [
+            Pin(str(path.relative_to(root)), *split_image(image)) for image in patched + in_manifests + wasm_modules
+        ]
     for path in sorted((root / "e2e" / "harness").glob("*.py")):
         found += [
             Pin(str(path.relative_to(root)), *split_image(image)) for image in IMAGE_CONSTANT.findall(path.read_text())

@@ -1,6 +1,7 @@
 """The gateway's limits: a rate limit on every API route, the largest headers and body, and the path every route
 and policy sees. Each mistake a change could make is caught by the contract row or the rule it breaks."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import yaml
 from conftest import find
 
-from repo_tools import REPO_ROOT, contract, edge, install, layout
+from repo_tools import REPO_ROOT, contract, edge, install, invariants, kustomize, layout, schemas
 from repo_tools.layout import ingress_gateway
 
 ROWS = contract.load()
@@ -153,3 +154,32 @@ def test_the_gateway_logs_request_id_route_and_subject_and_never_a_token(repo_co
     assert "field path: REQ(X-ENVOY-ORIGINAL-PATH?:PATH) writes the query string" in said
     assert "field credentials: REQ(Authorization) writes the authorization header" in said
     assert "has no field for the route (%ROUTE_NAME%)" in said
+
+
+def test_the_web_application_firewall_sits_on_the_gateway_with_its_rules_pinned(tmp_path):
+    shutil.copytree(REPO_ROOT / "apps", tmp_path / "apps")
+    overlay = tmp_path / "apps" / "overlays" / "dev"
+    kustomization = (overlay / "kustomization.yaml").read_text()
+    placed = "  - ../../components/ingress-gateway\n"
+    assert placed in kustomization
+    (overlay / "kustomization.yaml").write_text(
+        kustomization.replace(placed, "  - ../../components/web-application-firewall\n" + placed, 1)
+    )
+    docs = kustomize.build(overlay)
+    gateway = ingress_gateway()
+    firewall = find(docs, "WasmPlugin", "web-application-firewall")
+    spec = firewall["spec"]
+    assert firewall["metadata"]["namespace"] == gateway.namespace
+    assert (
+        [ref["name"] for ref in spec.get("targetRefs", [])] == [gateway.gateway_name]
+        if gateway.gateway_api
+        else (spec["selector"]["matchLabels"].items() <= gateway.pod_labels.items())
+    )
+    # The image's release pins the rule set it embeds: a version tag, never "latest".
+    assert re.fullmatch(r"oci://ghcr\.io/corazawaf/coraza-proxy-wasm:\d+\.\d+\.\d+", spec["url"])
+    assert spec["failStrategy"] == "FAIL_CLOSE"
+    assert [error for doc in docs for error in schemas.schema_errors(doc)] == []
+    assert invariants.violations(docs, gateway) == []
+    path = layout.overlays()["dev"]
+    outcomes = contract.check("dev", docs, ROWS, gateway, layout.public_host(path), layout.api_tokens(path))
+    assert [outcome.line() for outcome in outcomes if not outcome.holds] == []
