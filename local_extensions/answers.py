@@ -9,9 +9,13 @@ traceback, nothing on disk.
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+COOKIECUTTER_JSON = Path(__file__).resolve().parent.parent / "cookiecutter.json"
+SLUGGED = {"repo_name", "namespace"}  # made from project_name by default
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -191,6 +195,43 @@ def check_versions(answers: dict) -> list[str]:
 
 
 def problems_with(answers: dict) -> list[str]:
+    """One sentence per refused answer (its first problem). An answer left at its default is not named when that
+    default is made from a refused answer: fixing the one fixes both."""
+    first: dict[str, str] = {}
+    for problem in every_problem(answers):
+        first.setdefault(problem.split(":", 1)[0], problem)
+    project_name = str(answers["project_name"])
+    if "project_name" not in first and not re.search(r"[A-Za-z0-9]", project_name) and first.keys() & SLUGGED:
+        first = {
+            "project_name": f"project_name: {project_name!r} has no letter or digit (A-Z, a-z, 0-9) to name the "
+            "repo and the namespace after; add one, or give repo_name and namespace yourself.",
+            **first,
+        }
+    derived = derived_from(set(first), answers)
+    return [problem for field, problem in first.items() if field not in derived]
+
+
+def derived_from(refused: set[str], answers: dict) -> set[str]:
+    """The answers whose value is still their default (cookiecutter.json) made from a refused answer, or from one
+    of these, in the order cookiecutter asks."""
+    from cookiecutter.environment import StrictEnvironment
+
+    environment = StrictEnvironment()
+    derived: set[str] = set()
+    for field, default in json.loads(COOKIECUTTER_JSON.read_text()).items():
+        sources = set(re.findall(r"cookiecutter\.(\w+)", default)) if isinstance(default, str) else set()
+        if field.startswith("_") or not sources & (refused | derived):
+            continue
+        try:
+            made = environment.from_string(default).render(cookiecutter=answers)
+        except Exception:  # noqa: BLE001 - a default that no longer renders is not the answer given
+            continue
+        if made == str(answers.get(field)):
+            derived.add(field)
+    return derived
+
+
+def every_problem(answers: dict) -> list[str]:
     problems = check_template_syntax(answers)
     if not str(answers["project_name"]).strip() or not str(answers["project_name"]).isprintable():
         problems.append("project_name: must be non-empty printable text.")

@@ -4,6 +4,7 @@ every scalar YAML 1.1 or 1.2 reads as something other than a string."""
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -23,11 +24,12 @@ from local_extensions import answers
 
 # One worker runs them all: the witness test below creates the marker the others must never see.
 pytestmark = pytest.mark.xdist_group("hostile-answers")
+# Every answer typed as text (the choices are lists), as cookiecutter.json lists them.
 FREE_TEXT_ANSWERS = [
-    "project_name", "repo_name", "namespace", "domain", "frontend_name", "backend_name", "frontend_image",
-    "backend_image", "frontend_port", "backend_port", "frontend_health_path", "api_prefix", "acme_email",
-    "git_repo_url", "git_branch", "api_timeout_seconds", "api_retry_attempts", "jwt_issuer", "jwks_uri",
-]  # fmt: skip
+    name
+    for name, default in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items()
+    if not name.startswith("_") and isinstance(default, str)
+]
 # Outside every directory a bake creates: a refused bake deletes its output, and would take a marker with it.
 # The same name in every xdist worker (they must collect the same test ids), unique to the run.
 RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
@@ -95,7 +97,8 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(tmp_path_factory, c
         output = tmp_path_factory.mktemp("bake")
         capfd.readouterr()
         try:
-            context = {field: value}
+            # The database's answers are used only with a database.
+            context = {field: value} | ({"include_database": True} if field.startswith("database_") else {})
             project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output)))
         except SystemExit as refused:
             assert refused.code == 1

@@ -195,6 +195,26 @@ def test_a_refused_bake_prints_one_sentence_per_bad_answer_and_nothing_else(tmp_
     assert not (tmp_path / "refused").exists()
 
 
+def test_an_answer_left_at_a_default_made_from_a_refused_one_is_not_named_again(tmp_path):
+    # jwt_issuer, jwks_uri and acme_email are made from the domain by default: one sentence, for the domain.
+    refused = run_cookiecutter(tmp_path / "out", "domain={{ 1/0 }}")
+    assert [line.split(":")[1].strip() for line in refused.stderr.splitlines() if line.startswith("ERROR: ")] == [
+        "domain"
+    ]
+    # Given explicitly, a bad issuer is named beside the domain.
+    refused = run_cookiecutter(tmp_path / "out", "domain={{ 1/0 }}", "jwt_issuer=http://auth.example.com")
+    assert [line.split(":")[1].strip() for line in refused.stderr.splitlines() if line.startswith("ERROR: ")] == [
+        "domain",
+        "jwt_issuer",
+    ]
+    # A project name with nothing to make a slug of is named itself, not the repo name and namespace made from it.
+    refused = run_cookiecutter(tmp_path / "out", "project_name=~")
+    assert refused.stderr.splitlines()[0].startswith("ERROR: project_name: '~' has no letter or digit")
+    assert len(refused.stderr.splitlines()) == 2
+    given = run_cookiecutter(tmp_path / "out", "project_name=~", "repo_name=shop", "namespace=shop")
+    assert given.returncode == 0, given.stderr
+
+
 def test_a_choice_outside_the_list_is_refused(cookies):
     result = bake(cookies, gitops_tool="jenkins")
     assert result.exit_code != 0 and result.project_path is None

@@ -189,9 +189,26 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
             found += rendered_install.policies_name_ports_the_gateway_listens_on(docs, apps.get(name, []), gateway)
             if gitops.HIGH_AVAILABILITY in gitops.environment_components(name):
                 found += rendered_install.high_availability_holds(docs, gateway)
+            if name == "e2e":
+                from e2e.harness import bringup, settings  # the e2e run's own reading of the repo
+
+                found += bringup.rendered_install_problems(docs, apps.get(name, []), settings.load("check"))
             return f"{len(docs)} documents of infrastructure/overlays/{name}", found
 
         problems += run("rendered", check)
+    recordings = charts.recordings()
+    if recordings is not None:  # the charts' default values and schemas are recorded beside the renders
+        problems += run(
+            "values",
+            lambda: (
+                f"{len(install.charts())} values files against their charts",
+                [
+                    problem
+                    for chart in install.charts()
+                    for problem in rendered_install.values_keys_exist(chart, recordings)
+                ],
+            ),
+        )
     return problems
 
 

@@ -5,8 +5,9 @@ policy sees (Istio's path normalization), the largest headers and body it accept
   unreserved characters decoded, dot segments removed, backslashes made slashes), repeated slashes merged;
 - headers over the connection manager's max_request_headers_kb get 431 before anything else runs; a body over the
   buffer filter's max_request_bytes gets 413;
-- a route's own local rate limit config gives it a bucket of its own (max_tokens, refilled with tokens_per_fill
-  every fill_interval) in each gateway pod: past it, 429.
+- a route's own local rate limit config gives it a bucket of its own in each gateway pod, holding max_tokens and
+  refilled continuously at tokens_per_fill per fill_interval (Envoy's AtomicTokenBucket): a burst past what it
+  holds gets 429. An update of the routes from istiod fills the buckets again.
 
 The rules below keep every EnvoyFilter patch valid Envoy configuration (Envoy's protos, strictly), every
 route-level patch pointed at a route the build has (Envoy applies one that matches nothing to nothing), and the
@@ -48,7 +49,7 @@ class Limit:
     where: str
 
     def describe(self, unit: str) -> str:
-        per = f" per {self.window} per gateway pod" if self.window else ""
+        per = f" at once, then {self.value} per {self.window}, per gateway pod" if self.window else ""
         return f"{self.value} {unit}{per} ({self.where})"
 
 
@@ -57,11 +58,7 @@ def normalized(path: str) -> str:
     path, mark, query = path.partition("?")
     path = re.sub("%2f", "/", path, flags=re.IGNORECASE)
     path = re.sub("%5c", "\\\\", path, flags=re.IGNORECASE).replace("\\", "/")
-    path = re.sub(
-        "%([0-9A-Fa-f]{2})",
-        lambda m: chr(int(m[1], 16)) if UNRESERVED.fullmatch(chr(int(m[1], 16))) else m[0].upper(),
-        path,
-    )
+    path = re.sub("%([0-9A-Fa-f]{2})?", canonical_escape, path)
     segments = path.split("/")[1:]
     kept: list[str] = []
     for segment in segments:
@@ -71,6 +68,15 @@ def normalized(path: str) -> str:
             kept.append(segment)
     trailing = "/" if segments and segments[-1] in (".", "..") and kept else ""
     return re.sub("/{2,}", "/", "/" + "/".join(kept) + trailing) + mark + query
+
+
+def canonical_escape(escape: re.Match) -> str:
+    """An escape as Envoy's URL canonicalizer leaves it: an unreserved character decoded, another escape kept as
+    written, a "%" that starts none escaped itself."""
+    if escape[1] is None:
+        return "%25"
+    character = chr(int(escape[1], 16))
+    return character if UNRESERVED.fullmatch(character) else escape[0]
 
 
 def gateway_filters(docs: list[dict], gateway: IngressGateway) -> Iterator[dict]:
@@ -114,7 +120,7 @@ def rate_limits(docs: list[dict], gateway: IngressGateway) -> dict[str, Limit]:
         )
         if route.get("name") and bucket and enforced:
             found[route["name"]] = Limit(
-                int(bucket.get("tokens_per_fill", 1)),
+                int(bucket.get("max_tokens", 1)),
                 str(bucket.get("fill_interval")),
                 f"{describe(envoy_filter)} patch {number}",
             )

@@ -722,6 +722,8 @@ def test_the_skip_reason_names_every_missing_tool_and_a_stopped_engine():
 def test_on_ci_a_missing_tool_fails_the_run_and_elsewhere_skips_it():
     assert bringup.unavailable("e2e needs `kind`", {}) == ("skip", "e2e needs `kind`")
     assert bringup.unavailable("e2e needs `kind`", {"CI": "true"}) == ("fail", "e2e needs `kind`")
+    assert bringup.unavailable("e2e needs `kind`", {"CI": "1"})[0] == "fail"
+    assert bringup.unavailable("e2e needs `kind`", {"CI": "false"})[0] == "skip"
 
 
 def test_a_hung_probe_is_a_failed_answer_never_a_denial_nor_a_crash(e2e_settings):

@@ -120,7 +120,8 @@ def test_headers_over_the_limit_get_431_even_at_envoys_default(rendered):
         ("/api/../admin", "/admin"),
         ("/../../admin", "/admin"),
         ("/%61pi/orders?next=/x/../y", "/api/orders?next=/x/../y"),
-        ("/api/%3f", "/api/%3F"),
+        ("/api/%3f", "/api/%3f"),
+        ("/%%32%46", "/%252F"),
     ],
 )
 def test_paths_are_read_as_the_gateway_normalizes_them(sent, seen):

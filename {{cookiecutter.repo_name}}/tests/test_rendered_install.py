@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import GATEWAY_API, gateway_api_only, istio_api_only
 
-from e2e.harness import acme, bringup, capacity, kind, scenarios, settings
-from repo_tools import REPO_ROOT, charts, contract, gateway_api, gitops, install, kustomize, layout, rendered_install
+from e2e.harness import bringup, capacity, kind, settings
+from repo_tools import REPO_ROOT, charts, gateway_api, gitops, install, kustomize, layout, rendered_install
 from repo_tools.schemas import schema_errors
 
 UNAVAILABLE = charts.unavailable_reason()
@@ -222,25 +222,22 @@ def test_a_misspelt_value_is_named():
 
 
 def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
-    install_docs = installed("e2e")
-    rows = contract.load()
-    clients = {client for row in rows if (client := scenarios.client_for(row, e2e_settings))}
-    harness_pods = scenarios.client_manifests(clients, e2e_settings, set()) + scenarios.newcomer_manifests(
-        rows, e2e_settings
-    )
-    harness_pods += acme.manifests(e2e_settings, "10.96.0.80")
-    docs = install_docs + apps("e2e") + harness_pods
-    proxy = capacity.default_proxy_millis(install_docs)
-    by_pod = capacity.requests_by_pod(docs, proxy)
-    total = capacity.total_millis(docs, proxy)
+    total, by_pod, proxy = bringup.e2e_cpu_requests(installed("e2e"), apps("e2e"), e2e_settings)
     print(f"e2e CPU requests: {total}m of {capacity.RUNNER_CPU_MILLIS}m: {by_pod}")
     assert total <= capacity.BUDGET_MILLIS, by_pod
     # Every harness pod that gets a sidecar asks for the e2e overlay's small one, not istiod's default.
-    assert all(
-        by_pod[f"Pod {pod['metadata']['namespace']}/{pod['metadata']['name']}"] < proxy
-        for pod in harness_pods
-        if pod["kind"] == "Pod"
-    )
+    harness_pods = [pod for pod in by_pod if pod.startswith("Pod ")]
+    assert harness_pods and all(by_pod[pod] < proxy for pod in harness_pods)
+
+
+def test_python_m_repo_tools_checks_what_the_e2e_run_relies_on(e2e_settings):
+    assert bringup.rendered_install_problems(installed("e2e"), apps("e2e"), e2e_settings) == []
+    overloaded = apps("e2e")
+    for doc in overloaded:
+        if doc["kind"] == "Deployment":
+            doc["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "1"
+    problems = bringup.rendered_install_problems(installed("e2e"), overloaded, e2e_settings)
+    assert len(problems) == 1 and f"more than the {capacity.BUDGET_MILLIS}m of a 2-vCPU runner" in problems[0]
 
 
 def test_the_recorded_helm_refuses_a_release_or_version_it_has_no_recording_of():

@@ -15,11 +15,11 @@ import requests
 import trustme
 import yaml
 
-from e2e.harness import acme, commands, gitops, scenarios, tls, tokens, traffic
+from e2e.harness import acme, capacity, commands, gitops, scenarios, tls, tokens, traffic
 from e2e.harness.commands import Tools
 from e2e.harness.retry import Check, eventually
 from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
-from repo_tools import REPO_ROOT, charts, install, kustomize, rendered_install
+from repo_tools import REPO_ROOT, charts, contract, install, kustomize, rendered_install
 from repo_tools import gitops as repo_gitops
 from repo_tools.contract import Row
 from repo_tools.resources import service_fqdn
@@ -83,6 +83,36 @@ def split_by_stage(docs: list[dict], stages: list[Stage]) -> list[list[dict]]:
     return split
 
 
+def e2e_cpu_requests(installed: list[dict], apps: list[dict], settings: Settings) -> tuple[int, dict[str, int], int]:
+    """The CPU the e2e run asks of the kind node: the install, the apps layer and every pod of the harness (test
+    clients, new workloads, the ACME server); by pod, and the sidecar istiod's default gives a pod."""
+    rows = contract.load()
+    clients = {client for row in rows if (client := scenarios.client_for(row, settings))}
+    harness_pods = scenarios.client_manifests(clients, settings, set()) + scenarios.newcomer_manifests(rows, settings)
+    harness_pods += acme.manifests(settings, "10.96.0.80")
+    docs = installed + apps + harness_pods
+    proxy = capacity.default_proxy_millis(installed)
+    return capacity.total_millis(docs, proxy), capacity.requests_by_pod(docs, proxy), proxy
+
+
+def rendered_install_problems(installed: list[dict], apps: list[dict], settings: Settings) -> list[str]:
+    """What the e2e run relies on in the rendered install: the node ports kind maps, every Deployment the bring-up
+    waits for, and CPU requests a 2-vCPU runner holds."""
+    mismatch = node_port_mismatch(installed, settings)
+    problems = [mismatch] if mismatch else []
+    waits = [(stage.namespace, name) for stage in install_stages(settings) for name in stage.deployments]
+    if settings.gateway.gateway_api:  # istiod deploys it once the apps layer is applied; the bring-up waits for it
+        waits.append((settings.gateway.namespace, settings.gateway.deployment))
+    problems += rendered_install.waited_for_deployments_exist(installed, waits)
+    total, by_pod, _ = e2e_cpu_requests(installed, apps, settings)
+    if total > capacity.BUDGET_MILLIS:
+        problems.append(
+            f"the e2e run asks for {total}m CPU, more than the {capacity.BUDGET_MILLIS}m of a 2-vCPU runner it may "
+            f"take: {by_pod}"
+        )
+    return problems
+
+
 def node_port_mismatch(live: list[dict], settings: Settings) -> str:
     """ "" when the live gateway Service has the node ports kind maps, else what differs and what to fix."""
     mapped = {80: settings.http_node_port, 443: settings.https_node_port}
@@ -103,8 +133,10 @@ def node_port_mismatch(live: list[dict], settings: Settings) -> str:
 
 
 def unavailable(reason: str, environ: dict[str, str]) -> tuple[str, str]:
-    """("skip" | "fail", reason): on CI (CI set) a missing tool fails the run instead of skipping it."""
-    return ("fail" if environ.get("CI") else "skip", reason)
+    """("skip" | "fail", reason): on CI (CI set to anything but false, 0 or nothing, as CI services set it) a
+    missing tool fails the run instead of skipping it."""
+    on_ci = environ.get("CI", "").strip().lower() not in ("", "false", "0", "no")
+    return ("fail" if on_ci else "skip", reason)
 
 
 def missing_prerequisites(
