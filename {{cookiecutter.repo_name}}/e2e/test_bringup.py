@@ -1,11 +1,15 @@
-"""Bring-up checks: the cluster runs what the repo declares, with sidecars and a certificate from the test CA."""
+"""Bring-up checks: the cluster runs what the repo declares, with sidecars and a certificate from the test CA, and
+the app's namespace admits only pods that meet the "restricted" Pod Security Standard."""
+
+import json
 
 import pytest
 import requests
 import trustme
 
-from e2e.harness import tls
-from e2e.harness.settings import HARNESS_LABEL
+from e2e.harness import commands, tls
+from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, RESTRICTED_CONTAINER, RESTRICTED_POD
+from repo_tools import KUBERNETES_VERSION
 
 
 def test_every_app_pod_has_its_istio_proxy(harness):
@@ -39,3 +43,45 @@ def test_the_certificate_does_not_cover_another_host(harness, ca_file):
     # errors; a refused connection would be a plain ConnectionError and fail this test.
     with pytest.raises(requests.exceptions.SSLError):
         tls.get("https", "127.0.0.1", s.https_node_port, f"other.{s.host}", "/", ca_file)
+
+
+def restricted_probe_pod(namespace: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "e2e-pod-security-probe", "namespace": namespace},
+        "spec": {
+            "securityContext": RESTRICTED_POD,
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": CURL_IMAGE,
+                    "command": ["sleep", "1"],
+                    "securityContext": RESTRICTED_CONTAINER,
+                }
+            ],
+        },
+    }
+
+
+def test_the_api_server_refuses_a_pod_that_breaks_the_restricted_profile_after_admitting_one_that_meets_it(harness):
+    def dry_run(pod: dict):
+        command = commands.kubectl(harness.tools, "apply", "--dry-run=server", "-f", "-")
+        return commands.run(command, stdin=json.dumps(pod), timeout=60)
+
+    pod = restricted_probe_pod(harness.settings.app_namespace)
+    admitted = dry_run(pod)
+    assert admitted.returncode == 0, admitted.stderr
+    pod["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    refused = dry_run(pod)
+    assert refused.returncode != 0
+    assert f'violates PodSecurity "restricted:v{KUBERNETES_VERSION}"' in refused.stderr, refused.stderr
+
+
+def test_app_pods_get_istio_validation_from_the_cni_agent_and_no_privileged_init_container(harness):
+    namespace = harness.settings.app_namespace
+    pods = json.loads(harness.kubectl("-n", namespace, "get", "pods", "-l", f"!{HARNESS_LABEL}", "-o", "json"))["items"]
+    assert pods
+    for pod in pods:
+        init = [container["name"] for container in pod["spec"].get("initContainers", [])]
+        assert "istio-validation" in init and "istio-init" not in init, (pod["metadata"]["name"], init)

@@ -18,10 +18,12 @@ from repo_tools import (
     contract,
     gateway_api,
     gitops,
+    injection,
     install,
     invariants,
     kustomize,
     layout,
+    pod_security,
     rendered_install,
     renovate,
     review,
@@ -187,6 +189,8 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
             found += rendered_install.the_gateway_is_installed_as_the_apps_layer_expects(docs, gateway)
             found += rendered_install.selectors_select_the_gateway_pods(docs, apps.get(name, []), gateway)
             found += rendered_install.policies_name_ports_the_gateway_listens_on(docs, apps.get(name, []), gateway)
+            found += pod_security.install_namespace_problems(docs)
+            found += injection.template_problems(docs)
             if gitops.HIGH_AVAILABILITY in gitops.environment_components(name):
                 found += rendered_install.high_availability_holds(docs, gateway)
             if name == "e2e":

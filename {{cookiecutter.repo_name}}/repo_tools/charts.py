@@ -49,6 +49,7 @@ ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gate
 RECORDED_RELEASES = {
     "base": ("istio-base", "istio-system"),
     "istiod": ("istiod", "istio-system"),
+    "cni": ("istio-cni", "istio-system"),
     "gateway": ("istio-ingressgateway", "istio-system"),
     "cert-manager": ("cert-manager", "cert-manager"),
 }

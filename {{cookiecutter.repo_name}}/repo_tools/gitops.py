@@ -25,7 +25,7 @@ INFRASTRUCTURE = REPO_ROOT / "infrastructure"
 def install_order() -> list[str]:
     """The parts every infrastructure overlay installs, in order: the Gateway API's CRDs first where they are
     used; the gateway chart where Istio's own API is."""
-    parts = ["istio-base", "istiod", "istio-gateway", "cert-manager"]
+    parts = ["istio-base", "istio-cni", "istiod", "istio-gateway", "cert-manager"]
     if ingress_gateway().gateway_api:
         parts = ["gateway-api", *(part for part in parts if part != "istio-gateway")]
     return [f"../../{part}" for part in parts]

@@ -253,10 +253,16 @@ def helm_release_problems(docs: list[dict], gateway: IngressGateway, root: Path 
         for dependency in spec.get("dependsOn", []):
             if dependency["name"] not in releases:
                 problems.append(f"HelmRelease {name}: dependsOn {dependency['name']}, which is not in the build")
-    order = {"istiod": "istio-base"} | ({} if gateway.gateway_api else {gateway.service_account: "istiod"})
-    for name, needs in order.items():
-        if name in releases and needs not in [d["name"] for d in releases[name]["spec"].get("dependsOn", [])]:
-            problems.append(f"HelmRelease {name}: must dependOn {needs}")
+    order = {"istio-cni": ["istio-base"], "istiod": ["istio-base", "istio-cni"]} | (
+        {} if gateway.gateway_api else {gateway.service_account: ["istiod"]}
+    )
+    for name, needed in order.items():
+        depends_on = [dependency["name"] for dependency in releases.get(name, {}).get("spec", {}).get("dependsOn", [])]
+        problems += [
+            f"HelmRelease {name}: must dependOn {needs}"
+            for needs in needed
+            if name in releases and needs not in depends_on
+        ]
     base = releases.get("istio-base", {}).get("spec", {})
     if base.get("install", {}).get("crds") != "Create" or base.get("upgrade", {}).get("crds") != "CreateReplace":
         problems.append("HelmRelease istio-base: set install.crds Create and upgrade.crds CreateReplace")

@@ -6,7 +6,7 @@ and returns one sentence per violation that names the resource to fix.
 
 from collections.abc import Callable, Iterator
 
-from repo_tools import edge, gateway_api, resilience
+from repo_tools import edge, gateway_api, pod_security, resilience
 from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Mesh, Unmodelled, Verdict
 from repo_tools.resources import (
@@ -506,6 +506,8 @@ CHECKS: dict[str, Check] = {
         edge.envoy_patches_are_envoy_config,
         edge.rate_limits_name_routes_of_the_build,
         edge.routes_to_a_service_are_limited_alike,
+        pod_security.the_apps_namespace_is_restricted,
+        pod_security.pods_admit_under_their_namespaces_level,
     )
 }
 # The base is not deployed on its own: each overlay adds the Issuer for its environment.

@@ -178,12 +178,12 @@ def high_availability_holds(infrastructure: list[dict], gateway: IngressGateway)
     return problems
 
 
-def waited_for_deployments_exist(infrastructure: list[dict], waits: list[tuple[str, str]]) -> list[str]:
-    present = {
-        (doc["metadata"].get("namespace"), doc["metadata"]["name"]) for doc in of_kind(infrastructure, "Deployment")
-    }
+def waited_for_deployments_exist(
+    infrastructure: list[dict], waits: list[tuple[str, str]], kind: str = "Deployment"
+) -> list[str]:
+    present = {(doc["metadata"].get("namespace"), doc["metadata"]["name"]) for doc in of_kind(infrastructure, kind)}
     return [
-        f"the e2e bring-up waits for Deployment {namespace}/{name}, which the install does not create"
+        f"the e2e bring-up waits for {kind} {namespace}/{name}, which the install does not create"
         for namespace, name in waits
         if (namespace, name) not in present
     ]

@@ -34,6 +34,7 @@ from repo_tools import (
     install,
     kustomize,
     layout,
+    pod_security,
     renovate,
     resilience,
     review,
@@ -1032,7 +1033,7 @@ def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_a
     past_a_limit = [row for row in contract.load() if row.request.exceeds]
     assert len(rows) == len(contract.load()) - len(past_a_limit)
     assert len([line for line in collected if "test_edge_limits.py::" in line]) == len(past_a_limit) + 1 > 1
-    assert len([line for line in collected if "test_bringup.py::" in line]) == 5
+    assert len([line for line in collected if "test_bringup.py::" in line]) == 7
     assert len([line for line in collected if "test_tls_acme.py::" in line]) == 2
     internet = [row for row in contract.load() if row.caller == "internet"]
     kinds = ("split", "version", "timeout", "retries")
@@ -1262,3 +1263,20 @@ def test_flux_has_converged_only_when_every_kustomization_is_ready():
     waiting = [ready[0], kustomization("apps", "False", "DependencyNotReady")]
     state = harness_gitops.converged("flux", waiting, ["infrastructure", "apps"])
     assert not state.done and state.status == "apps: DependencyNotReady: detail"
+
+
+def test_every_pod_the_harness_starts_admits_under_its_namespaces_pod_security_level(e2e_settings):
+    rows = contract.load()
+    clients = {client for row in rows if (client := scenarios.client_for(row, e2e_settings))}
+    harness = scenarios.client_manifests(clients, e2e_settings, set()) + scenarios.newcomer_manifests(
+        rows, e2e_settings
+    )
+    namespaces = [doc for doc in settings.e2e_build() if doc["kind"] == "Namespace"]
+    harness += [
+        traffic.fault_deployment(deployment, "/fault", e2e_settings, 1)
+        for deployment in settings.e2e_build()
+        if deployment["kind"] == "Deployment"
+    ]
+    in_the_apps_namespace = [doc for doc in harness if doc["metadata"].get("namespace") == e2e_settings.app_namespace]
+    assert len(in_the_apps_namespace) > 2
+    assert pod_security.pods_admit_under_their_namespaces_level(namespaces + harness, e2e_settings.gateway) == []

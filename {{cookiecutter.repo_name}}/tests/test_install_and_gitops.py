@@ -49,7 +49,7 @@ def test_an_environment_installing_istiod_out_of_order_is_caught(monkeypatch, tm
 def test_every_chart_is_pinned_to_versions_env():
     assert install.chart_problems() == []
     gateway_chart = set() if GATEWAY_API else {"gateway"}
-    assert {chart.name for chart in install.charts()} == {"base", "istiod", "cert-manager"} | gateway_chart
+    assert {chart.name for chart in install.charts()} == {"base", "cni", "istiod", "cert-manager"} | gateway_chart
 
 
 def test_a_chart_left_on_another_istio_version_is_named(repo_copy: Path):
@@ -297,7 +297,7 @@ def test_pinning_rewrites_every_chart_to_a_new_istio_version(repo_copy: Path):
     versions = repo_copy / "versions.env"
     old = install.read_env_file(versions)["ISTIO_VERSION"]
     versions.write_text(versions.read_text().replace(f"ISTIO_VERSION={old}", "ISTIO_VERSION=1.31.0"))
-    istio_charts = {"istio-base", "istiod"} | (set() if GATEWAY_API else {"istio-gateway"})
+    istio_charts = {"istio-base", "istio-cni", "istiod"} | (set() if GATEWAY_API else {"istio-gateway"})
     assert len(install.chart_problems(repo_copy)) == len(istio_charts)
     changed = install.pin_versions(repo_copy)
     assert install.chart_problems(repo_copy) == []

@@ -13,7 +13,18 @@ import yaml
 from conftest import GATEWAY_API, gateway_api_only, istio_api_only
 
 from e2e.harness import bringup, capacity, kind, settings
-from repo_tools import REPO_ROOT, charts, gateway_api, gitops, install, kustomize, layout, rendered_install
+from repo_tools import (
+    REPO_ROOT,
+    charts,
+    gateway_api,
+    gitops,
+    injection,
+    install,
+    kustomize,
+    layout,
+    pod_security,
+    rendered_install,
+)
 from repo_tools.schemas import schema_errors
 
 UNAVAILABLE = charts.unavailable_reason()
@@ -293,3 +304,31 @@ def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, mo
     values = copy_root / "infrastructure" / "istiod" / "values.yaml"
     values.write_text(values.read_text() + "\n")
     assert charts.render(overlay, copy_root) == rendered
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_install_namespace_enforces_the_strictest_level_its_pods_allow(overlay):
+    assert pod_security.install_namespace_problems(installed(overlay)) == []
+
+
+def test_a_namespace_labelled_stricter_than_its_pods_allow_is_caught():
+    docs = installed("dev")
+    levels = {doc["metadata"]["name"]: pod_security.enforced(doc) for doc in docs if doc["kind"] == "Namespace"}
+    assert levels["istio-system"] == "privileged" and levels["cert-manager"] == "restricted"
+    for doc in docs:
+        if doc["kind"] == "Namespace" and doc["metadata"]["name"] == "istio-system":
+            doc["metadata"]["labels"][pod_security.ENFORCE] = "baseline"
+    problems = pod_security.install_namespace_problems(docs)
+    assert len(problems) == 1
+    assert "its pods admit under privileged at most: DaemonSet istio-system/istio-cni-node" in problems[0]
+    assert "hostPath volumes are not allowed" in problems[0]
+
+
+def test_the_injection_model_follows_the_sidecar_template_of_the_rendered_istiod():
+    docs = infrastructure("dev")
+    assert injection.template_problems(docs) == []
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == injection.INJECTOR_CONFIGMAP:
+            doc["data"]["config"] = doc["data"]["config"].replace("istio-validation", "istio-check")
+    problems = injection.template_problems(docs)
+    assert len(problems) == 1 and "with the CNI agent the init container only validates" in problems[0]

@@ -31,29 +31,38 @@ RELEASE_LABELS = ("app.kubernetes.io/instance", "release")  # Helm charts mark w
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the install: the Helm releases it applies and the Deployments it waits for."""
+    """One step of the install: the Helm releases it applies and the Deployments and DaemonSets it waits for."""
 
     name: str
     releases: tuple[str, ...]
     namespace: str
     deployments: tuple[str, ...]
+    daemonsets: tuple[str, ...] = ()
 
 
 def install_stages(settings: Settings) -> list[Stage]:
-    """Istio base and istiod (then wait for istiod), the gateway chart (Istio's own API), then cert-manager and its
-    webhook. Objects without a chart (the Gateway API's CRDs) go with the first stage.
+    """Istio base, its CNI node agent and istiod (then wait for both), the gateway chart (Istio's own API), then
+    cert-manager and its webhook. Objects without a chart (the Gateway API's CRDs) go with the first stage.
 
-    Deployment names follow each chart: istiod's is `istiod`, the gateway's is its release name, and
-    cert-manager's are the release name with -webhook and -cainjector (checked against the rendered charts).
+    Workload names follow each chart: istiod's is `istiod`, the CNI agent's DaemonSet `istio-cni-node`, the gateway's
+    is its release name, and cert-manager's are the release name with -webhook and -cainjector (checked against the
+    rendered charts).
     """
-    base, istiod, certs = install.chart("base"), install.chart("istiod"), install.chart("cert-manager")
+    base, cni, istiod = install.chart("base"), install.chart("cni"), install.chart("istiod")
+    certs = install.chart("cert-manager")
     gateway_stage = (
         []
         if settings.gateway.gateway_api  # istiod deploys it once the apps layer's Gateway exists
         else [Stage("the ingress gateway", (gateway_release(),), settings.gateway.namespace, (gateway_release(),))]
     )
     return [
-        Stage("Istio base and istiod", (base.release, istiod.release), istiod.namespace, ("istiod",)),
+        Stage(
+            "Istio base, its CNI node agent and istiod",
+            (base.release, cni.release, istiod.release),
+            istiod.namespace,
+            ("istiod",),
+            ("istio-cni-node",),
+        ),
         *gateway_stage,
         Stage(
             "cert-manager and its webhook",
@@ -104,6 +113,8 @@ def rendered_install_problems(installed: list[dict], apps: list[dict], settings:
     if settings.gateway.gateway_api:  # istiod deploys it once the apps layer is applied; the bring-up waits for it
         waits.append((settings.gateway.namespace, settings.gateway.deployment))
     problems += rendered_install.waited_for_deployments_exist(installed, waits)
+    daemonsets = [(stage.namespace, name) for stage in install_stages(settings) for name in stage.daemonsets]
+    problems += rendered_install.waited_for_deployments_exist(installed, daemonsets, kind="DaemonSet")
     total, by_pod, _ = e2e_cpu_requests(installed, apps, settings)
     if total > capacity.BUDGET_MILLIS:
         problems.append(
@@ -223,6 +234,10 @@ class Bringup:
                 self.apply(yaml.safe_dump_all(stage_docs))
                 for deployment in stage.deployments:
                     commands.run_checked(commands.rollout_status(self.tools, stage.namespace, deployment))
+                for daemonset in stage.daemonsets:
+                    commands.run_checked(
+                        commands.rollout_status(self.tools, stage.namespace, daemonset, kind="daemonset")
+                    )
             if not self.settings.gateway.gateway_api and stage.releases == (gateway_release(),):
                 self.check_node_ports()
 

@@ -8,6 +8,7 @@ requests do not fit stay Pending and the run times out, so the sum is computed f
 import json
 
 from e2e.harness.settings import PROXY_CPU_ANNOTATION
+from repo_tools import injection
 
 RUNNER_CPU_MILLIS = 2000
 # Leave a quarter of the node for the kubelet, the container runtime and bursts during bring-up.
@@ -44,14 +45,6 @@ def default_proxy_millis(install: list[dict]) -> int:
     return millis(json.loads(injector["data"]["values"])["global"]["proxy"]["resources"]["requests"]["cpu"])
 
 
-def injected_namespaces(docs: list[dict]) -> set[str]:
-    return {
-        doc["metadata"]["name"]
-        for doc in docs
-        if doc["kind"] == "Namespace" and (doc["metadata"].get("labels") or {}).get("istio-injection") == "enabled"
-    }
-
-
 def replicas(workload: dict, docs: list[dict]) -> int:
     if workload["kind"] == "DaemonSet":
         return 1  # one node
@@ -82,7 +75,7 @@ def pod_millis(template: dict, namespace: str, injected: set[str], proxy_millis:
 
 def requests_by_pod(docs: list[dict], proxy_millis: int) -> dict[str, int]:
     """ "kind namespace/name" -> millicores requested, for every workload and bare Pod in docs."""
-    injected = injected_namespaces(docs)
+    injected = injection.injected_namespaces(docs)
     found = {}
     for doc in docs:
         namespace = doc["metadata"].get("namespace", "default")

@@ -33,8 +33,10 @@ def apply_stdin(tools: Tools, field_manager: str = "kubectl", namespace: str = "
     )
 
 
-def rollout_status(tools: Tools, namespace: str, deployment: str, timeout: str = "300s") -> list[str]:
-    return kubectl(tools, "-n", namespace, "rollout", "status", f"deployment/{deployment}", f"--timeout={timeout}")
+def rollout_status(
+    tools: Tools, namespace: str, name: str, timeout: str = "300s", kind: str = "deployment"
+) -> list[str]:
+    return kubectl(tools, "-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={timeout}")
 
 
 def exec_in(tools: Tools, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:

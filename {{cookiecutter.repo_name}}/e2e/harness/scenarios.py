@@ -5,7 +5,14 @@ from dataclasses import dataclass
 
 from e2e.harness import tokens, traffic
 from e2e.harness.commands import TIMED_OUT
-from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings
+from e2e.harness.settings import (
+    CURL_IMAGE,
+    HARNESS_LABEL,
+    PROXY_CPU_ANNOTATION,
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
+    Settings,
+)
 from repo_tools.contract import Newcomer, Row, caller_of
 from repo_tools.mesh import Verdict
 from repo_tools.resources import service_fqdn
@@ -195,7 +202,15 @@ def client_manifests(
                 },
                 "spec": {
                     "serviceAccountName": client.service_account,
-                    "containers": [{"name": "curl", "image": CURL_IMAGE, "command": ["sleep", "365d"]}],
+                    "securityContext": RESTRICTED_POD,
+                    "containers": [
+                        {
+                            "name": "curl",
+                            "image": CURL_IMAGE,
+                            "command": ["sleep", "365d"],
+                            "securityContext": RESTRICTED_CONTAINER,
+                        }
+                    ],
                 },
             }
         )
@@ -233,14 +248,16 @@ def echo_workload(
                 "template": {
                     "metadata": {"labels": pod_labels, "annotations": {PROXY_CPU_ANNOTATION: settings.proxy_cpu}},
                     "spec": {
+                        "securityContext": RESTRICTED_POD,
                         "containers": [
                             {
                                 "name": "echo",
                                 "image": settings.echo_image,
                                 "env": [{"name": "PORT", "value": "8080"}],
                                 "ports": [{"name": "http", "containerPort": 8080}],
+                                "securityContext": RESTRICTED_CONTAINER,
                             }
-                        ]
+                        ],
                     },
                 },
             },

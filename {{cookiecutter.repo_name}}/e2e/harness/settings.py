@@ -15,6 +15,9 @@ GATEWAY_NODE_PORTS = REPO_ROOT / "infrastructure" / "components" / "kind-node-po
 CURL_IMAGE = "curlimages/curl:8.16.0"
 PROXY_CPU_ANNOTATION = "sidecar.istio.io/proxyCPU"
 HARNESS_LABEL = "e2e.harness"  # on every pod the harness adds: clients, the plaintext control, newcomers
+# What the "restricted" Pod Security Standard asks of the harness's pods, which run beside the app's.
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 # A backend whose answers each request chooses: /delay/{seconds}, /status/{code}, weighted /status/200:0.7,503:0.3.
 # go-httpbin v2.25.0 (https://github.com/mccutchen/go-httpbin/releases/tag/v2.25.0), non-root on distroless; it
 # reads PORT, PREFIX (serve every route below a path) and MAX_DURATION (lift the 10s cap of /delay) from its

@@ -9,7 +9,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from e2e.harness.settings import E2E_OVERLAY, FAULT_IMAGE, HARNESS_LABEL, PROXY_CPU_ANNOTATION, Settings, e2e_build
+from e2e.harness.settings import (
+    E2E_OVERLAY,
+    FAULT_IMAGE,
+    HARNESS_LABEL,
+    PROXY_CPU_ANNOTATION,
+    RESTRICTED_CONTAINER,
+    Settings,
+    e2e_build,
+)
 from repo_tools import contract, layout, resilience
 from repo_tools.contract import Row
 from repo_tools.mesh import Mesh, Verdict
@@ -149,11 +157,7 @@ def fault_deployment(live: dict, prefix: str, settings: Settings, replicas: int)
         ],
         "ports": [{"name": port["name"], "containerPort": port["containerPort"]}],
         "readinessProbe": {"httpGet": {"path": f"{prefix}/status/200", "port": port["name"]}, "periodSeconds": 2},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": {**RESTRICTED_CONTAINER, "readOnlyRootFilesystem": True},
     }
     pod_spec = {"serviceAccountName": template["spec"].get("serviceAccountName", "default"), "containers": [container]}
     if "securityContext" in template["spec"]:  # e.g. the sysctl that lets a non-root process bind a low port
