@@ -42,6 +42,7 @@ CUSTOM_RESOURCE_MODELS = {
     "security.istio.io/v1": "cloudcoil.models.istio.security.v1",
     "security.istio.io/v1beta1": "cloudcoil.models.istio.security.v1beta1",
     "telemetry.istio.io/v1": "cloudcoil.models.istio.telemetry.v1",
+    "extensions.istio.io/v1alpha1": "cloudcoil.models.istio.extensions.v1alpha1",
     "cert-manager.io/v1": "cloudcoil.models.cert_manager.v1",
     "acme.cert-manager.io/v1": "cloudcoil.models.cert_manager.acme.v1",
     "helm.toolkit.fluxcd.io/v2": "cloudcoil.models.fluxcd.helm.v2",
