@@ -205,11 +205,11 @@ def install_namespace_problems(docs: list[dict]) -> list[str]:
     """Each namespace of the install is labelled with exactly the strictest level all its pods admit under: no
     stricter (its pods would be refused), no looser (it would allow more than its charts need)."""
     needed: dict[str, tuple[str, str]] = {}
-    for workload, namespace, spec, annotations in running_pods(docs):
+    for workload, namespace_name, spec, annotations in running_pods(docs):
         level = strictest_level(spec, annotations)
-        if LEVELS.index(level) > LEVELS.index(needed.get(namespace, ("restricted", ""))[0]):
+        if LEVELS.index(level) > LEVELS.index(needed.get(namespace_name, ("restricted", ""))[0]):
             reasons = "; ".join(problems_at(LEVELS[LEVELS.index(level) - 1], spec, annotations))
-            needed[namespace] = (level, f"{describe(workload)}: {reasons}")
+            needed[namespace_name] = (level, f"{describe(workload)}: {reasons}")
     problems = []
     for namespace in of_kind(docs, "Namespace"):
         level, because = needed.get(namespace["metadata"]["name"], ("restricted", "no pod needs more"))

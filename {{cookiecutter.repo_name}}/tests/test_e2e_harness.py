@@ -113,6 +113,26 @@ def test_a_request_carries_its_method_and_headers_and_the_host_as_sni(https_serv
     assert f"Host: {HOST}" in response.text and seen_sni[-1] == HOST
 
 
+@pytest.mark.parametrize("path", ["/api/./orders", "/api//orders", "/api%2Forders", "/api/../api/orders"])
+def test_a_row_path_reaches_the_gateway_verbatim_where_requests_would_resolve_it(
+    https_server, server_ca, tmp_path, path
+):
+    port, seen_sni = https_server
+    ca = ca_file(server_ca, tmp_path)
+    answer = tls.send_verbatim("GET", "https", "127.0.0.1", port, HOST, path, ca, (("x-request-id", "id-2"),))
+    assert answer.status == 200 and answer.text.splitlines()[2] == f"GET {path}"
+    assert "x-request-id: id-2" in answer.text and f"Host: {HOST}" in answer.text and seen_sni[-1] == HOST
+    resolved = tls.send("GET", "https", "127.0.0.1", port, HOST, path, ca).text.splitlines()[2]
+    if "." in path:  # urllib3 resolves dot segments before sending
+        assert resolved == "GET /api/orders"
+
+
+def test_the_verbatim_sender_refuses_a_ca_it_was_not_given(https_server, tmp_path):
+    port, _ = https_server
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls.send_verbatim("GET", "https", "127.0.0.1", port, HOST, "/", ca_file(trustme.CA(), tmp_path))
+
+
 def test_a_host_the_certificate_does_not_name_fails(https_server, server_ca, tmp_path):
     port, _ = https_server
     with pytest.raises(requests.exceptions.SSLError, match="match|mismatch"):

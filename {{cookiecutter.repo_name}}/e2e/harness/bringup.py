@@ -502,10 +502,13 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
         try:
             method = probe.row.request.method
             headers = probe.headers + bringup.token_headers(probe.token)
-            response = tls.send(method, probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file, headers)
+            # Verbatim: a row's path may test how the gateway normalizes "//", "%2F" or "." segments.
+            response = tls.send_verbatim(
+                method, probe.scheme, "127.0.0.1", port, settings.host, probe.path, ca_file, headers
+            )
         except Exception as error:  # noqa: BLE001 - any transport error is an answer to judge, not a crash
             return Check(False, f"{type(error).__name__}: {error}{tagged}")
-        answer = scenarios.Answer(0, response.status_code, response.text, response.headers.get("location", ""))
+        answer = scenarios.Answer(0, response.status, response.text, response.location)
     else:
         command = commands.exec_in(
             bringup.tools,

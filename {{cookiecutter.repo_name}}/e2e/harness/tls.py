@@ -1,6 +1,10 @@
 """HTTPS to the gateway on 127.0.0.1 with the public host as SNI, verified against the test CA."""
 
 import base64
+import http.client
+import socket
+import ssl
+from dataclasses import dataclass
 
 import requests
 import trustme
@@ -56,6 +60,45 @@ def send(
         allow_redirects=False,
         timeout=timeout,
     )
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    text: str
+    location: str
+
+
+def send_verbatim(
+    method: str,
+    scheme: str,
+    address: str,
+    port: int,
+    host: str,
+    path: str,
+    ca_file: str | None,
+    headers: tuple[tuple[str, str], ...] = (),
+    timeout: float = 5.0,
+) -> Answer:
+    """A request whose path reaches the gateway exactly as written: requests (urllib3) resolves "." and ".."
+    segments before sending, which would hide the gateway's own path normalization from a test of it."""
+    if scheme == "https":
+        context = ssl.create_default_context(cafile=ca_file)
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            address, port, timeout=timeout, context=context
+        )
+        connection.sock = context.wrap_socket(socket.create_connection((address, port), timeout), server_hostname=host)
+    else:
+        connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in (("Host", host), *headers):
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return Answer(response.status, response.read().decode(errors="replace"), response.getheader("location", ""))
+    finally:
+        connection.close()
 
 
 def session_for(scheme: str, address: str, port: int, host: str) -> requests.Session:
