@@ -5,7 +5,10 @@ A model of the "sidecar" template in istiod's istio-sidecar-injector ConfigMap f
 NET_RAW and runs as root, or, with Istio's CNI agent, istio-validation, which needs neither), the istio-proxy
 container and the sidecar's volumes. The template is Go text, which nothing here executes: TEMPLATE_FACTS are the
 lines of it this model follows, and `template_problems` holds them to the rendered istiod chart, so that an Istio
-release that changes them fails the check instead of the model going stale.
+release that changes them fails the check instead of the model going stale. Where every kubelet is 1.33 or newer,
+Istio runs istio-proxy as a native sidecar (an init container with restartPolicy Always, ENABLE_NATIVE_SIDECARS
+"auto"); Pod Security checks init containers alike, so the model keeps it among the containers. It leaves out the
+istio-ca-crl ConfigMap volume, which changes nothing Pod Security checks.
 """
 
 import copy

@@ -1,7 +1,8 @@
 """Pod Security Standards, as Kubernetes' pod-security admission evaluates them, offline: the level a pod admits
 under, and for a stricter level every field that stops it, naming the container. The checks follow
-k8s.io/pod-security-admission (policy/check_*.go) for the "baseline" and "restricted" levels; Windows-only fields are
-left out (no pod here runs on Windows).
+k8s.io/pod-security-admission (policy/check_*.go) for the "baseline" and "restricted" levels at v1.34; Windows-only
+fields are left out (no pod here runs on Windows). Kubernetes versions each check: where a later release changes
+one (1.35 runAsNonRoot, runAsUser and procMount; 1.37 sysctls), this follows 1.34, the oldest the repo runs.
 
 Pods are evaluated as they run: in a namespace with sidecar injection, with the containers and volumes Istio's
 injection template adds (repo_tools.injection). The rules below hold every namespace to the level it enforces, the
@@ -27,13 +28,16 @@ SAFE_SYSCTLS = {
     "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
     "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
     "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
 }  # fmt: skip
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 RESTRICTED_VOLUMES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim", "projected",
+    "secret",
 }  # fmt: skip
 SECCOMP_CONFINED = {"RuntimeDefault", "Localhost"}
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 
 
 def containers(spec: dict) -> Iterator[tuple[str, dict]]:
@@ -56,6 +60,14 @@ def baseline_problems(spec: dict, annotations: dict[str, str]) -> list[str]:
         if sysctl.get("name") not in SAFE_SYSCTLS
     ]
     problems += context_problems("spec.securityContext", pod_context)
+    problems += [
+        f"annotation {key}: AppArmor profile {value} is not allowed"
+        for key, value in annotations.items()
+        if key.startswith(APPARMOR_ANNOTATION)
+        and value
+        and value != "runtime/default"
+        and not value.startswith("localhost/")
+    ]
     for where, container in containers(spec):
         context = container.get("securityContext") or {}
         if context.get("privileged"):
@@ -70,10 +82,21 @@ def baseline_problems(spec: dict, annotations: dict[str, str]) -> list[str]:
         if context.get("procMount", "Default") != "Default":
             problems.append(f"{where}: securityContext.procMount is {context['procMount']}")
         problems += context_problems(f"{where}: securityContext", context)
-        apparmor = annotations.get(f"container.apparmor.security.beta.kubernetes.io/{container.get('name')}")
-        if apparmor is not None and apparmor != "runtime/default" and not apparmor.startswith("localhost/"):
-            problems.append(f"{where}: AppArmor profile {apparmor} is not allowed")
+        problems += [f"{where}: {handler} sets a host, which is not allowed" for handler in host_handlers(container)]
     return problems
+
+
+def host_handlers(container: dict) -> list[str]:
+    """Probes and lifecycle hooks that would connect to another host than the pod (baseline from v1.34)."""
+    handlers = [(probe, container.get(probe) or {}) for probe in PROBES] + [
+        (f"lifecycle.{hook}", (container.get("lifecycle") or {}).get(hook) or {}) for hook in ("postStart", "preStop")
+    ]
+    return [
+        f"{where}.{action}.host"
+        for where, handler in handlers
+        for action in ("httpGet", "tcpSocket")
+        if (handler.get(action) or {}).get("host")
+    ]
 
 
 def context_problems(where: str, context: dict) -> list[str]:
@@ -99,6 +122,8 @@ def restricted_problems(spec: dict, annotations: dict[str, str]) -> list[str]:
     ]
     if pod_context.get("runAsUser") == 0:
         problems.append("spec.securityContext.runAsUser is 0")
+    if pod_context.get("runAsNonRoot") is False:
+        problems.append("spec.securityContext.runAsNonRoot is false")
     pod_non_root = pod_context.get("runAsNonRoot") is True
     pod_seccomp = (pod_context.get("seccompProfile") or {}).get("type") in SECCOMP_CONFINED
     for where, container in containers(spec):

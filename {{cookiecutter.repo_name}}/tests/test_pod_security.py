@@ -98,6 +98,16 @@ def pod(**spec: object) -> dict:
             "seccompProfile.type is Unconfined",
         ),
         (pod(), "baseline", "allowPrivilegeEscalation must be false"),
+        (
+            {"containers": [{"name": "app", "readinessProbe": {"httpGet": {"host": "10.0.0.1", "port": 80}}}]},
+            "privileged",
+            "readinessProbe.httpGet.host",
+        ),
+        (
+            pod(securityContext={"runAsNonRoot": False}),
+            "baseline",
+            "spec.securityContext.runAsNonRoot is false",
+        ),
     ],
 )
 def test_each_pod_security_check_refuses_what_the_standard_refuses(spec, level, problem):
