@@ -400,7 +400,7 @@ def test_an_internet_probe_sends_the_rows_method_and_headers(e2e_settings, monke
         sent.update(method=method, headers=args[-1])
         raise requests.ConnectionError("not sent")
 
-    monkeypatch.setattr(tls, "send", send)
+    monkeypatch.setattr(tls, "send_verbatim", send)
     headers = (("x-canary", "always"),)
     row = contract.Row(
         "r", "internet", contract.Request(path="/api", method="POST", headers=headers), "reaches backend"
@@ -1015,7 +1015,7 @@ def test_an_internet_probe_sends_a_fresh_token_of_the_rows_kind(e2e_settings, mo
         sent.append(args[-1])  # type: ignore[arg-type]
         raise requests.ConnectionError("not sent")
 
-    monkeypatch.setattr(tls, "send", send)
+    monkeypatch.setattr(tls, "send_verbatim", send)
     run = bringup.Bringup(commands.Tools("kind", "kubectl", "helm"), e2e_settings, [])
     issuer = tokens.overlay_token_settings().issuer
     for token in ("valid", "forged", "none"):
