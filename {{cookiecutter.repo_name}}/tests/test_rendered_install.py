@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import GATEWAY_API, gateway_api_only, istio_api_only
 
-from e2e.harness import bringup, capacity, kind, settings
+from e2e.harness import capacity, install_plan, kind, settings
 from repo_tools import (
     REPO_ROOT,
     charts,
@@ -112,7 +112,7 @@ def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_setting
     config = kind.kind_config(e2e_settings)
     assert {m["containerPort"] for m in config["nodes"][0]["extraPortMappings"]} == set(mapped.values())
     assert rendered_install.node_ports_match_the_kind_mappings(installed("e2e"), gateway, mapped) == []
-    assert bringup.node_port_mismatch(installed("e2e"), e2e_settings) == ""
+    assert install_plan.node_port_mismatch(installed("e2e"), e2e_settings) == ""
 
 
 @gateway_api_only
@@ -124,7 +124,7 @@ def test_a_gateway_option_on_a_port_no_listener_has_is_caught(e2e_settings, gate
     mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
     problems = rendered_install.node_ports_match_the_kind_mappings(broken, gateway, mapped)
     assert len(problems) == 1 and "port 443 has nodePort None, but kind maps" in problems[0]
-    assert "fix apps/components/kind-node-ports/gateway-options.yaml" in bringup.node_port_mismatch(
+    assert "fix apps/components/kind-node-ports/gateway-options.yaml" in install_plan.node_port_mismatch(
         broken, e2e_settings
     )
     options["data"]["services"] = options["data"].pop("service")
@@ -178,7 +178,7 @@ def test_a_node_port_patch_without_protocol_is_caught(e2e_settings, gateway, tmp
     mapped = {80: e2e_settings.http_node_port, 443: e2e_settings.https_node_port}
     problems = rendered_install.node_ports_match_the_kind_mappings(broken, gateway, mapped)
     assert len(problems) == 2 and all("nodePort None" in problem for problem in problems)
-    assert "fix infrastructure/components/kind-node-ports/gateway-nodeports.yaml" in bringup.node_port_mismatch(
+    assert "fix infrastructure/components/kind-node-ports/gateway-nodeports.yaml" in install_plan.node_port_mismatch(
         broken, e2e_settings
     )
 
@@ -193,7 +193,9 @@ def test_high_availability_overlays_change_the_real_autoscaler_and_budget(overla
 
 
 def test_every_deployment_the_bringup_waits_for_is_installed(e2e_settings):
-    waits = [(stage.namespace, name) for stage in bringup.install_stages(e2e_settings) for name in stage.deployments]
+    waits = [
+        (stage.namespace, name) for stage in install_plan.install_stages(e2e_settings) for name in stage.deployments
+    ]
     assert len(waits) == (4 if GATEWAY_API else 5)
     if GATEWAY_API:  # istiod deploys it once the apps layer is applied; the bring-up waits for it then
         waits.append((e2e_settings.gateway.namespace, e2e_settings.gateway.deployment))
@@ -202,8 +204,8 @@ def test_every_deployment_the_bringup_waits_for_is_installed(e2e_settings):
 
 
 def test_the_install_stages_cover_every_rendered_object_in_order(e2e_settings):
-    stages = bringup.install_stages(e2e_settings)
-    split = bringup.split_by_stage(infrastructure("e2e"), stages)
+    stages = install_plan.install_stages(e2e_settings)
+    split = install_plan.split_by_stage(infrastructure("e2e"), stages)
     assert sum(len(part) for part in split) == len(infrastructure("e2e"))
     first = {doc["kind"] for doc in split[0]}
     assert {"Namespace", "CustomResourceDefinition", "MutatingWebhookConfiguration"} <= first
@@ -233,7 +235,7 @@ def test_a_misspelt_value_is_named():
 
 
 def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
-    total, by_pod, proxy = bringup.e2e_cpu_requests(installed("e2e"), apps("e2e"), e2e_settings)
+    total, by_pod, proxy = install_plan.e2e_cpu_requests(installed("e2e"), apps("e2e"), e2e_settings)
     print(f"e2e CPU requests: {total}m of {capacity.RUNNER_CPU_MILLIS}m: {by_pod}")
     assert total <= capacity.BUDGET_MILLIS, by_pod
     # Every harness pod that gets a sidecar asks for the e2e overlay's small one, not istiod's default.
@@ -242,12 +244,12 @@ def test_the_e2e_run_fits_a_two_cpu_runner(e2e_settings):
 
 
 def test_python_m_repo_tools_checks_what_the_e2e_run_relies_on(e2e_settings):
-    assert bringup.rendered_install_problems(installed("e2e"), apps("e2e"), e2e_settings) == []
+    assert install_plan.rendered_install_problems(installed("e2e"), apps("e2e"), e2e_settings) == []
     overloaded = apps("e2e")
     for doc in overloaded:
         if doc["kind"] == "Deployment":
             doc["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "1"
-    problems = bringup.rendered_install_problems(installed("e2e"), overloaded, e2e_settings)
+    problems = install_plan.rendered_install_problems(installed("e2e"), overloaded, e2e_settings)
     assert len(problems) == 1 and f"more than the {capacity.BUDGET_MILLIS}m of a 2-vCPU runner" in problems[0]
 
 

@@ -58,24 +58,25 @@ def default_cluster_name() -> str:
     return f"{name or 'gitops'}-e2e"
 
 
-def node_ports(patch: Path = GATEWAY_NODE_PORTS) -> dict[int, int]:
+def node_ports(patch: Path = GATEWAY_NODE_PORTS, e2e_docs: list[dict] | None = None) -> dict[int, int]:
     """Service port -> nodePort of the ingress gateway in the e2e environment: from the Service Istio deploys for
     the e2e overlay's Gateway (Gateway API), else from the install layer's patch of the gateway chart's Service."""
     gateway = layout.ingress_gateway()
     if gateway.gateway_api:
-        deployed = gateway_api.deployed_gateway(e2e_build(), gateway)
+        deployed = gateway_api.deployed_gateway(e2e_build() if e2e_docs is None else e2e_docs, gateway)
         service = next(doc for doc in deployed if doc["kind"] == "Service")
     else:
         service = yaml.safe_load(patch.read_text())
     return {port["port"]: port["nodePort"] for port in service["spec"]["ports"] if "nodePort" in port}
 
 
-def load(cluster_name: str) -> Settings:
-    docs = e2e_build()
+def load(cluster_name: str, e2e_docs: list[dict] | None = None) -> Settings:
+    """The settings of an e2e run, read from the e2e overlay (`e2e_docs`: its build, where it is at hand)."""
+    docs = e2e_build() if e2e_docs is None else e2e_docs
     first_workload = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]
     issuer = next(doc for doc in docs if doc["kind"] == "Issuer" and "ca" in doc["spec"])
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))
-    ports = node_ports()
+    ports = node_ports(e2e_docs=docs)
     return Settings(
         cluster_name=cluster_name,
         node_image=VERSIONS["KIND_NODE_IMAGE"],
