@@ -127,8 +127,9 @@ def rate_limits(docs: list[dict], gateway: IngressGateway) -> dict[str, Limit]:
     return found
 
 
-def http_filter_setting(docs: list[dict], gateway: IngressGateway, message: str, field: str) -> Limit | None:
-    for envoy_filter, number, patch in patches(docs, gateway, "HTTP_FILTER"):
+def patched_setting(docs: list[dict], gateway: IngressGateway, apply_to: str, message: str, field: str) -> Limit | None:
+    """A size an EnvoyFilter patch on the gateway sets in the typed config of an Envoy `message`."""
+    for envoy_filter, number, patch in patches(docs, gateway, apply_to):
         config = typed(((patch.get("patch") or {}).get("value") or {}).get("typed_config"), message)
         if field in config:
             return Limit(int(config[field]), "", f"{describe(envoy_filter)} patch {number}")
@@ -136,17 +137,15 @@ def http_filter_setting(docs: list[dict], gateway: IngressGateway, message: str,
 
 
 def body_limit(docs: list[dict], gateway: IngressGateway) -> Limit | None:
-    return http_filter_setting(docs, gateway, "envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes")
+    buffer = "envoy.extensions.filters.http.buffer.v3.Buffer"
+    return patched_setting(docs, gateway, "HTTP_FILTER", buffer, "max_request_bytes")
 
 
 def header_limit(docs: list[dict], gateway: IngressGateway) -> Limit:
     """The largest request headers in KiB: the connection manager's, else Envoy's default."""
     manager = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-    for envoy_filter, number, patch in patches(docs, gateway, "NETWORK_FILTER"):
-        config = typed(((patch.get("patch") or {}).get("value") or {}).get("typed_config"), manager)
-        if "max_request_headers_kb" in config:
-            return Limit(int(config["max_request_headers_kb"]), "", f"{describe(envoy_filter)} patch {number}")
-    return Limit(ENVOY_DEFAULT_HEADERS_KB, "", "Envoy's default")
+    found = patched_setting(docs, gateway, "NETWORK_FILTER", manager, "max_request_headers_kb")
+    return found or Limit(ENVOY_DEFAULT_HEADERS_KB, "", "Envoy's default")
 
 
 # Request headers that carry credentials; a log that prints one hands out the credential.
