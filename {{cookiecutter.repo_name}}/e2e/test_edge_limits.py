@@ -153,9 +153,8 @@ def test_the_gateway_logs_the_request_id_route_and_subject_as_json_and_never_the
         (("Authorization", authorization),),
     )
     assert response.status_code == 200, response.status_code
-    seen_id = next(
-        line.split(":", 1)[1].strip() for line in response.text.splitlines() if line.lower().startswith("x-request-id:")
-    )
+    seen_id = traffic.served_request_id(response.text)
+    assert seen_id, response.text
     time.sleep(LOG_FLUSH_SECONDS)
     gateway = s.gateway
     output = commands.run(

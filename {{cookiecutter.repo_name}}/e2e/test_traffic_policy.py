@@ -111,8 +111,12 @@ def access_log(harness, namespace: str, selector: str, sent: list[Sent]) -> list
 
 
 def gateway_log(harness, sent: list[Sent]) -> list[str]:
+    """The gateway's lines for the sent requests that reached a backend (by the id the gateway gave them)."""
     gateway = harness.settings.gateway
-    return access_log(harness, gateway.namespace, gateway.selector, sent)
+    served = [replace(request, request_id=traffic.served_request_id(request.body)) for request in sent]
+    return access_log(
+        harness, gateway.namespace, gateway.selector, [request for request in served if request.request_id]
+    )
 
 
 def shown(lines: list[str], title: str, limit: int = 30) -> str:

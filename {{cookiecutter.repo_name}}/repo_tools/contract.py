@@ -18,17 +18,8 @@ CONTRACT = REPO_ROOT / "contract.yaml"
 
 
 # What a row may expect: each is an outcome the offline verifier reports and the e2e run can observe.
-OUTCOMES = (
-    "reaches <app>",
-    "redirect https",
-    "denied",
-    "unauthenticated",
-    "rate-limited",
-    "too-large",
-    "headers-too-large",
-    "no-answer",
-)
 REFUSALS = ("denied", "unauthenticated", "rate-limited", "too-large", "headers-too-large", "no-answer")
+OUTCOMES = ("reaches <app>", "redirect https", *REFUSALS)
 # A limit of the gateway an internet row's request goes past (edge.py): its route's rate limit (one request more
 # than the bucket holds), the largest body, the largest headers.
 LIMITS = ("rate-limit", "body-limit", "header-limit")

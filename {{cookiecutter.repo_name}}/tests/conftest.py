@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from repo_tools import kustomize, layout
+from repo_tools import contract, kustomize, layout
 
 KUSTOMIZATIONS = layout.app_kustomizations()
+ROWS = contract.load()
 GATEWAY_API = layout.ingress_gateway().gateway_api
 # Mistakes only one ingress API can make: each test runs in the repos baked with that API.
 istio_api_only = pytest.mark.skipif(GATEWAY_API, reason="about Istio's own ingress API; this repo uses the Gateway API")
@@ -63,3 +64,20 @@ def app_route(docs: list[dict]) -> dict:
 
 def the_gateway(docs: list[dict]) -> dict:
     return find(docs, "Gateway", layout.ingress_gateway().gateway_name or "public-gateway")
+
+
+def contract_outcomes(docs: list[dict], overlay: str) -> dict[str, contract.Outcome]:
+    """Every row of contract.yaml against `docs` as the build of `overlay`, by row name."""
+    path = layout.overlays()[overlay]
+    outcomes = contract.check(
+        overlay, docs, ROWS, layout.ingress_gateway(), layout.public_host(path), layout.api_tokens(path)
+    )
+    return {outcome.row.name: outcome for outcome in outcomes}
+
+
+def broken_rows(docs: list[dict], overlay: str) -> dict[str, contract.Outcome]:
+    return {name: outcome for name, outcome in contract_outcomes(docs, overlay).items() if not outcome.holds}
+
+
+def row_named(fragment: str) -> str:
+    return next(row.name for row in ROWS if fragment in row.name)

@@ -9,38 +9,27 @@ import pytest
 import yaml
 from conftest import (
     GATEWAY_API,
-    KUSTOMIZATIONS,
+    ROWS,
     app_namespace,
     app_route,
     backend_policy,
+    broken_rows,
+    contract_outcomes,
     find,
     gateway_api_only,
     istio_api_only,
+    row_named,
     the_gateway,
 )
 
 from repo_tools import REPO_ROOT, charts, contract, layout
 
 OVERLAYS = sorted(layout.overlays())
-ROWS = contract.load()
-
-
-def outcomes(docs: list[dict], overlay: str = "dev") -> dict[str, contract.Outcome]:
-    host, tokens = layout.public_host(KUSTOMIZATIONS[overlay]), layout.api_tokens(KUSTOMIZATIONS[overlay])
-    return {o.row.name: o for o in contract.check(overlay, docs, ROWS, layout.ingress_gateway(), host, tokens)}
-
-
-def failing(docs: list[dict]) -> dict[str, contract.Outcome]:
-    return {name: outcome for name, outcome in outcomes(docs).items() if not outcome.holds}
-
-
-def row_named(fragment: str) -> str:
-    return next(row.name for row in ROWS if fragment in row.name)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_row_holds(overlay, rendered):
-    results = outcomes(rendered(overlay), overlay)
+    results = contract_outcomes(rendered(overlay), overlay)
     assert [o.line() for o in results.values() if not o.holds] == []
     assert len(results) == len(ROWS)
 
@@ -58,7 +47,7 @@ def test_an_api_prefix_without_its_slash_sends_lookalike_paths_to_the_backend(re
         r for r in find(docs, "VirtualService", "public-routes")["spec"]["http"] if r["name"].endswith("-api")
     )
     api_route["match"] = [{"uri": {"prefix": api_route["match"][0]["uri"]["exact"]}}]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row_named("ary stays"), row_named("-docs stays")}
     assert f"VirtualService {app_namespace(docs)}/public-routes route" in broken[row_named("ary stays")].line()
 
@@ -67,7 +56,7 @@ def test_a_backend_that_admits_only_the_frontend_answers_the_api_with_403(render
     docs = rendered("dev")
     policy = backend_policy(docs)
     policy["spec"]["rules"] = policy["spec"]["rules"][1:]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     api_row = row_named("/orders reaches the backend")
     assert api_row in broken and broken[api_row].verdict.outcome == "denied"
     assert f"AuthorizationPolicy {app_namespace(docs)}/{policy['metadata']['name']}" in broken[api_row].line()
@@ -79,7 +68,7 @@ def test_a_principal_of_sa_default_lets_the_default_pod_in(rendered):
     policy["spec"]["rules"][1]["from"][0]["source"]["principals"].append(
         f"cluster.local/ns/{app_namespace(docs)}/sa/default"
     )
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row_named("sa/default")}
     assert "allowed by AuthorizationPolicy" in broken[row_named("sa/default")].line()
 
@@ -88,7 +77,7 @@ def test_a_tls_secret_in_the_app_namespace_fails_every_https_row(rendered):
     docs = rendered("dev")
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate" and not doc["spec"].get("isCA"))
     certificate["metadata"]["namespace"] = app_namespace(docs)
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     https_rows = {row.name for row in ROWS if row.caller == "internet" and row.request.scheme == "https"}
     assert set(broken) == https_rows
     assert all(o.verdict.outcome == "tls-failure" for o in broken.values())
@@ -102,7 +91,7 @@ def test_a_regular_expression_for_the_api_catches_lookalike_paths(rendered):
     prefix = api_rule["matches"][0]["path"]["value"]
     api_rule["matches"] = [{"path": {"type": "RegularExpression", "value": f"{prefix}.*"}}]
     frontend_rule["matches"] = [{"path": {"type": "RegularExpression", "value": "/.*"}}]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row_named("ary stays"), row_named("-docs stays")}
     assert (
         f"HTTPRoute {app_namespace(docs)}/public-routes rule {api_rule['name']}"
@@ -117,7 +106,7 @@ def test_a_regular_expression_loses_to_any_path_prefix_so_the_api_goes_to_the_fr
     api_rule["matches"] = [
         {"path": {"type": "RegularExpression", "value": api_rule["matches"][0]["path"]["value"] + "(/.*)?"}}
     ]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     # Every API row but the canary header's, whose PathPrefix still outranks the frontend's.
     header = canary_rule["matches"][0]["headers"][0]
     pinned = (header["name"].lower(), header["value"])
@@ -138,7 +127,7 @@ def test_the_http_listener_serving_the_app_instead_of_redirecting_serves_plain_h
     app_route(docs)["spec"]["parentRefs"][0].pop("sectionName")
     https_listener = the_gateway(docs)["spec"]["listeners"][1]
     the_gateway(docs)["spec"]["listeners"][0]["allowedRoutes"] = https_listener["allowedRoutes"]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row_named("plain HTTP")}
     assert "listener http serves plain HTTP" in broken[row_named("plain HTTP")].line()
 
@@ -147,7 +136,7 @@ def test_the_http_listener_serving_the_app_instead_of_redirecting_serves_plain_h
 def test_a_route_attached_to_the_wrong_listener_routes_nothing_over_https(rendered):
     docs = rendered("dev")
     app_route(docs)["spec"]["parentRefs"][0]["sectionName"] = "http"
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == routed_https_rows()
     assert all(o.verdict.outcome == "no-route" and "listener https" in o.line() for o in broken.values())
 
@@ -156,7 +145,7 @@ def test_a_route_attached_to_the_wrong_listener_routes_nothing_over_https(render
 def test_a_route_for_another_host_is_not_served(rendered):
     docs = rendered("dev")
     app_route(docs)["spec"]["hostnames"] = ["other.example.org"]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == routed_https_rows()
 
 
@@ -174,7 +163,7 @@ def routed_https_rows() -> set[str]:
 
 def test_without_allow_nothing_a_new_workload_admits_everyone(rendered):
     docs = [doc for doc in rendered("dev") if doc["metadata"]["name"] != "allow-nothing"]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row_named("new workload")}
     assert "no ALLOW policy selects the workload" in broken[row_named("new workload")].line()
 
@@ -183,7 +172,7 @@ def test_permissive_mtls_lets_plaintext_clients_get_an_answer(rendered):
     docs = rendered("dev")
     peer_authentication = next(doc for doc in docs if doc["kind"] == "PeerAuthentication")
     peer_authentication["spec"]["mtls"]["mode"] = "PERMISSIVE"
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row.name for row in ROWS if row.expected == "no-answer"}
     assert all(
         f"PeerAuthentication {app_namespace(docs)}/default accepts plaintext" in o.line() for o in broken.values()
@@ -194,7 +183,7 @@ def test_permissive_mtls_lets_plaintext_clients_get_an_answer(rendered):
 def test_http_without_redirect_serves_plain_http(rendered):
     docs = rendered("dev")
     find(docs, "VirtualService", "public-routes")["spec"]["http"].pop(0)
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     assert set(broken) == {row_named("plain HTTP")}
     assert (
         f"Gateway {app_namespace(docs)}/public-gateway server 1 serves plain HTTP"
@@ -209,7 +198,7 @@ def test_a_gateway_bound_to_another_host_serves_no_internet_row(rendered):
         part["hostname"] = "other.example.org"
     for part in spec.get("servers", []):
         part["hosts"] = ["other.example.org"]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     # Gateway API: HTTPS listeners are picked by SNI, so the handshake itself fails; plain HTTP finds no listener.
     # Istio's API: no server takes the host, so nothing routes.
     assert {name: o.verdict.outcome for name, o in broken.items()} == {
@@ -222,7 +211,7 @@ def test_a_gateway_bound_to_another_host_serves_no_internet_row(rendered):
 def test_an_unmodelled_condition_makes_the_row_unknown_and_fail(rendered):
     docs = rendered("dev")
     backend_policy(docs)["spec"]["rules"][1]["when"] = [{"key": "request.headers[x-team]", "values": ["a"]}]
-    broken = failing(docs)
+    broken = broken_rows(docs, "dev")
     frontend_row = row_named("the frontend may call the backend")
     assert broken[frontend_row].verdict.outcome == "unknown"
     assert "has a 'when' condition" in broken[frontend_row].line()

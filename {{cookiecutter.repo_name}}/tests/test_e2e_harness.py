@@ -1300,3 +1300,9 @@ def test_every_pod_the_harness_starts_admits_under_its_namespaces_pod_security_l
     in_the_apps_namespace = [doc for doc in harness if doc["metadata"].get("namespace") == e2e_settings.app_namespace]
     assert len(in_the_apps_namespace) > 2
     assert pod_security.pods_admit_under_their_namespaces_level(namespaces + harness, e2e_settings.gateway) == []
+
+
+def test_the_id_the_gateway_gave_a_request_is_read_from_the_echo_servers_answer():
+    body = "Request served by backend-1\n\nGET /api/orders HTTP/1.1\n\nHost: shop\nX-Request-Id: 6f1c-gw\nX-B3-Sampled: 0\n"
+    assert traffic.served_request_id(body) == "6f1c-gw"
+    assert traffic.served_request_id("upstream connect error") == ""

@@ -7,19 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import find
+from conftest import ROWS, broken_rows, find
 
 from repo_tools import REPO_ROOT, contract, edge, install, invariants, kustomize, layout, schemas
 from repo_tools.layout import ingress_gateway
 
-ROWS = contract.load()
 RATE_ROWS = {row.name for row in ROWS if row.request.exceeds == "rate-limit" and row.expected == "rate-limited"}
-
-
-def broken_rows(docs: list[dict], overlay: str = "prod") -> dict[str, contract.Outcome]:
-    path = layout.overlays()[overlay]
-    outcomes = contract.check(overlay, docs, ROWS, ingress_gateway(), layout.public_host(path), layout.api_tokens(path))
-    return {outcome.row.name: outcome for outcome in outcomes if not outcome.holds}
 
 
 def rate_limit(docs: list[dict]) -> dict:
@@ -56,7 +49,7 @@ def test_every_api_route_has_the_environments_rate_limit(rendered, overlay):
 
 def test_the_limit_removed_in_prod_is_caught_by_the_burst_rows(rendered):
     docs = [doc for doc in rendered("prod") if doc.get("metadata", {}).get("name") != "api-rate-limit"]
-    broken = broken_rows(docs)
+    broken = broken_rows(docs, "prod")
     assert set(broken) == RATE_ROWS
     assert all("expected rate-limited, got reaches" in outcome.line() for outcome in broken.values())
 
@@ -66,7 +59,7 @@ def test_a_limit_envoy_would_not_enforce_is_no_limit(rendered):
     docs = rendered("prod")
     for patch in route_patches(docs):
         bucket_config(patch).pop("filter_enforced")
-    assert set(broken_rows(docs)) == RATE_ROWS
+    assert set(broken_rows(docs, "prod")) == RATE_ROWS
 
 
 def test_a_renamed_route_loses_its_limit_and_both_rules_say_so(rendered):
@@ -81,7 +74,7 @@ def test_a_renamed_route_loses_its_limit_and_both_rules_say_so(rendered):
     assert len(misnamed) == 1 and f"limits route {renamed}, which no route at the gateway is called" in misnamed[0]
     unlimited = rule_problems(edge.routes_to_a_service_are_limited_alike, docs)
     assert len(unlimited) == 1 and "with a rate limit, but has none" in unlimited[0]
-    assert "a POST burst on" in " ".join(broken_rows(docs))
+    assert "a POST burst on" in " ".join(broken_rows(docs, "prod"))
 
 
 def test_a_misspelt_envoy_field_is_refused_as_envoy_would(rendered):
@@ -97,7 +90,7 @@ def test_a_body_limit_removed_lets_the_oversized_body_through(rendered):
     docs = rendered("prod")
     filters = find(docs, "EnvoyFilter", "request-limits")["spec"]["configPatches"]
     filters[:] = [patch for patch in filters if patch["applyTo"] != "HTTP_FILTER"]
-    assert set(broken_rows(docs)) == {next(row.name for row in ROWS if row.request.exceeds == "body-limit")}
+    assert set(broken_rows(docs, "prod")) == {next(row.name for row in ROWS if row.request.exceeds == "body-limit")}
 
 
 def test_headers_over_the_limit_get_431_even_at_envoys_default(rendered):

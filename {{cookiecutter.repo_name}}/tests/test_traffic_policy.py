@@ -4,25 +4,21 @@ contract row it breaks and the rule that names the resource to fix."""
 import shutil
 from pathlib import Path
 
-from conftest import GATEWAY_API, app_namespace, app_route, find, gateway_api_only, istio_api_only
+from conftest import (
+    GATEWAY_API,
+    ROWS,
+    app_namespace,
+    app_route,
+    broken_rows,
+    contract_outcomes,
+    find,
+    gateway_api_only,
+    istio_api_only,
+    row_named,
+)
 
 from repo_tools import REPO_ROOT, contract, kustomize, layout, resilience
 from repo_tools.layout import ingress_gateway
-
-ROWS = contract.load()
-
-
-def broken_or_not(docs: list[dict], overlay: str) -> list[contract.Outcome]:
-    path = layout.overlays()[overlay]
-    return contract.check(overlay, docs, ROWS, ingress_gateway(), layout.public_host(path), layout.api_tokens(path))
-
-
-def broken_rows(docs: list[dict], overlay: str = "staging") -> dict[str, contract.Outcome]:
-    return {outcome.row.name: outcome for outcome in broken_or_not(docs, overlay) if not outcome.holds}
-
-
-def row_named(part: str) -> str:
-    return next(row.name for row in ROWS if part in row.name)
 
 
 def api_rules(docs: list[dict]) -> list[dict]:
@@ -46,7 +42,7 @@ def test_every_environment_splits_the_api_by_its_own_weights(rendered):
     for overlay in layout.overlays():
         outcome = next(
             o
-            for o in broken_or_not(rendered(overlay), overlay)
+            for o in contract_outcomes(rendered(overlay), overlay).values()
             if o.row.name == row_named("shared between the stable and canary")
         )
         assert outcome.verdict.traffic is not None
@@ -63,7 +59,7 @@ def test_post_retried_on_every_5xx_is_caught_by_rule_and_row(rendered):
             rule["retries"]["retryOn"] = "5xx"
     problems = resilience.retries_never_repeat_a_change(docs, ingress_gateway())
     assert problems and all("POST" in problem and "may repeat a request" in problem for problem in problems)
-    assert row_named("a POST to") in broken_rows(docs)
+    assert row_named("a POST to") in broken_rows(docs, "staging")
 
 
 def test_a_per_try_timeout_above_the_routes_timeout_is_caught_by_rule_and_row(rendered):
@@ -78,7 +74,7 @@ def test_a_per_try_timeout_above_the_routes_timeout_is_caught_by_rule_and_row(re
             rule["retries"] = {"attempts": 2, "perTryTimeout": too_long, "retryOn": "connect-failure"}
     problems = resilience.retries_fit_the_timeout(docs, ingress_gateway())
     assert problems and all(f"per-try timeout {too_long} is not below" in problem for problem in problems)
-    assert row_named("a GET to") in broken_rows(docs)
+    assert row_named("a GET to") in broken_rows(docs, "staging")
 
 
 def test_a_destination_rule_that_turns_mutual_tls_off_is_caught_by_rule_and_row(rendered):
@@ -96,7 +92,7 @@ def test_a_destination_rule_that_turns_mutual_tls_off_is_caught_by_rule_and_row(
             f"DestinationRule {app_namespace(docs)}/{name}: tls mode {mode} replaces the mesh's mutual TLS towards a "
             "meshed Service; use ISTIO_MUTUAL"
         ]
-        broken = broken_rows(docs)
+        broken = broken_rows(docs, "staging")
         assert row_named("the frontend may call the backend") in broken
         assert "status 503" in broken[row_named("/orders reaches the backend")].line()
 
@@ -110,7 +106,7 @@ def test_a_missing_circuit_breaker_is_caught_by_rule_and_row(rendered):
         f"DestinationRule {app_namespace(docs)}/{name}: set connectionPool limits and outlierDetection "
         "(consecutive5xxErrors)"
     ]
-    assert "circuit breaking expected" in broken_rows(docs)[frontend.name].line()
+    assert "circuit breaking expected" in broken_rows(docs, "staging")[frontend.name].line()
 
 
 def test_weights_that_do_not_add_up_are_caught_by_rule_and_row(rendered):
@@ -120,7 +116,10 @@ def test_weights_that_do_not_add_up_are_caught_by_rule_and_row(rendered):
         destinations[1]["weight"] = 20
     problems = resilience.splits_add_up(docs, ingress_gateway())
     assert problems and all("the weights add up to 110, not 100" in problem for problem in problems)
-    assert "adding up to 100 expected" in broken_rows(docs)[row_named("shared between the stable and canary")].line()
+    assert (
+        "adding up to 100 expected"
+        in broken_rows(docs, "staging")[row_named("shared between the stable and canary")].line()
+    )
 
 
 def test_a_split_onto_a_version_no_pod_carries_answers_503_for_that_share(rendered):
@@ -131,7 +130,7 @@ def test_a_split_onto_a_version_no_pod_carries_answers_503_for_that_share(render
     else:
         for rule in api_rules(docs):
             rule["route"][1]["destination"]["subset"] = "nightly"
-    line = broken_rows(docs)[row_named("shared between the stable and canary")].line()
+    line = broken_rows(docs, "staging")[row_named("shared between the stable and canary")].line()
     assert "expected reaches" in line and "status 503 10%" in line
 
 
@@ -144,7 +143,9 @@ def test_a_subset_the_destination_rule_defines_but_no_pod_carries_is_caught(rend
     ]
     for rule in api_rules(docs):
         rule["route"][1]["destination"]["subset"] = "nightly"
-    assert "selects no workload" in broken_rows(docs)[row_named("shared between the stable and canary")].line()
+    assert (
+        "selects no workload" in broken_rows(docs, "staging")[row_named("shared between the stable and canary")].line()
+    )
 
 
 def test_a_canary_header_that_reaches_the_stable_version_is_caught(rendered):
@@ -155,7 +156,7 @@ def test_a_canary_header_that_reaches_the_stable_version_is_caught(rendered):
         rule["backendRefs"] = [dict(stable["backendRefs"][0], weight=1)]
     else:
         rule["route"] = [dict(stable["route"][0], weight=100)]
-    line = broken_rows(docs)[row_named("header takes")].line()
+    line = broken_rows(docs, "staging")[row_named("header takes")].line()
     assert "version canary expected, reached" in line and "(stable)" in line
 
 
@@ -165,7 +166,7 @@ def test_a_backend_request_timeout_without_retries_is_the_routes_timeout(rendere
     for rule in api_rules(docs):
         rule["timeouts"]["backendRequest"] = "2s"
     assert (
-        "expected, HTTPRoute" in (line := broken_rows(docs)[row_named("a GET to")].line())
+        "expected, HTTPRoute" in (line := broken_rows(docs, "staging")[row_named("a GET to")].line())
         and "gives up after 2s" in line
     )
 

@@ -122,6 +122,14 @@ def log_lines_for(request_ids: Iterable[str], text: str) -> list[str]:
     return [line for line in text.splitlines() if any(request_id in line for request_id in ids)]
 
 
+def served_request_id(body: str) -> str:
+    """The x-request-id the backend saw, from the echo server's answer: the gateway gives each request from the
+    internet an id of its own, and its JSON access log carries that one (not the client's, nor the query tag)."""
+    return next(
+        (line.split(":", 1)[1].strip() for line in body.splitlines() if line.lower().startswith("x-request-id:")), ""
+    )
+
+
 def tagged(path: str, request_id: str) -> str:
     """The path with the request id in its query: access logs print the path, whatever becomes of x-request-id."""
     return f"{path}{'&' if '?' in path else '?'}e2e-request={request_id}"
