@@ -85,6 +85,11 @@ def pod(**spec: object) -> dict:
     ("spec", "level", "problem"),
     [
         (pod(hostNetwork=True), "privileged", "spec.hostNetwork is true"),
+        (
+            {"containers": [{"name": "app", "securityContext": {"privileged": True}}]},
+            "privileged",
+            "container app: securityContext.privileged is true",
+        ),
         (pod(volumes=[{"name": "node", "hostPath": {"path": "/"}}]), "privileged", "hostPath volumes"),
         (
             pod(securityContext={"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}),
