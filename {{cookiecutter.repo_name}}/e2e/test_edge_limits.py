@@ -31,11 +31,6 @@ def limit_of_route(row: Row) -> edge.Limit:
     return next(limit for name, limit in limits.items() if f"route {name} admits" in verdict.because)
 
 
-def gateway_pods(harness) -> int:
-    gateway = harness.settings.gateway
-    return len(harness.kubectl("-n", gateway.namespace, "get", "pods", "-l", gateway.selector, "-o", "name").split())
-
-
 class Client:
     """The row's request, over one kept connection, with a fresh token each time."""
 
@@ -77,7 +72,7 @@ def test_a_burst_past_the_rate_limit_meets_429_and_is_admitted_again_as_the_buck
     per_second = limit.value / resilience.seconds(limit.window)  # Envoy refills the bucket continuously
     warm_up(harness, ca_file, row)
     client = Client(harness, ca_file, row)
-    pods = gateway_pods(harness)
+    pods = harness.gateway_pods()
     admitted, started = 0, time.monotonic()
     while time.monotonic() - started < BURST_SECONDS:
         response = client.send()

@@ -203,6 +203,7 @@ def faults_in_place_of(harness, ca_file: str, row: Row, prefix: str, replicas: i
 def test_a_weighted_split_shares_the_requests_by_weight(row, harness, ca_file):
     weights = {share.workload: share.weight for share in offline_traffic(row).shares}
     warm_up(harness, ca_file, row)
+    harness.make_room_in_the_rate_limit(ca_file, row, SPLIT_REQUESTS)
     sent = [send(harness, ca_file, row) for _ in range(SPLIT_REQUESTS)]
     counts = Counter(
         traffic.workload_of(request.pod, weights) or f"other ({request.pod or f'status {request.status}'})"
@@ -220,6 +221,7 @@ def test_a_weighted_split_shares_the_requests_by_weight(row, harness, ca_file):
 def test_a_pinned_version_serves_every_request(row, harness, ca_file):
     workloads = traffic.version_workloads(row, traffic.offline_verdict(row))
     warm_up(harness, ca_file, row)
+    harness.make_room_in_the_rate_limit(ca_file, row, VERSION_REQUESTS)
     sent = [send(harness, ca_file, row) for _ in range(VERSION_REQUESTS)]
     strays = [request for request in sent if request.status != 200 or not traffic.workload_of(request.pod, workloads)]
     assert not strays, (
@@ -267,6 +269,8 @@ def test_a_failing_backend_is_retried_as_the_route_says(row, harness, ca_file):
     # The control: the other kind of method, which the routes treat the other way (a POST for a GET row).
     control = same_route(row, path, "POST" if row.request.method in resilience.IDEMPOTENT_METHODS else "GET")
     warm_up(harness, ca_file, row)
+    for probe_row in (subject, control):  # the two may share a route, and so a bucket
+        harness.make_room_in_the_rate_limit(ca_file, probe_row, RETRIED_REQUESTS + CONTROL_REQUESTS)
     with faults_in_place_of(harness, ca_file, row, prefix, FAULT_REPLICAS):
         runs = [
             (probe_row, [send(harness, ca_file, probe_row, path) for _ in range(count)])
@@ -379,11 +383,11 @@ def test_outlier_detection_ejects_a_failing_pod(harness, ca_file):  # harness fi
             f"succeed for the ejection to show, more than the {AFTER_EJECTION_LIMIT} that surely fit in "
             f"{detection.base_ejection_seconds:g}s"
         )
-    gateway = harness.settings.gateway
-    gateway_pods = harness.kubectl("-n", gateway.namespace, "get", "pods", "-l", gateway.selector, "-o", "name")
-    if len(gateway_pods.split()) != 1:
-        pytest.skip(f"{len(gateway_pods.split())} gateway pods, each ejecting on its own count of 503s: one is needed")
+    gateway_pods = harness.gateway_pods()
+    if gateway_pods != 1:
+        pytest.skip(f"{gateway_pods} gateway pods, each ejecting on its own count of 503s: one is needed")
     warm_up(harness, ca_file, row)
+    harness.make_room_in_the_rate_limit(ca_file, subject, BEFORE_EJECTION_LIMIT + AFTER_EJECTION_LIMIT)
     with failing_pod_beside(harness, ca_file, subject, share.workload, prefix) as failing_pod:
         before = until_failed(harness, ca_file, subject, path, detection.consecutive_errors)
         ejected_at = time.monotonic()

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import http.server
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -22,7 +23,20 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from e2e.harness import acme, bringup, commands, diagnostics, kind, scenarios, settings, tls, tokens, traffic
+from e2e.harness import (
+    acme,
+    bringup,
+    budget,
+    commands,
+    diagnostics,
+    install_plan,
+    kind,
+    scenarios,
+    settings,
+    tls,
+    tokens,
+    traffic,
+)
 from e2e.harness import gitops as harness_gitops
 from e2e.harness.retry import Check, eventually
 from repo_tools import (
@@ -137,6 +151,20 @@ def test_a_host_the_certificate_does_not_name_fails(https_server, server_ca, tmp
     port, _ = https_server
     with pytest.raises(requests.exceptions.SSLError, match="match|mismatch"):
         tls.get("https", "127.0.0.1", port, "other.example.com", "/", ca_file(server_ca, tmp_path))
+
+
+def test_the_certificate_a_server_presents_is_read_per_name_and_a_closed_handshake_is_none(https_server):
+    port, seen_sni = https_server
+    certificate, _ = tls.presented_certificate("127.0.0.1", port, HOST)
+    assert certificate is not None and tls.dns_names(certificate) == [HOST] and seen_sni[-1] == HOST
+    other, _ = tls.presented_certificate("127.0.0.1", port, f"other.{HOST}")
+    assert other is not None and f"other.{HOST}" not in tls.dns_names(other)  # presented, but not for that name
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, then closes mid-handshake, as Envoy may
+        closing = threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True)
+        closing.start()
+        none, why = tls.presented_certificate("127.0.0.1", listener.getsockname()[1], f"other.{HOST}")
+        closing.join()
+    assert none is None and why
 
 
 def test_the_ca_secret_is_what_a_cert_manager_ca_issuer_reads(server_ca):
@@ -1107,11 +1135,30 @@ def test_pull_requests_get_the_change_review_in_the_summary_and_one_updated_comm
 def test_the_ci_workflow_runs_the_e2e_session_and_keeps_its_diagnostics():
     workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())
     steps = workflow["jobs"]["e2e"]["steps"]
-    assert workflow["jobs"]["e2e"]["strategy"]["matrix"]["install"] == ["overlays", "gitops"]
+    assert [entry["install"] for entry in workflow["jobs"]["e2e"]["strategy"]["matrix"]["include"]] == [
+        "overlays",
+        "gitops",
+    ]
     run = next(step["run"] for step in steps if "nox -s e2e" in step.get("run", ""))
     assert "matrix.install == 'gitops' && '--gitops'" in run
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "failure()" and upload["with"]["path"] == "e2e-diagnostics/"
+
+
+def test_each_e2e_job_may_run_as_long_as_the_harness_may_wait_plus_its_tests():
+    """The job's timeout is the sum of every wait the bring-up declares along its install path (the GitOps agent's
+    convergence included), the tests and the runner's setup: never shorter, and not far longer."""
+    job = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"]["e2e"]
+    assert job["timeout-minutes"] == "${{ matrix.timeout-minutes }}"
+    given = {entry["install"]: entry["timeout-minutes"] for entry in job["strategy"]["matrix"]["include"]}
+    paths = install_plan.install_paths(settings.load("budget-test"))
+    assert set(given) == set(paths)
+    for name, path in paths.items():
+        needed = budget.job_minutes(path)
+        assert needed <= given[name] <= needed + 10, f"{name}: the job may run {given[name]} min, its waits sum to {needed}"
+    gitops_path = paths["gitops"]
+    assert budget.bring_up_seconds(gitops_path) >= budget.GITOPS_CONVERGENCE + budget.AGENT_READY
+    assert budget.job_minutes(gitops_path) > 45  # the figure the job had, shorter than the convergence wait alone
 
 
 def test_the_harness_names_the_gateway_and_control_plane_only_through_the_repos_settings():
@@ -1306,3 +1353,37 @@ def test_the_id_the_gateway_gave_a_request_is_read_from_the_echo_servers_answer(
     body = "Request served by backend-1\n\nGET /api/orders HTTP/1.1\n\nHost: shop\nX-Request-Id: 6f1c-gw\nX-B3-Sampled: 0\n"
     assert traffic.served_request_id(body) == "6f1c-gw"
     assert traffic.served_request_id("upstream connect error") == ""
+
+
+def test_a_batch_of_api_requests_waits_until_the_routes_bucket_holds_it_whatever_ran_before():
+    """The burst past the limit empties the API's bucket; the traffic tests after it wait for the tokens they spend
+    (Envoy refills continuously at value per window), and each batch fits a full bucket."""
+    split = traffic.rows_with([row for row in contract.load() if row.caller == "internet"], "split")[0]
+    limit = traffic.rate_limit_of(split)
+    assert limit is not None, f"{split.name!r}: its route has no rate limit in the e2e overlay"
+    per_second = limit.value / resilience.seconds(limit.window)
+    assert traffic.refill_seconds(limit, 0, 200) == pytest.approx(200 / per_second)
+    assert traffic.refill_seconds(limit, None, 200) == traffic.refill_seconds(limit, 0, 200)  # unknown: empty
+    assert traffic.refill_seconds(limit, 150, 200) == pytest.approx(50 / per_second)
+    assert traffic.refill_seconds(limit, limit.value, 200) == 0
+    with pytest.raises(ValueError, match=f"{limit.value + 1} requests never fit in {limit.value} requests"):
+        traffic.refill_seconds(limit, 0, limit.value + 1)
+    home = next(row for row in contract.load() if row.caller == "internet" and row.request.path == "/")
+    assert traffic.rate_limit_of(home) is None
+    source = (REPO_ROOT / "e2e" / "test_traffic_policy.py").read_text()
+    constants = {
+        node.targets[0].id: node.value.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Constant)
+    }
+    batches = {
+        "SPLIT_REQUESTS": constants["SPLIT_REQUESTS"],
+        "VERSION_REQUESTS": constants["VERSION_REQUESTS"],
+        "RETRIED_REQUESTS + CONTROL_REQUESTS": constants["RETRIED_REQUESTS"] + constants["CONTROL_REQUESTS"],
+        "BEFORE_EJECTION_LIMIT + AFTER_EJECTION_LIMIT": (
+            constants["BEFORE_EJECTION_LIMIT"] + constants["AFTER_EJECTION_LIMIT"]
+        ),
+    }
+    for batch, size in batches.items():
+        assert traffic.refill_seconds(limit, 0, size) <= limit.value / per_second, batch
+    assert source.count("make_room_in_the_rate_limit(") == 4

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import GATEWAY_API, gateway_api_only, istio_api_only
 
-from e2e.harness import capacity, install_plan, kind, settings
+from e2e.harness import bringup, capacity, install_plan, kind, settings
 from repo_tools import (
     REPO_ROOT,
     charts,
@@ -113,6 +113,18 @@ def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_setting
     assert {m["containerPort"] for m in config["nodes"][0]["extraPortMappings"]} == set(mapped.values())
     assert rendered_install.node_ports_match_the_kind_mappings(installed("e2e"), gateway, mapped) == []
     assert install_plan.node_port_mismatch(installed("e2e"), e2e_settings) == ""
+
+
+def test_the_harness_finds_the_gateways_service_by_the_labels_of_its_pods(gateway):
+    """The chart's Service selects more labels than the one the repo names the pods by: a subset, not equality."""
+    docs = [doc for doc in installed("e2e") if doc["metadata"].get("namespace") == gateway.namespace]
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == gateway.deployment)
+    pod = {"metadata": {"labels": deployment["spec"]["template"]["metadata"]["labels"]}}
+    services = [doc for doc in docs if doc["kind"] == "Service"]
+    found = bringup.service_in_front_of(services, [pod], gateway.deployment)
+    assert found["metadata"]["name"] == gateway.deployment
+    with pytest.raises(RuntimeError, match=f"no Service selects the pods of {gateway.deployment}"):
+        bringup.service_in_front_of(services, [{"metadata": {"labels": {"app": "another"}}}], gateway.deployment)
 
 
 @gateway_api_only

@@ -15,7 +15,7 @@ import requests
 import trustme
 import yaml
 
-from e2e.harness import acme, commands, gitops, scenarios, tls, tokens, traffic
+from e2e.harness import acme, budget, commands, gitops, scenarios, tls, tokens, traffic
 from e2e.harness.commands import Tools
 from e2e.harness.install_plan import Stage, gateway_release, install_stages, node_port_mismatch, split_by_stage
 from e2e.harness.retry import Check, eventually
@@ -23,7 +23,7 @@ from e2e.harness.settings import HARNESS_LABEL, INFRASTRUCTURE_OVERLAY, Settings
 from repo_tools import REPO_ROOT, charts, install, kustomize
 from repo_tools import gitops as repo_gitops
 from repo_tools.contract import Row
-from repo_tools.resources import service_fqdn
+from repo_tools.resources import selects, service_fqdn
 
 log = logging.getLogger("e2e")
 WEBHOOK_NOT_READY = ("failed calling webhook", "no endpoints available for service", "connection refused")
@@ -55,6 +55,19 @@ def missing_prerequisites(
         last_line = output.strip().splitlines()[-1] if output.strip() else f"exit {exit_code}"
         return f"e2e needs a running Docker engine: `docker info` failed: {last_line}"
     return ""
+
+
+def service_in_front_of(services: list[dict], pods: list[dict], workload: str) -> dict:
+    """The Service whose selector picks these pods: a selector picks a pod when it is a subset of its labels."""
+    chosen = [
+        service
+        for service in services
+        if service["spec"].get("selector")
+        and any(selects(service["spec"]["selector"], pod["metadata"].get("labels", {})) for pod in pods)
+    ]
+    if not chosen:
+        raise RuntimeError(f"no Service selects the pods of {workload} ({len(pods)} found): is the gateway installed?")
+    return chosen[0]
 
 
 def version_mismatch(kind_version_output: str, pinned: str) -> str:
@@ -141,18 +154,20 @@ class Bringup:
         allocated = described.split("Allocated resources:", 1)[-1].split("Events:", 1)[0]
         log.info("e2e node after bring-up:%s", allocated.rstrip())
 
-    def sync_with_gitops(self, snapshot: Path, url: str, branch: str, timeout: float = 1500) -> None:
+    def sync_with_gitops(
+        self, snapshot: Path, url: str, branch: str, timeout: float = budget.GITOPS_CONVERGENCE
+    ) -> None:
         """Install the pinned agent, point it at the served snapshot's e2e entry point, and wait for convergence."""
         tool = self.agent = install.gitops_tool()
         agent = gitops.AGENTS[tool]
         namespace = agent.namespace
         with self.phase(f"install {tool} from its release manifests"):
-            published = requests.get(gitops.agent_manifests_url(tool), timeout=120)
+            published = requests.get(gitops.agent_manifests_url(tool), timeout=budget.AGENT_DOWNLOAD)
             published.raise_for_status()
             self.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
             manifests = yaml.safe_dump_all(gitops.agent_manifests(tool, published.text))
             self.apply(manifests, field_manager=tool, namespace=namespace)
-            self.kubectl("-n", namespace, "wait", "deployments", "--all", "--for=condition=Available", "--timeout=300s")
+            self.kubectl("-n", namespace, "wait", "deployments", "--all", "--for=condition=Available", f"--timeout={budget.AGENT_READY}s")
         entry_point = snapshot / "clusters" / tool / gitops.E2E_ENVIRONMENT
         if tool == "argocd":
             docs = repo_gitops.entry_point_documents(entry_point)
@@ -243,7 +258,7 @@ class Bringup:
                 "wait",
                 f"deployment/{gateway.deployment}",
                 "--for=create",
-                "--timeout=300s",
+                f"--timeout={budget.CREATED}s",
             )
             commands.run_checked(commands.rollout_status(self.tools, gateway.namespace, gateway.deployment))
         self.check_node_ports()
@@ -257,14 +272,14 @@ class Bringup:
                 commands.run_checked(
                     commands.rollout_status(self.tools, self.settings.app_namespace, deployment["metadata"]["name"])
                 )
-            self.kubectl("wait", "pods", "-A", "-l", f"{HARNESS_LABEL}=true", "--for=condition=Ready", "--timeout=300s")
+            self.kubectl("wait", "pods", "-A", "-l", f"{HARNESS_LABEL}=true", "--for=condition=Ready", f"--timeout={budget.PODS_READY}s")
             self.kubectl(
                 "-n",
                 self.settings.gateway.namespace,
                 "wait",
                 f"certificate/{self.settings.certificate}",
                 "--for=condition=Ready",
-                "--timeout=180s",
+                f"--timeout={budget.CERTIFICATE_READY}s",
             )
 
     def service_accounts(self) -> set[tuple[str, str]]:
@@ -275,11 +290,34 @@ class Bringup:
         args = ["-n", namespace, "get", "pods", "-o", "json"] + (["-l", selector] if selector else [])
         return pods_missing_proxy(json.loads(self.kubectl(*args))["items"])
 
+    def gateway_pods(self) -> int:
+        gateway = self.settings.gateway
+        return len(self.kubectl("-n", gateway.namespace, "get", "pods", "-l", gateway.selector, "-o", "name").split())
+
+    def make_room_in_the_rate_limit(self, ca_file: str, row: Row, requests: int) -> None:
+        """Wait until the route of the row holds `requests` tokens, so that no test depends on what an earlier one
+        (the burst past the limit) left in the bucket. One gateway pod reports its bucket in X-RateLimit-Remaining;
+        with more, each client connection may meet another pod, so the bucket is taken as empty."""
+        limit = traffic.rate_limit_of(row)
+        if limit is None:
+            return
+        s = self.settings
+        port = s.https_node_port if row.request.scheme == "https" else s.http_node_port
+        headers = (*row.request.headers, *self.token_headers(row.request.token))
+        response = tls.send(row.request.method, row.request.scheme, "127.0.0.1", port, s.host, row.request.path,
+                            ca_file, headers)
+        remaining = response.headers.get("x-ratelimit-remaining", "")
+        known = int(remaining) if remaining.isdigit() and self.gateway_pods() == 1 else None
+        wait = traffic.refill_seconds(limit, known, requests)
+        log.info("%s: %s tokens left, waiting %.1fs for %d", row.name, remaining or "unknown", wait, requests)
+        time.sleep(wait)
+
     def gateway_service(self) -> dict:
         """The gateway's Service: where Pebble's DNS and, for the e2e host, the cluster's DNS send requests."""
         gateway = self.settings.gateway
         services = json.loads(self.kubectl("-n", gateway.namespace, "get", "services", "-o", "json"))["items"]
-        return next(item for item in services if (item["spec"].get("selector") or {}) == gateway.pod_labels)
+        pods = json.loads(self.kubectl("-n", gateway.namespace, "get", "pods", "-l", gateway.selector, "-o", "json"))
+        return service_in_front_of(services, pods["items"], gateway.deployment)
 
     def resolve_the_host_to_the_gateway_in_cluster(self, service: dict) -> None:
         coredns = json.loads(self.kubectl("-n", "kube-system", "get", "configmap", "coredns", "-o", "json"))
@@ -311,7 +349,7 @@ class Bringup:
                 "wait",
                 f"certificate/{acme.CERTIFICATE}",
                 "--for=condition=Ready",
-                "--timeout=300s",
+                f"--timeout={budget.ACME_CERTIFICATE_READY}s",
             )
 
     def pebble_root(self, directory: Path) -> str:

@@ -4,6 +4,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from e2e.harness import budget
 from repo_tools import kustomize
 
 
@@ -33,10 +34,8 @@ def apply_stdin(tools: Tools, field_manager: str = "kubectl", namespace: str = "
     )
 
 
-def rollout_status(
-    tools: Tools, namespace: str, name: str, timeout: str = "300s", kind: str = "deployment"
-) -> list[str]:
-    return kubectl(tools, "-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={timeout}")
+def rollout_status(tools: Tools, namespace: str, name: str, kind: str = "deployment") -> list[str]:
+    return kubectl(tools, "-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={budget.ROLLOUT}s")
 
 
 def exec_in(tools: Tools, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:

@@ -4,8 +4,8 @@ that python -m repo_tools can check it cheaply."""
 
 from dataclasses import dataclass
 
-from e2e.harness import acme, capacity, scenarios
-from e2e.harness.settings import Settings
+from e2e.harness import acme, budget, capacity, scenarios
+from e2e.harness.settings import Settings, e2e_build
 from repo_tools import contract, install, rendered_install
 
 RELEASE_LABELS = ("app.kubernetes.io/instance", "release")  # Helm charts mark what they render with one of these
@@ -123,3 +123,15 @@ def node_port_mismatch(live: list[dict], settings: Settings) -> str:
             else " (fix infrastructure/components/kind-node-ports/gateway-nodeports.yaml)"
         )
     )
+
+
+def install_paths(settings: Settings) -> dict[str, budget.InstallPath]:
+    """The two ways the e2e job installs the repo (`overlays`, `gitops`), with the rollouts each waits for."""
+    install_rollouts = sum(len(stage.deployments) + len(stage.daemonsets) for stage in install_stages(settings))
+    app_deployments = [doc for doc in e2e_build() if doc["kind"] == "Deployment"]
+    app_rollouts = len(app_deployments) + 1 + int(settings.gateway.gateway_api)  # + the JWKS server, the gateway
+    acme_rollouts = sum(doc["kind"] == "Deployment" for doc in acme.manifests(settings, "192.0.2.1"))
+    return {
+        "overlays": budget.InstallPath(False, install_rollouts, app_rollouts, acme_rollouts),
+        "gitops": budget.InstallPath(True, 0, app_rollouts, acme_rollouts),
+    }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from e2e.harness import budget
 from e2e.harness.settings import Settings
 
 # Messages of cluster creation failures that a second attempt usually fixes (slow Docker, busy CI runners).
@@ -54,7 +55,7 @@ def create_command(kind: str, settings: Settings, config: Path, kubeconfig: Path
         f"--name={settings.cluster_name}",
         f"--config={config}",
         f"--kubeconfig={kubeconfig}",
-        "--wait=120s",
+        f"--wait={budget.KIND_CREATE}s",
     ]
 
 
@@ -66,7 +67,7 @@ def delete_command(kind: str, settings: Settings, kubeconfig: Path) -> list[str]
     return [kind, "delete", "cluster", f"--name={settings.cluster_name}", f"--kubeconfig={kubeconfig}"]
 
 
-def create_cluster(kind: str, settings: Settings, config: Path, kubeconfig: Path, attempts: int = 3) -> None:
+def create_cluster(kind: str, settings: Settings, config: Path, kubeconfig: Path, attempts: int = budget.KIND_ATTEMPTS) -> None:
     """kind create cluster, retried on known transient failures (deleting the half-made cluster in between)."""
     for attempt in range(1, attempts + 1):
         result = subprocess.run(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import requests
 import trustme
 import yaml
+from cryptography import x509
 from requests.adapters import HTTPAdapter
 
 
@@ -99,6 +100,27 @@ def send_verbatim(
         return Answer(response.status, response.read().decode(errors="replace"), response.getheader("location", ""))
     finally:
         connection.close()
+
+
+def presented_certificate(address: str, port: int, server_name: str, timeout: float = 5.0) -> tuple[bytes | None, str]:
+    """The certificate (DER) a TLS server presents for SNI `server_name`, unverified; (None, why) when the handshake
+    ends without one. A server with no certificate for the name may reset the connection or close it mid-handshake:
+    either way there is none."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((address, port), timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=server_name) as connection:
+                return connection.getpeercert(binary_form=True), ""
+    except OSError as error:  # ssl.SSLError, resets and EOFs are all OSErrors
+        return None, f"{type(error).__name__}: {error}"
+
+
+def dns_names(certificate: bytes) -> list[str]:
+    alternative_names = x509.load_der_x509_certificate(certificate).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    return alternative_names.value.get_values_for_type(x509.DNSName)
 
 
 def session_for(scheme: str, address: str, port: int, host: str) -> requests.Session:

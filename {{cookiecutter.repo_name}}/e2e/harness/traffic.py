@@ -18,7 +18,7 @@ from e2e.harness.settings import (
     Settings,
     e2e_build,
 )
-from repo_tools import contract, layout, resilience
+from repo_tools import contract, edge, layout, resilience
 from repo_tools.contract import Row
 from repo_tools.mesh import Mesh, Verdict
 from repo_tools.resources import describe, name_of, namespace_of, of_kind, pod_labels, selects
@@ -46,6 +46,24 @@ def offline_verdict(row: Row) -> Verdict:
     """What the offline model says the e2e overlay does with the row's request (and the token it sends)."""
     mesh, host, tokens = e2e_mesh()
     return contract.evaluate(row, mesh, host, tokens)
+
+
+ROUTE_IN_VERDICT = re.compile(r"(?:HTTPRoute \S+ rule|VirtualService \S+ route) (\S+) ")
+
+
+def rate_limit_of(row: Row) -> edge.Limit | None:
+    """The local rate limit of the gateway route the row's request takes in the e2e overlay, if it has one."""
+    route = ROUTE_IN_VERDICT.search(offline_verdict(row).because)
+    return edge.rate_limits(e2e_build(), layout.ingress_gateway()).get(route.group(1)) if route else None
+
+
+def refill_seconds(limit: edge.Limit, remaining: int | None, needed: int) -> float:
+    """How long until a route's bucket holds `needed` tokens, from `remaining` (None: unknown, so empty). Envoy
+    refills it continuously at limit.value per limit.window, up to limit.value."""
+    if needed > limit.value:
+        raise ValueError(f"{needed} requests never fit in {limit.describe('requests')}: send at most {limit.value}")
+    per_second = limit.value / resilience.seconds(limit.window)
+    return max(0, needed - (remaining or 0)) / per_second
 
 
 def rows_with(rows: list[Row], field: str) -> list[Row]:
