@@ -6,6 +6,9 @@ Imported by the offline tests (tests/), the command line (python -m repo_tools) 
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Results that depend only on their inputs (schema verdicts, renders of recorded charts) are kept here;
@@ -39,12 +42,64 @@ def repo_files(root: Path) -> list[str]:
     return sorted(found)
 
 
+class RepoFileError(ValueError):
+    """A file of the repo is missing, unreadable or not what its readers expect; the message names it."""
+
+
+def named(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def read_repo_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise RepoFileError(f"{named(path)} is missing: restore it (git checkout -- {named(path)})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RepoFileError(f"{named(path)} cannot be read: {error}") from None
+
+
+def read_yaml_documents(path: Path) -> list[Any]:
+    """Every document of a YAML file of the repo; a file that is missing or not YAML is a RepoFileError."""
+    try:
+        return list(yaml.safe_load_all(read_repo_file(path)))
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise RepoFileError(f"{named(path)} is not valid YAML{line}: {problem}") from None
+
+
+def read_yaml_file(path: Path) -> dict:
+    """A one-document YAML file of the repo that holds a mapping; {} when it is empty."""
+    documents = [doc for doc in read_yaml_documents(path) if doc is not None]
+    if len(documents) > 1 or (documents and not isinstance(documents[0], dict)):
+        raise RepoFileError(f"{named(path)} should hold one YAML mapping")
+    return documents[0] if documents else {}
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=value lines, as kustomize's configMapGenerator `envs` reads them; '#' starts a comment line."""
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    lines = [line for line in read_repo_file(path).splitlines() if line.strip() and not line.startswith("#")]
+    malformed = [line for line in lines if "=" not in line]
+    if malformed:
+        raise RepoFileError(f"{named(path)}: {malformed[0]!r} is not a KEY=value line")
+    pairs = (line.split("=", 1) for line in lines)
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-VERSIONS = read_env_file(REPO_ROOT / "versions.env")
+def pinned_versions() -> dict[str, str]:
+    """versions.env; a repo without it, or without the versions everything reads, stops here with one sentence."""
+    try:
+        versions = read_env_file(REPO_ROOT / "versions.env")
+    except RepoFileError as error:
+        raise SystemExit(f"ERROR: {error}") from None
+    missing = [key for key in ("KUBERNETES_VERSION", "ISTIO_VERSION") if not versions.get(key)]
+    if missing:
+        raise SystemExit(f"ERROR: versions.env sets no {' and no '.join(missing)}")
+    return versions
+
+
+VERSIONS = pinned_versions()
 KUBERNETES_VERSION = VERSIONS["KUBERNETES_VERSION"]
 ISTIO_VERSION = VERSIONS["ISTIO_VERSION"]

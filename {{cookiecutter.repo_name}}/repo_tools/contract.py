@@ -5,13 +5,12 @@
 prints every row's outcome per overlay and the rule that decided it, and exits 1 on any mismatch.
 """
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from repo_tools import REPO_ROOT, kustomize, layout, resilience
+from repo_tools import REPO_ROOT, kustomize, layout, read_yaml_documents, resilience
 from repo_tools.mesh import Caller, Mesh, Token, Unmodelled, Verdict
 
 CONTRACT = REPO_ROOT / "contract.yaml"
@@ -304,7 +303,8 @@ def parse(document: object) -> list[Row]:
 
 
 def load(path: Path = CONTRACT) -> list[Row]:
-    return parse(yaml.safe_load(path.read_text()))
+    documents = read_yaml_documents(path)
+    return parse(documents[0] if documents else None)
 
 
 def caller_of(row: Row, gateway: layout.IngressGateway) -> Caller:
@@ -356,11 +356,16 @@ def check(
 
 def main(argv: list[str], contract_file: Path = CONTRACT) -> int:
     overlays = layout.overlays()
-    chosen = argv or sorted(overlays)
+    parser = argparse.ArgumentParser(
+        prog="python -m repo_tools.contract",
+        description="Print every row of contract.yaml per overlay with the rule that decides it; exit 1 when a row "
+        "does not hold.",
+    )
+    parser.add_argument("overlay", nargs="*", help=f"overlays to check (default: all of {', '.join(overlays)})")
+    chosen = parser.parse_args(argv).overlay or sorted(overlays)
     unknown = sorted(set(chosen) - set(overlays))
     if unknown:
-        print(f"no such overlay: {', '.join(unknown)} (have {', '.join(sorted(overlays))})", file=sys.stderr)
-        return 2
+        parser.error(f"no such overlay: {', '.join(unknown)} (have {', '.join(sorted(overlays))})")
     rows, gateway = load(contract_file), layout.ingress_gateway()
     outcomes = [
         outcome

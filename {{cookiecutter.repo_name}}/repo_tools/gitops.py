@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, charts, gateway_api, kustomize
+from repo_tools import REPO_ROOT, charts, gateway_api, kustomize, read_yaml_documents
 from repo_tools.install import read_yaml
 from repo_tools.layout import IngressGateway, ingress_gateway, overlays
 from repo_tools.mesh import host_matches, string_match
@@ -99,7 +99,7 @@ def entry_point_documents(directory: Path) -> list[dict]:
     """What an environment's entry point (clusters/<tool>/<env>) applies: its kustomization and the nested one of
     the Applications (Argo CD), or the files Flux reads (Flux itself generates their kustomization.yaml)."""
     if not (directory / "kustomization.yaml").is_file():
-        return [doc for path in sorted(directory.glob("*.yaml")) for doc in kustomize.parse(path.read_text())]
+        return [doc for path in sorted(directory.glob("*.yaml")) for doc in read_yaml_documents(path) if doc]
     nested = sorted(path.parent for path in directory.glob("*/kustomization.yaml"))
     return [doc for kustomization in (directory, *nested) for doc in kustomize.build(kustomization)]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT
+from repo_tools import REPO_ROOT, read_yaml_file
 from repo_tools.resources import of_kind
 
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
@@ -71,7 +71,7 @@ def is_injected(pod_metadata: dict) -> bool:
 
 def mesh_values(root: Path = REPO_ROOT) -> dict:
     """The istiod values the injection template reads, with the chart's defaults where the repo sets none."""
-    values = yaml.safe_load((root / "infrastructure" / "istiod" / "values.yaml").read_text()) or {}
+    values = read_yaml_file(root / "infrastructure" / "istiod" / "values.yaml")
     proxy = (values.get("global") or {}).get("proxy") or {}
     return {
         "cni": bool(((values.get("pilot") or {}).get("cni") or {}).get("enabled", False)),

@@ -6,12 +6,11 @@ whom apps/base/ingress-gateway.env says. Flux's HelmReleases, the same install i
 to the same pins and order. The GitOps entry points (clusters/) are repo_tools.gitops's.
 """
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from repo_tools import REPO_ROOT, edge, kustomize, read_env_file
+from repo_tools import REPO_ROOT, edge, read_env_file, read_yaml_documents, read_yaml_file
 from repo_tools.charts import GATEWAY_API_RELEASE, ISTIO_ADDON
 from repo_tools.layout import IngressGateway
 
@@ -45,8 +44,7 @@ def gitops_tool(root: Path = REPO_ROOT) -> str:
     return tools[0]
 
 
-def read_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
+read_yaml = read_yaml_file
 
 
 def charts(root: Path = REPO_ROOT) -> list[Chart]:
@@ -77,7 +75,7 @@ def plain_resources(root: Path = REPO_ROOT) -> list[dict]:
         for entry in read_yaml(kustomization).get("resources", []):
             path = kustomization.parent / entry
             if path.is_file():
-                found += kustomize.parse(path.read_text())
+                found += [doc for doc in read_yaml_documents(path) if doc]
     return found
 
 
@@ -168,8 +166,15 @@ def mesh_config_problems(root: Path = REPO_ROOT) -> list[str]:
         for field, command in (log_format.get("labels") or {"text": log_format.get("text", "")}).items():
             problems += [f"{where}: access log {name} field {field}: {leak}" for leak in edge.log_leaks(str(command))]
     telemetry_file = root / "apps" / "base" / "observability" / "access-logs.yaml"
-    required = edge.gateway_log_commands(subject_header(root))
-    for telemetry in yaml.safe_load_all(telemetry_file.read_text()):
+    header = subject_header(root)
+    required = edge.gateway_log_commands(header)
+    if not header:
+        problems.append(
+            f"{REQUEST_AUTHENTICATION}: no jwtRules entry writes the token's subject (claim sub) to a header "
+            "(outputClaimToHeaders); the gateway's access log reads the subject from it"
+        )
+        required.pop("the token's subject")
+    for telemetry in read_yaml_documents(telemetry_file):
         for logging in (telemetry or {}).get("spec", {}).get("accessLogging") or []:
             for provider in logging.get("providers") or []:
                 name, named_by = provider.get("name"), f"Telemetry {telemetry['metadata']['name']}"
@@ -189,13 +194,16 @@ def mesh_config_problems(root: Path = REPO_ROOT) -> list[str]:
     return problems
 
 
+REQUEST_AUTHENTICATION = "apps/base/edge-auth/request-authentication.yaml"
+
+
 def subject_header(root: Path) -> str:
     """The request header the gateway's RequestAuthentication writes a verified token's subject to."""
-    authentication = read_yaml(root / "apps" / "base" / "edge-auth" / "request-authentication.yaml")
+    authentication = read_yaml(root / REQUEST_AUTHENTICATION)
     return next(
         (
-            output["header"]
-            for rule in authentication["spec"]["jwtRules"]
+            str(output.get("header", ""))
+            for rule in (authentication.get("spec") or {}).get("jwtRules") or []
             for output in rule.get("outputClaimToHeaders") or []
             if output.get("claim") == "sub"
         ),
@@ -290,7 +298,7 @@ def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
             )
     releases = root / "infrastructure" / "flux" / "releases.yaml"
     if releases.is_file():
-        for release in kustomize.parse(releases.read_text()):
+        for release in [doc for doc in read_yaml_documents(releases) if doc]:
             chart = release["spec"]["chart"]["spec"]
             pinned = versions[PINNED_BY_SOURCE[chart["sourceRef"]["name"]]]
             if str(chart["version"]) != pinned:
@@ -316,6 +324,11 @@ def pin_versions(root: Path = REPO_ROOT) -> list[Path]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        prog="python -m repo_tools.install",
+        description="Set every chart, HelmRelease, Gateway API release and Istio add-on of infrastructure/ to the "
+        "versions in versions.env, and name the files it changed.",
+    ).parse_args()
     changed = pin_versions()
     for path in changed:
         print(f"pinned {path.relative_to(REPO_ROOT)}")

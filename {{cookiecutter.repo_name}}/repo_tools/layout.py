@@ -3,9 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from repo_tools import REPO_ROOT, read_env_file
+from repo_tools import REPO_ROOT, RepoFileError, named, read_env_file, read_yaml_file
 from repo_tools.resources import principal
 
 APPS = REPO_ROOT / "apps"
@@ -52,6 +50,11 @@ class IngressGateway:
 def ingress_gateway(settings: Path = INGRESS_GATEWAY_SETTINGS) -> IngressGateway:
     """The gateway's namespace and ServiceAccount, from the file kustomize reads them from too."""
     values = read_env_file(settings)
+    missing = [key for key in ("namespace", "serviceAccount") if not values.get(key)]
+    if missing:
+        raise RepoFileError(
+            f"{named(settings)} sets no {' and no '.join(missing)}: every layer reads the gateway from it"
+        )
     return IngressGateway(
         namespace=values["namespace"],
         service_account=values["serviceAccount"],
@@ -73,7 +76,7 @@ def app_kustomizations() -> dict[str, Path]:
 def setting(kustomization_dir: Path, generator: str, key: str, base: Path = APPS / "base") -> str:
     """A setting an overlay gives in its configMapGenerator `generator` (merged over the base's), else the base's."""
     for directory in (kustomization_dir, base):
-        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        kustomization = read_yaml_file(directory / "kustomization.yaml")
         for entry in kustomization.get("configMapGenerator", []):
             literals = dict(literal.split("=", 1) for literal in entry.get("literals", []))
             if entry.get("name") == generator and key in literals:

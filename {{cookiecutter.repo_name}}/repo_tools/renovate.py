@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
-import yaml
 
-from repo_tools import REPO_ROOT, read_env_file, repo_files
+from repo_tools import REPO_ROOT, read_env_file, read_yaml_documents, repo_files
 
 CONFIG = REPO_ROOT / "renovate.json"
 NOT_PINS = {"KUBERNETES_VERSION"}
@@ -55,7 +54,7 @@ def images(value: object) -> Iterator[str]:
 
 
 def yaml_documents(path: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)]
+    return [doc for doc in read_yaml_documents(path) if isinstance(doc, dict)]
 
 
 def pins(root: Path = REPO_ROOT) -> list[Pin]:

@@ -120,7 +120,11 @@ class Traffic:
 
     def describe(self) -> str:
         parts = [f"{share.workload} ({share.version or 'no version'}) {share.weight}%" for share in self.shares]
-        reached = f"split {', '.join(parts)}" if len(self.shares) > 1 else f"to {parts[0].rsplit(' ', 1)[0]}"
+        reached = (
+            f"split {', '.join(parts)}"
+            if len(parts) > 1
+            else " ".join(f"to {part.rsplit(' ', 1)[0]}" for part in parts)
+        )
         breakers = "" if all(share.circuit_breaking for share in self.shares) else ", no circuit breaker"
         policy = f"; {self.policy.describe()}" if self.policy else ""
         return f"{reached}{breakers}{policy}" if self.shares else policy.removeprefix("; ")

@@ -5,8 +5,10 @@
 checkov has no checks for Istio's kinds; those are covered by repo_tools.invariants.
 """
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +71,16 @@ def scan(directory: Path, rendered: Path) -> dict | list:
     return json.loads(result.stdout)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    description = __doc__.split("\n\n")[0]
+    argparse.ArgumentParser(prog="python -m repo_tools.security", description=description).parse_args(argv)
+    if shutil.which("checkov") is None:
+        print(
+            "checkov is not on PATH: run `nox -s security`, or `pip install checkov` in a virtualenv of its own "
+            "(it pins its dependencies) and run this from there.",
+            file=sys.stderr,
+        )
+        return 1
     waivers = load_waivers()
     findings: list[Finding] = []
     with tempfile.TemporaryDirectory() as workdir:

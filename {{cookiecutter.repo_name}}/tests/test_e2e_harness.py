@@ -19,6 +19,7 @@ import pytest
 import requests
 import trustme
 import yaml
+from conftest import schema_problems
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -1155,7 +1156,9 @@ def test_each_e2e_job_may_run_as_long_as_the_harness_may_wait_plus_its_tests():
     assert set(given) == set(paths)
     for name, path in paths.items():
         needed = budget.job_minutes(path)
-        assert needed <= given[name] <= needed + 10, f"{name}: the job may run {given[name]} min, its waits sum to {needed}"
+        assert needed <= given[name] <= needed + 10, (
+            f"{name}: the job may run {given[name]} min, its waits sum to {needed}"
+        )
     gitops_path = paths["gitops"]
     assert budget.bring_up_seconds(gitops_path) >= budget.GITOPS_CONVERGENCE + budget.AGENT_READY
     assert budget.job_minutes(gitops_path) > 45  # the figure the job had, shorter than the convergence wait alone
@@ -1194,7 +1197,7 @@ def test_the_acme_run_passes_the_offline_challenge_rule(e2e_settings, gateway):
 
 def test_pebble_resolves_every_name_to_the_gateway_and_validates_on_port_80(e2e_settings):
     docs = acme.manifests(e2e_settings, "10.96.0.80")
-    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert schema_problems(docs) == []
     dns = next(doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "pebble-dns")
     args = dns["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("-defaultIPv4") + 1] == "10.96.0.80" and args[args.index("-defaultIPv6") + 1] == ""
@@ -1374,7 +1377,9 @@ def test_a_batch_of_api_requests_waits_until_the_routes_bucket_holds_it_whatever
     constants = {
         node.targets[0].id: node.value.value
         for node in ast.parse(source).body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Constant)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
     }
     batches = {
         "SPLIT_REQUESTS": constants["SPLIT_REQUESTS"],

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROWS, broken_rows, find
+from conftest import ROWS, broken_rows, find, schema_problems
 
-from repo_tools import REPO_ROOT, contract, edge, install, invariants, kustomize, layout, schemas
+from repo_tools import REPO_ROOT, contract, edge, install, invariants, kustomize, layout
 from repo_tools.layout import ingress_gateway
 
 RATE_ROWS = {row.name for row in ROWS if row.request.exceeds == "rate-limit" and row.expected == "rate-limited"}
@@ -172,7 +172,7 @@ def test_the_web_application_firewall_sits_on_the_gateway_with_its_rules_pinned(
     # The image's release pins the rule set it embeds: a version tag, never "latest".
     assert re.fullmatch(r"oci://ghcr\.io/corazawaf/coraza-proxy-wasm:\d+\.\d+\.\d+", spec["url"])
     assert spec["failStrategy"] == "FAIL_CLOSE"
-    assert [error for doc in docs for error in schemas.schema_errors(doc)] == []
+    assert schema_problems(docs) == []
     assert invariants.violations(docs, gateway) == []
     path = layout.overlays()["dev"]
     outcomes = contract.check("dev", docs, ROWS, gateway, layout.public_host(path), layout.api_tokens(path))

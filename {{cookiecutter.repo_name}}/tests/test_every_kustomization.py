@@ -1,9 +1,9 @@
 """Every kustomization of the apps layer builds, validates, and keeps the repo's promises."""
 
 import pytest
-from conftest import KUSTOMIZATIONS
+from conftest import KUSTOMIZATIONS, schema_problems
 
-from repo_tools import invariants, layout, schemas
+from repo_tools import invariants, layout
 
 PROMISES = [
     (kustomization, check)
@@ -19,8 +19,7 @@ def test_it_builds(kustomization, rendered):
 
 
 def test_every_document_matches_its_schema(kustomization, rendered):
-    errors = [error for doc in rendered(kustomization) for error in schemas.schema_errors(doc)]
-    assert errors == []
+    assert schema_problems(rendered(kustomization)) == []
 
 
 @pytest.mark.parametrize(("overlay", "check"), PROMISES)

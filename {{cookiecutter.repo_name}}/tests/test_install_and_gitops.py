@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GATEWAY_API, gateway_api_only, istio_api_only
+from conftest import GATEWAY_API, gateway_api_only, istio_api_only, schema_problems
 
 from repo_tools import REPO_ROOT, VERSIONS, gitops, install, layout
 from repo_tools.resources import describe
@@ -143,7 +143,7 @@ def test_no_file_of_the_other_gitops_tool_remains():
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_argocd_entry_points_build_validate_and_point_at_real_paths(environment):
     docs = gitops.argocd_entry_points(environment)
-    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert schema_problems(docs) == []
     assert gitops.entry_point_problems(docs) == []
     assert {path for _, path in gitops.entry_point_paths(docs)} == {
         f"clusters/argocd/{environment}/applications",
@@ -213,7 +213,7 @@ def test_the_argocd_schema_catches_unknown_sync_options_and_missing_fields():
 @flux_only
 def test_flux_helm_releases_build_validate_and_follow_the_install_order(gateway):
     docs = gitops.flux_install([])
-    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert schema_problems(docs) == []
     assert install.helm_release_problems(docs, gateway) == []
 
 
@@ -221,7 +221,7 @@ def test_flux_helm_releases_build_validate_and_follow_the_install_order(gateway)
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_flux_entry_points_validate_point_at_real_paths_and_wait_for_the_mesh(environment):
     docs = gitops.entry_point_documents(REPO_ROOT / "clusters" / "flux" / environment)
-    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert schema_problems(docs) == []
     assert gitops.flux_order_problems(docs, environment) == []
     apps = next(doc for doc in docs if doc["metadata"]["name"] == "apps")
     apps["spec"].pop("dependsOn")

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import GATEWAY_API, gateway_api_only, istio_api_only
+from conftest import GATEWAY_API, gateway_api_only, istio_api_only, schema_problems
 
 from e2e.harness import bringup, capacity, install_plan, kind, settings
 from repo_tools import (
@@ -25,7 +25,6 @@ from repo_tools import (
     pod_security,
     rendered_install,
 )
-from repo_tools.schemas import schema_errors
 
 UNAVAILABLE = charts.unavailable_reason()
 if os.environ.get(charts.RECORDED_FIXTURES) and UNAVAILABLE:
@@ -59,7 +58,7 @@ def e2e_settings() -> settings.Settings:
 def test_every_infrastructure_overlay_renders_and_validates(overlay):
     docs = infrastructure(overlay)
     assert {doc["kind"] for doc in docs} >= {"CustomResourceDefinition", "Deployment", "Service"}
-    assert [error for doc in docs for error in schema_errors(doc)] == []
+    assert schema_problems(docs) == []
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -118,7 +117,9 @@ def test_the_e2e_gateway_service_listens_on_the_node_ports_kind_maps(e2e_setting
 def test_the_harness_finds_the_gateways_service_by_the_labels_of_its_pods(gateway):
     """The chart's Service selects more labels than the one the repo names the pods by: a subset, not equality."""
     docs = [doc for doc in installed("e2e") if doc["metadata"].get("namespace") == gateway.namespace]
-    deployment = next(doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == gateway.deployment)
+    deployment = next(
+        doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == gateway.deployment
+    )
     pod = {"metadata": {"labels": deployment["spec"]["template"]["metadata"]["labels"]}}
     services = [doc for doc in docs if doc["kind"] == "Service"]
     found = bringup.service_in_front_of(services, [pod], gateway.deployment)

@@ -60,7 +60,9 @@ def kubernetes_minor() -> str:
 def kubernetes_version() -> str:
     minor = kubernetes_minor()
     if minor not in KUBERNETES_BY_MINOR:
-        raise SystemExit(f"versions.env: KUBERNETES_VERSION={minor} has no served release in e2e/controlplane/binaries.py")
+        raise SystemExit(
+            f"versions.env: KUBERNETES_VERSION={minor} has no served release in e2e/controlplane/binaries.py"
+        )
     return KUBERNETES_BY_MINOR[minor]
 
 

@@ -167,7 +167,15 @@ class Bringup:
             self.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
             manifests = yaml.safe_dump_all(gitops.agent_manifests(tool, published.text))
             self.apply(manifests, field_manager=tool, namespace=namespace)
-            self.kubectl("-n", namespace, "wait", "deployments", "--all", "--for=condition=Available", f"--timeout={budget.AGENT_READY}s")
+            self.kubectl(
+                "-n",
+                namespace,
+                "wait",
+                "deployments",
+                "--all",
+                "--for=condition=Available",
+                f"--timeout={budget.AGENT_READY}s",
+            )
         entry_point = snapshot / "clusters" / tool / gitops.E2E_ENVIRONMENT
         if tool == "argocd":
             docs = repo_gitops.entry_point_documents(entry_point)
@@ -272,7 +280,15 @@ class Bringup:
                 commands.run_checked(
                     commands.rollout_status(self.tools, self.settings.app_namespace, deployment["metadata"]["name"])
                 )
-            self.kubectl("wait", "pods", "-A", "-l", f"{HARNESS_LABEL}=true", "--for=condition=Ready", f"--timeout={budget.PODS_READY}s")
+            self.kubectl(
+                "wait",
+                "pods",
+                "-A",
+                "-l",
+                f"{HARNESS_LABEL}=true",
+                "--for=condition=Ready",
+                f"--timeout={budget.PODS_READY}s",
+            )
             self.kubectl(
                 "-n",
                 self.settings.gateway.namespace,
@@ -304,8 +320,9 @@ class Bringup:
         s = self.settings
         port = s.https_node_port if row.request.scheme == "https" else s.http_node_port
         headers = (*row.request.headers, *self.token_headers(row.request.token))
-        response = tls.send(row.request.method, row.request.scheme, "127.0.0.1", port, s.host, row.request.path,
-                            ca_file, headers)
+        response = tls.send(
+            row.request.method, row.request.scheme, "127.0.0.1", port, s.host, row.request.path, ca_file, headers
+        )
         remaining = response.headers.get("x-ratelimit-remaining", "")
         known = int(remaining) if remaining.isdigit() and self.gateway_pods() == 1 else None
         wait = traffic.refill_seconds(limit, known, requests)

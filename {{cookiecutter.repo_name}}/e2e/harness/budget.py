@@ -32,9 +32,7 @@ class InstallPath:
 
 
 def bring_up_seconds(path: InstallPath) -> int:
-    install = (
-        AGENT_DOWNLOAD + AGENT_READY + GITOPS_CONVERGENCE if path.gitops else path.install_rollouts * ROLLOUT
-    )
+    install = AGENT_DOWNLOAD + AGENT_READY + GITOPS_CONVERGENCE if path.gitops else path.install_rollouts * ROLLOUT
     apps = CREATED + path.app_rollouts * ROLLOUT + PODS_READY + CERTIFICATE_READY
     acme = path.acme_rollouts * ROLLOUT + ACME_CERTIFICATE_READY
     return KIND_CREATE * KIND_ATTEMPTS + install + apps + acme
@@ -42,4 +40,3 @@ def bring_up_seconds(path: InstallPath) -> int:
 
 def job_minutes(path: InstallPath) -> int:
     return math.ceil((RUNNER_SETUP + bring_up_seconds(path) + TESTS) / 60)
-

@@ -67,7 +67,9 @@ def delete_command(kind: str, settings: Settings, kubeconfig: Path) -> list[str]
     return [kind, "delete", "cluster", f"--name={settings.cluster_name}", f"--kubeconfig={kubeconfig}"]
 
 
-def create_cluster(kind: str, settings: Settings, config: Path, kubeconfig: Path, attempts: int = budget.KIND_ATTEMPTS) -> None:
+def create_cluster(
+    kind: str, settings: Settings, config: Path, kubeconfig: Path, attempts: int = budget.KIND_ATTEMPTS
+) -> None:
     """kind create cluster, retried on known transient failures (deleting the half-made cluster in between)."""
     for attempt in range(1, attempts + 1):
         result = subprocess.run(

@@ -109,9 +109,11 @@ def presented_certificate(address: str, port: int, server_name: str, timeout: fl
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with socket.create_connection((address, port), timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=server_name) as connection:
-                return connection.getpeercert(binary_form=True), ""
+        with (
+            socket.create_connection((address, port), timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as connection,
+        ):
+            return connection.getpeercert(binary_form=True), ""
     except OSError as error:  # ssl.SSLError, resets and EOFs are all OSErrors
         return None, f"{type(error).__name__}: {error}"
 
