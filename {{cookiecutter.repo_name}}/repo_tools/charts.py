@@ -80,6 +80,13 @@ class Recordings:
     def values_schema(self, chart: str, version: str) -> Path:
         return self.default_values(chart, version).with_suffix("").with_suffix(".schema.json")
 
+    def chart_source(self, chart: str, version: str) -> Path:
+        """The chart's own source, for a real `helm template` with this repo's values."""
+        if chart in ISTIO_CHARTS:
+            minor = ".".join(version.split(".")[:2])
+            return self.root / "charts" / "src" / f"istio-{minor}" / chart
+        return self.root / "charts" / "src" / f"{chart}-{version}"
+
     def gateway_api_crds(self, version: str) -> Path:
         return self.root / "crds" / f"gateway-api-{version}-standard.yaml"
 
@@ -148,15 +155,26 @@ def recorded_helm(arguments: list[str], recorded: Recordings) -> str:
     raise ChartsUnavailable(f"the recorded-render stand-in for helm does not answer `helm {command}`")
 
 
+def real_helm() -> str | None:
+    """Helm itself: $HELM, else helm on PATH."""
+    return os.environ.get("HELM") or shutil.which("helm")
+
+
+def renders_with_real_helm() -> bool:
+    """Real Helm renders the charts wherever it can: from their recorded sources, or (without recordings) from the
+    chart repositories. Only a machine with recordings and no Helm answers from the recorded renders."""
+    return real_helm() is not None
+
+
 @contextmanager
 def helm_command() -> Iterator[str]:
-    """An executable kustomize can call as helm: the stand-in when recordings are given, else helm on PATH."""
+    """An executable kustomize can call as helm: real Helm where there is one, else the recorded-render stand-in."""
     reason = unavailable_reason()
     if reason:
         raise ChartsUnavailable(reason)
     recorded = recordings()
-    if recorded is None:
-        yield str(shutil.which("helm"))
+    if recorded is None or renders_with_real_helm():
+        yield str(real_helm())
         return
     with tempfile.TemporaryDirectory(prefix="recorded-helm-") as folder:
         script = Path(folder) / "helm"
@@ -177,7 +195,24 @@ def infrastructure_copy(root: Path = REPO_ROOT) -> Iterator[Path]:
         shutil.copytree(root / "infrastructure", copy, ignore=shutil.ignore_patterns("charts"))
         for kustomization in copy.rglob("kustomization.yaml"):
             _answer_remote_resources(kustomization)
+            _place_recorded_chart_sources(kustomization)
         yield copy
+
+
+def _place_recorded_chart_sources(kustomization: Path) -> None:
+    """Where recordings hold a chart's source, put it where kustomize looks before it pulls
+    (charts/<name>-<version>/<name>), so that real Helm renders it offline with the repo's values."""
+    recorded = recordings()
+    if recorded is None or not renders_with_real_helm():
+        return
+    for chart in (yaml.safe_load(kustomization.read_text()) or {}).get("helmCharts") or []:
+        source = recorded.chart_source(chart["name"], str(chart["version"]))
+        if not (source / "Chart.yaml").is_file():
+            raise ChartsUnavailable(
+                f"no recorded source of chart {chart['name']} {chart['version']} (looked for {source})"
+            )
+        target = kustomization.parent / "charts" / f"{chart['name']}-{chart['version']}" / chart["name"]
+        shutil.copytree(source, target)
 
 
 def _answer_remote_resources(kustomization: Path) -> None:
@@ -229,8 +264,10 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
 
 
 def render_key(relative: Path, root: Path, recorded: Recordings) -> str:
-    """What a render from recordings depends on: the install layer's files, the recordings, this stand-in, kustomize."""
-    digest = hashlib.sha256(f"{relative}\0{recorded.root}\0{kustomize.kustomize_command()}".encode())
+    """What a render from recordings depends on: the install layer's files, the recordings (renders or chart
+    sources), the Helm that renders them, this module, kustomize."""
+    helm = real_helm() if renders_with_real_helm() else "recorded renders"
+    digest = hashlib.sha256(f"{relative}\0{recorded.root}\0{kustomize.kustomize_command()}\0{helm}".encode())
     digest.update(Path(__file__).read_bytes())
     for path in sorted((root / "infrastructure").rglob("*")):
         if path.is_file() and "charts" not in path.relative_to(root).parts:

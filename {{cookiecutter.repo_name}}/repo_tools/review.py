@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from repo_tools import REPO_ROOT, charts, contract, gitops, kustomize, layout
+from repo_tools import REPO_ROOT, RepoFileError, charts, contract, gitops, kustomize, layout
 from repo_tools.resources import describe
 
 LAYERS = ("apps", "clusters", "flux install", "infrastructure")
@@ -244,10 +244,9 @@ def read_tree(root: Path, with_install_layer: bool, only: Collection[str] = ()) 
         layers[layer][name] = docs
     try:
         rows: list[contract.Row] | str = contract.load(root / "contract.yaml")
-    except FileNotFoundError:
-        rows = "there is no contract.yaml"
-    except (OSError, yaml.YAMLError, contract.ContractError) as error:
-        rows = f"contract.yaml does not load: {str(error).splitlines()[0]}"
+    except (RepoFileError, contract.ContractError) as error:
+        missing = not (root / "contract.yaml").is_file()
+        rows = "there is no contract.yaml" if missing else f"contract.yaml does not load: {str(error).splitlines()[0]}"
     return Tree(root, layers, rows)
 
 

@@ -229,9 +229,12 @@ def test_the_command_prints_every_row_and_fails_on_a_mismatch(capsys, tmp_path):
     assert f"FAILS  dev      {name}: expected denied, got reaches" in capsys.readouterr().out
 
 
-def test_an_unknown_overlay_is_named(capsys):
-    assert contract.main(["nowhere"]) == 2
-    assert "no such overlay: nowhere" in capsys.readouterr().err
+def test_an_unknown_overlay_is_named_with_the_usage(capsys):
+    with pytest.raises(SystemExit) as refused:
+        contract.main(["nowhere"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "no such overlay: nowhere (have dev, e2e, prod, staging)" in err and err.startswith("usage: ")
 
 
 def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and_key():
@@ -262,7 +265,7 @@ def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tm
     )
     assert result.returncode == 1
     assert "FAIL contract" in result.stdout
-    assert f"contract: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr
+    assert f"contract: contract.yaml: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr
 
 
 def test_the_mesh_model_loads_no_schema_tooling():
