@@ -1,0 +1,141 @@
+"""The same bring-up as on kind, from the repo's own files, onto the local control plane: the install layer in its
+stages (rendered by real Helm with the repo's values), istiod started once its objects are in, then the e2e overlay,
+every object applied server-side, each phase timed."""
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import yaml
+
+from e2e.controlplane.cluster import ISTIO_NAMESPACE, ControlPlane
+from e2e.harness import install_plan
+from e2e.harness.settings import INFRASTRUCTURE_OVERLAY, Settings, e2e_build
+from repo_tools import charts
+
+FIELD_MANAGER = "local-control-plane"
+ROLLOUT_SECONDS = 180
+# What the local run leaves out of the rendered install, and why (README.md lists these as well).
+LEFT_OUT = {
+    ("Deployment", ISTIO_NAMESPACE, "istiod"): "istiod runs as the local pilot-discovery process",
+    ("HorizontalPodAutoscaler", ISTIO_NAMESPACE, "istiod"): "istiod runs as the local pilot-discovery process",
+    ("PodDisruptionBudget", ISTIO_NAMESPACE, "istiod"): "istiod runs as the local pilot-discovery process",
+}
+CERT_MANAGER_WEBHOOKS = (
+    "cert-manager's webhook does not run here (no containers): Certificates and Issuers are "
+    "admitted by their CRDs' schemas only"
+)
+# istiod's webhook configurations, as the charts name them, and the path istiod serves each at.
+ISTIOD_WEBHOOK_PATHS = {"MutatingWebhookConfiguration": "/inject", "ValidatingWebhookConfiguration": "/validate"}
+
+
+@dataclass
+class LocalBringup:
+    plane: ControlPlane
+    settings: Settings
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    applied: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> the documents the server accepted
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings.append((name, time.monotonic() - started))
+            print(f"  {time.monotonic() - started:6.1f}s  {name}", flush=True)
+
+    def apply(self, docs: list[dict]) -> None:
+        if docs:
+            self.plane.kubectl(
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                f"--field-manager={FIELD_MANAGER}",
+                "-f",
+                "-",
+                stdin=yaml.safe_dump_all(docs),
+            )
+
+    def render_install(self) -> list[dict]:
+        with self.phase(f"render {INFRASTRUCTURE_OVERLAY.name} with real helm"):
+            return charts.render(INFRASTRUCTURE_OVERLAY)
+
+    def install(self) -> None:
+        docs = self.render_install()
+        stages = install_plan.install_stages(self.settings)
+        webhook_port = 0
+        for stage, stage_docs in zip(stages, install_plan.split_by_stage(docs, stages), strict=True):
+            local = local_documents(stage_docs)
+            with self.phase(f"install {stage.name}"):
+                crds = [doc for doc in local if doc["kind"] == "CustomResourceDefinition"]
+                self.apply(crds)  # first, and established, so that the stage's own custom resources are understood
+                if crds:
+                    self.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", *names(crds))
+                webhooks = [doc for doc in local if doc["kind"] in ISTIOD_WEBHOOK_PATHS]
+                self.apply([doc for doc in local if doc not in crds and doc not in webhooks])
+                if any(doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "istio" for doc in local):
+                    webhook_port = self.start_istiod()  # it reads the mesh config and injector templates just applied
+                self.apply([pointed_at_local_istiod(doc, webhook_port) for doc in webhooks])
+                self.applied[stage.name] = local
+                for deployment in stage.deployments:
+                    if ("Deployment", stage.namespace, deployment) not in LEFT_OUT:
+                        self.rollout(stage.namespace, "deployment", deployment)
+                for daemonset in stage.daemonsets:
+                    self.rollout(stage.namespace, "daemonset", daemonset)
+
+    def start_istiod(self) -> int:
+        """istiod needs its mesh ConfigMap and injector templates in place; its webhooks are applied right after."""
+        with self.phase("start istiod (pilot-discovery)"):
+            return self.plane.start_istiod()
+
+    def rollout(self, namespace: str, kind: str, name: str) -> None:
+        self.plane.kubectl("-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={ROLLOUT_SECONDS}s")
+
+    def install_apps(self) -> None:
+        with self.phase("apply apps/overlays/e2e"):
+            self.apply(e2e_build())
+        with self.phase("wait for the app's rollouts"):
+            namespace = self.settings.app_namespace
+            listed = json.loads(self.plane.kubectl("-n", namespace, "get", "deployments", "-o", "json").stdout)
+            for deployment in listed["items"]:
+                self.rollout(namespace, "deployment", deployment["metadata"]["name"])
+
+
+def names(docs: list[dict]) -> list[str]:
+    return [doc["metadata"]["name"] for doc in docs]
+
+
+def local_documents(docs: list[dict]) -> list[dict]:
+    """The stage's documents less what the local run leaves out (LEFT_OUT, cert-manager's webhooks)."""
+    kept = []
+    for doc in docs:
+        meta = doc.get("metadata", {})
+        if (doc["kind"], meta.get("namespace", ISTIO_NAMESPACE), meta.get("name")) in LEFT_OUT:
+            continue
+        if doc["kind"] in ISTIOD_WEBHOOK_PATHS and is_cert_manager(doc):
+            continue
+        kept.append(doc)
+    return kept
+
+
+def is_cert_manager(doc: dict) -> bool:
+    labels = doc.get("metadata", {}).get("labels") or {}
+    return labels.get("app.kubernetes.io/instance") == "cert-manager" or "cert-manager" in doc["metadata"]["name"]
+
+
+def pointed_at_local_istiod(doc: dict, port: int) -> dict:
+    """An istiod webhook configuration calls the local istiod at https://localhost:<port> instead of its Service,
+    as the charts render it with istiodRemote.injectionURL / base.validationURL; istiod fills in the CA bundle."""
+    if doc["kind"] not in ISTIOD_WEBHOOK_PATHS or not port:
+        return doc
+    pointed = copy.deepcopy(doc)
+    for webhook in pointed.get("webhooks") or []:
+        service = (webhook.get("clientConfig") or {}).pop("service", None)
+        if service is not None:
+            path = service.get("path") or ISTIOD_WEBHOOK_PATHS[doc["kind"]]
+            webhook["clientConfig"]["url"] = f"https://localhost:{port}{path}"
+    return pointed
