@@ -41,6 +41,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The local control plane's suite (e2e/controlplane) runs only when asked for by path: never with kind's."""
+    if collection_path.name == "controlplane" and collection_path.parent == Path(__file__).parent:
+        return not any("controlplane" in str(arg) for arg in config.args) or None
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("cluster_name") == "pytest-kind":  # pytest-kind-ng's default: give ours a telling name
         config.option.cluster_name = settings.default_cluster_name()

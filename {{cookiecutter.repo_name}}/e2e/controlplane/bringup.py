@@ -2,6 +2,7 @@
 stages (rendered by real Helm with the repo's values), istiod started once its objects are in, then the e2e overlay,
 every object applied server-side, each phase timed."""
 
+import base64
 import copy
 import json
 import time
@@ -9,10 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import trustme
 import yaml
 
 from e2e.controlplane.cluster import ISTIO_NAMESPACE, ControlPlane
-from e2e.harness import install_plan
+from e2e.harness import install_plan, tls
 from e2e.harness.settings import INFRASTRUCTURE_OVERLAY, Settings, e2e_build
 from repo_tools import charts
 
@@ -37,6 +39,7 @@ class LocalBringup:
     plane: ControlPlane
     settings: Settings
     timings: list[tuple[str, float]] = field(default_factory=list)
+    test_ca: trustme.CA = field(default_factory=trustme.CA)
     applied: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> the documents the server accepted
 
     @contextmanager
@@ -97,12 +100,53 @@ class LocalBringup:
 
     def install_apps(self) -> None:
         with self.phase("apply apps/overlays/e2e"):
-            self.apply(e2e_build())
+            docs = e2e_build()
+            ca_secret = tls.ca_secret_manifest(
+                self.test_ca, self.settings.test_ca_secret, self.settings.gateway.namespace
+            )
+            self.apply([yaml.safe_load(ca_secret), *docs])
+        with self.phase("issue the overlay's Certificates from the test CA, as cert-manager's CA Issuer would"):
+            self.apply([self.issued(certificate) for certificate in docs if certificate["kind"] == "Certificate"])
         with self.phase("wait for the app's rollouts"):
             namespace = self.settings.app_namespace
-            listed = json.loads(self.plane.kubectl("-n", namespace, "get", "deployments", "-o", "json").stdout)
-            for deployment in listed["items"]:
-                self.rollout(namespace, "deployment", deployment["metadata"]["name"])
+            self.provide_volumes(namespace)
+            listed = json.loads(
+                self.plane.kubectl("-n", namespace, "get", "deployments,statefulsets", "-o", "json").stdout
+            )
+            for workload in listed["items"]:
+                self.rollout(namespace, workload["kind"].lower(), workload["metadata"]["name"])
+
+    def issued(self, certificate: dict) -> dict:
+        """The kubernetes.io/tls secret cert-manager would write for the Certificate (its controller does not run)."""
+        spec = certificate["spec"]
+        leaf = self.test_ca.issue_cert(*(spec.get("dnsNames") or [spec.get("commonName", "")]))
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": spec["secretName"], "namespace": certificate["metadata"]["namespace"]},
+            "data": {
+                "tls.crt": base64.b64encode(b"".join(blob.bytes() for blob in leaf.cert_chain_pems)).decode(),
+                "tls.key": base64.b64encode(leaf.private_key_pem.bytes()).decode(),
+                "ca.crt": base64.b64encode(self.test_ca.cert_pem.bytes()).decode(),
+            },
+        }
+
+    def provide_volumes(self, namespace: str) -> None:
+        """A PersistentVolume for each claim a StatefulSet makes, bound to it: kind has a local-path provisioner,
+        this control plane none. Nothing is stored in it (no container runs)."""
+        deadline = time.monotonic() + ROLLOUT_SECONDS
+        expected = sum(
+            len(item["spec"].get("volumeClaimTemplates") or []) * item["spec"].get("replicas", 1)
+            for item in json.loads(self.plane.kubectl("-n", namespace, "get", "statefulsets", "-o", "json").stdout)[
+                "items"
+            ]
+        )
+        claims: list[dict] = []
+        while len(claims) < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+            claims = json.loads(self.plane.kubectl("-n", namespace, "get", "pvc", "-o", "json").stdout)["items"]
+        self.apply([volume_for(claim) for claim in claims if not claim["spec"].get("volumeName")])
 
 
 def names(docs: list[dict]) -> list[str]:
@@ -139,3 +183,19 @@ def pointed_at_local_istiod(doc: dict, port: int) -> dict:
             path = service.get("path") or ISTIOD_WEBHOOK_PATHS[doc["kind"]]
             webhook["clientConfig"]["url"] = f"https://localhost:{port}{path}"
     return pointed
+
+
+def volume_for(claim: dict) -> dict:
+    name = f"local-{claim['metadata']['namespace']}-{claim['metadata']['name']}"
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name[:253]},
+        "spec": {
+            "capacity": {"storage": claim["spec"]["resources"]["requests"]["storage"]},
+            "accessModes": claim["spec"]["accessModes"],
+            "storageClassName": claim["spec"].get("storageClassName") or "",
+            "hostPath": {"path": f"/tmp/{name}"},
+            "claimRef": {"namespace": claim["metadata"]["namespace"], "name": claim["metadata"]["name"]},
+        },
+    }

@@ -405,6 +405,9 @@ class ControlPlane:
                 "INJECTION_WEBHOOK_CONFIG_NAME": "istio-sidecar-injector",
                 "VALIDATION_WEBHOOK_CONFIG_NAME": f"istio-validator-{ISTIO_NAMESPACE}",
                 "KUBECONFIG": str(self.kubeconfig),
+                # istiod's analyzers write what they find to each Istio resource's status.validationMessages.
+                "PILOT_ENABLE_ANALYSIS": "true",
+                "PILOT_ANALYSIS_INTERVAL": "2s",
             },
             cwd=home,  # no ./etc/istio or ./var/lib/istio here: mesh config and templates come from the ConfigMaps
         )

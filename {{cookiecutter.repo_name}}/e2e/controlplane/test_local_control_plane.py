@@ -1,0 +1,274 @@
+"""What the repo promises the cluster, shown by a real API server and a real istiod (the local control plane), and
+the repo's models of them held to what these real programs produced."""
+
+import copy
+import json
+import time
+
+import pytest
+
+from e2e.controlplane.bringup import LocalBringup
+from e2e.controlplane.compare import disagreements
+from e2e.harness.settings import RESTRICTED_CONTAINER, RESTRICTED_POD, e2e_build
+from repo_tools import KUBERNETES_VERSION, gateway_api, injection, layout, pod_security
+
+GATEWAY = layout.ingress_gateway()
+gateway_api_only = pytest.mark.skipif(not GATEWAY.gateway_api, reason="about the Gateway API; this repo uses Istio's")
+istio_api_only = pytest.mark.skipif(GATEWAY.gateway_api, reason="about Istio's own API; this repo uses the Gateway API")
+STATUS_SECONDS = 60  # istiod writes status a moment after the objects and their pods exist
+
+
+def live(bringup: LocalBringup, *args: str) -> list[dict]:
+    return json.loads(bringup.plane.kubectl("get", *args, "-o", "json").stdout)["items"]
+
+
+def dry_run(bringup: LocalBringup, pod: dict) -> tuple[bool, str]:
+    """(admitted, the API server's message) for a pod created with dryRun: every admission step, nothing stored."""
+    result = bringup.plane.kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)
+    return result.returncode == 0, result.stderr.strip()
+
+
+def probe_pod(namespace: str, spec: dict) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        # Not injected: Pod Security is asked about exactly this spec.
+        "metadata": {
+            "generateName": "pod-security-probe-",
+            "namespace": namespace,
+            "labels": {"sidecar.istio.io/inject": "false"},
+        },
+        "spec": spec,
+    }
+
+
+def test_every_object_of_every_install_stage_and_of_the_e2e_overlay_is_stored_by_the_api_server(bringup):
+    for stage, docs in bringup.applied.items():
+        result = bringup.plane.kubectl(
+            "get",
+            "-f",
+            "-",
+            "-o",
+            "name",
+            stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": docs}),
+            check=False,
+        )
+        assert result.returncode == 0, f"{stage}: {result.stderr}"
+        assert len(result.stdout.split()) == len(docs), stage
+    built = e2e_build()
+    stored = bringup.plane.kubectl(
+        "get", "-f", "-", "-o", "name", stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": built})
+    )
+    assert len(stored.stdout.split()) == len(built)
+
+
+def test_every_app_pod_is_made_by_the_controllers_injected_by_istiod_and_admitted_as_restricted(bringup):
+    namespace = bringup.settings.app_namespace
+    labels = json.loads(bringup.plane.kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels.get(pod_security.ENFORCE) == "restricted"
+    workloads = live(bringup, "-n", namespace, "deployments,statefulsets")
+    pods = live(bringup, "-n", namespace, "pods")
+    assert len(pods) == sum(workload["spec"].get("replicas", 1) for workload in workloads) > 0
+    for pod in pods:
+        names = [c["name"] for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]]
+        assert "istio-proxy" in names and "istio-validation" in names and "istio-init" not in names, names
+        assert pod["metadata"]["ownerReferences"][0]["kind"] in ("ReplicaSet", "StatefulSet")
+        assert pod["status"]["phase"] == "Running" and pod["status"].get("podIP")
+
+
+def test_the_api_server_refuses_a_privileged_pod_in_the_apps_namespace_after_admitting_a_restricted_one(bringup):
+    namespace = bringup.settings.app_namespace
+    spec = {
+        "securityContext": RESTRICTED_POD,
+        "containers": [{"name": "probe", "image": "busybox", "securityContext": RESTRICTED_CONTAINER}],
+    }
+    admitted, message = dry_run(bringup, probe_pod(namespace, spec))
+    assert admitted, message
+    spec["containers"][0]["securityContext"] = {"privileged": True}
+    admitted, message = dry_run(bringup, probe_pod(namespace, spec))
+    assert not admitted
+    assert f'violates PodSecurity "restricted:v{KUBERNETES_VERSION}"' in message and "privileged" in message, message
+
+
+# Changes to a pod that Pod Security judges; each is asked of the real API server and of the model.
+MUTATIONS = {
+    "privileged": lambda spec: spec["containers"][0]["securityContext"].update(privileged=True),
+    "runs as root": lambda spec: spec["containers"][0]["securityContext"].update(runAsUser=0),
+    "adds NET_ADMIN": lambda spec: spec["containers"][0]["securityContext"].update(
+        capabilities={"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    ),
+    "may escalate": lambda spec: spec["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+    "no seccomp profile": lambda spec: (
+        spec["securityContext"].pop("seccompProfile", None)
+        and spec["containers"][0]["securityContext"].pop("seccompProfile", None)
+    ),
+    "host network": lambda spec: spec.update(hostNetwork=True),
+    "hostPath volume": lambda spec: spec.update(volumes=[{"name": "host", "hostPath": {"path": "/"}}]),
+    "NET_BIND_SERVICE only": lambda spec: spec["containers"][0]["securityContext"].update(
+        capabilities={"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+    ),
+    "adds CHOWN": lambda spec: spec["containers"][0]["securityContext"].update(
+        capabilities={"drop": ["ALL"], "add": ["CHOWN"]}
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_the_pod_security_model_refuses_exactly_what_the_api_server_refuses(bringup, mutation):
+    namespace = bringup.settings.app_namespace
+    pod = live(bringup, "-n", namespace, "pods")[0]
+    spec = {
+        key: copy.deepcopy(value)
+        for key, value in pod["spec"].items()
+        if key in ("securityContext", "containers", "initContainers", "volumes")
+    }
+    spec["containers"][0].setdefault("securityContext", {})
+    spec.setdefault("securityContext", {})
+    as_is = (
+        pod_security.problems_at("restricted", spec, {}),
+        dry_run(bringup, probe_pod(namespace, copy.deepcopy(spec))),
+    )
+    assert as_is[0] == [] and as_is[1][0], f"the running pod itself: model {as_is[0]}, API server {as_is[1][1]}"
+    MUTATIONS[mutation](spec)
+    model = pod_security.problems_at("restricted", spec, {})
+    admitted, message = dry_run(bringup, probe_pod(namespace, spec))
+    assert bool(model) == (not admitted), (
+        f"{mutation}: the model says {model or 'admitted'}, the API server {message or 'admitted'}"
+    )
+
+
+def test_the_injection_model_matches_the_pods_istiod_injected(bringup):
+    namespace = bringup.settings.app_namespace
+    mesh = injection.mesh_values()
+    problems = []
+    for deployment in [
+        doc
+        for doc in e2e_build()
+        if doc["kind"] == "Deployment" and injection.is_injected(doc["spec"]["template"].get("metadata") or {})
+    ]:
+        modelled = injection.injected_spec(deployment["spec"]["template"]["spec"], mesh)
+        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+        real = live(bringup, "-n", namespace, "pods", "-l", selector)[0]["spec"]
+        # The model keeps a native sidecar among the containers (Pod Security checks both alike).
+        real = {
+            **real,
+            "containers": real["containers"]
+            + [c for c in real.get("initContainers", []) if c.get("restartPolicy") == "Always"],
+            "initContainers": [c for c in real.get("initContainers", []) if c.get("restartPolicy") != "Always"],
+        }
+        added = {
+            "initContainers": [c for c in modelled["initContainers"] if c["name"].startswith("istio-")],
+            "containers": [c for c in modelled["containers"] if c["name"] == "istio-proxy"],
+            "volumes": modelled["volumes"],
+        }
+        problems += [f"{deployment['metadata']['name']}: {p}" for p in disagreements(added, real)]
+    assert problems == []
+
+
+@gateway_api_only
+def test_istiod_deploys_the_gateways_deployment_service_and_service_account_as_the_model_says(bringup):
+    modelled = gateway_api.deployed_gateway(e2e_build(), GATEWAY)
+    assert {doc["kind"] for doc in modelled} >= {"Deployment", "Service", "ServiceAccount"}
+    problems = []
+    for doc in modelled:
+        result = bringup.plane.kubectl(
+            "-n", GATEWAY.namespace, "get", doc["kind"].lower(), doc["metadata"]["name"], "-o", "json", check=False
+        )
+        if result.returncode != 0:
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: istiod did not create it")
+            continue
+        real = json.loads(result.stdout)
+        problems += [f"{doc['kind']} {doc['metadata']['name']}: {p}" for p in disagreements(doc, real)]
+    assert problems == []
+
+
+def condition(conditions: list[dict], kind: str) -> str:
+    found = next((c for c in conditions if c["type"] == kind), None)
+    return (
+        f"{kind}={found['status']} ({found.get('reason')}: {found.get('message', '')[:200]})"
+        if found
+        else f"{kind} missing"
+    )
+
+
+@gateway_api_only
+def test_the_gateway_and_every_httproute_reach_the_conditions_the_kind_run_waits_for(bringup):
+    def states() -> list[str]:
+        gateways = live(bringup, "-A", "gateways.gateway.networking.k8s.io")
+        routes = live(bringup, "-A", "httproutes.gateway.networking.k8s.io")
+        found = [
+            f"Gateway {gw['metadata']['name']}: {condition(gw.get('status', {}).get('conditions', []), kind)}"
+            for gw in gateways
+            for kind in ("Accepted", "Programmed")
+        ]
+        found += [
+            f"HTTPRoute {r['metadata']['namespace']}/{r['metadata']['name']} parent {p['parentRef']['name']}: {condition(p.get('conditions', []), kind)}"
+            for r in routes
+            for p in r.get("status", {}).get("parents", []) or [{"parentRef": {"name": "none"}, "conditions": []}]
+            for kind in ("Accepted", "ResolvedRefs")
+        ]
+        return found
+
+    deadline = time.monotonic() + STATUS_SECONDS
+    found = states()
+    while any("=True" not in state for state in found) and time.monotonic() < deadline:
+        time.sleep(2)
+        found = states()
+    assert [state for state in found if "=True" not in state] == [], "\n".join(found)
+
+
+ISTIO_KINDS = (
+    "gateways.networking.istio.io",
+    "virtualservices.networking.istio.io",
+    "destinationrules.networking.istio.io",
+    "envoyfilters.networking.istio.io",
+    "peerauthentications.security.istio.io",
+    "requestauthentications.security.istio.io",
+    "authorizationpolicies.security.istio.io",
+    "telemetries.telemetry.istio.io",
+)
+
+
+# What istiod's analyzers report that the repo accepts, and why.
+ACCEPTED_FINDINGS = {
+    # Istio's validation warns on every EnvoyFilter that it exposes Envoy's internals; Istio has no other API for
+    # Envoy's local rate limit and size limits (apps/base/edge-limits).
+    "IST0133 WARNING": "EnvoyFilter",
+}
+
+
+def test_istiods_analyzers_find_nothing_wrong_with_the_repos_istio_resources(bringup):
+    """istiod's validating webhook admitted every resource (the bring-up applied them); its analyzers, which write to
+    each resource's status, report nothing either. The control: the analyzers do report a VirtualService that
+    routes to a Service that does not exist (IST0101)."""
+    namespace = bringup.settings.app_namespace
+    control = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "analysis-control", "namespace": namespace},
+        "spec": {"hosts": ["analysis-control"], "http": [{"route": [{"destination": {"host": "no-such-service"}}]}]},
+    }
+    bringup.apply([control])
+
+    def messages() -> list[str]:
+        return [
+            f"{doc['kind']} {doc['metadata']['namespace']}/{doc['metadata']['name']}: {m.get('type', {}).get('code')} "
+            f"{m.get('level')} {json.dumps({k: v for k, v in m.items() if k not in ('type', 'level')})}"
+            for doc in live(bringup, "-A", ",".join(ISTIO_KINDS))
+            for m in (doc.get("status") or {}).get("validationMessages") or []
+        ]
+
+    deadline = time.monotonic() + STATUS_SECONDS
+    found = messages()
+    while not any("analysis-control" in message for message in found) and time.monotonic() < deadline:
+        time.sleep(2)
+        found = messages()
+    bringup.plane.kubectl("-n", namespace, "delete", "virtualservice", "analysis-control")
+    assert any("analysis-control" in message and "IST0101" in message for message in found), found
+    problems = [
+        message
+        for message in found
+        if "analysis-control" not in message
+        and not any(message.startswith(kind) and code in message for code, kind in ACCEPTED_FINDINGS.items())
+    ]
+    assert problems == [], "\n".join(problems)
