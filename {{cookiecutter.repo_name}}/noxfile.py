@@ -36,6 +36,16 @@ def e2e(session: nox.Session) -> None:
 
 
 @nox.session
+def controlplane(session: nox.Session) -> None:
+    """Build etcd, Kubernetes, kwok and istiod once from the Go module proxy (cached outside the repo), start them as
+    processes, install the repo onto them as on kind and check what the real API server and istiod make of it.
+    Needs Go and the charts' sources ($RECORDED_FIXTURES); see README.md."""
+    install(session)
+    session.run("python", "-m", "e2e.controlplane.binaries", "build")
+    session.run("pytest", "-rs", "e2e/controlplane", *session.posargs)
+
+
+@nox.session
 def security(session: nox.Session) -> None:
     """Scan every rendered overlay with checkov, offline; fail on findings not waived in security/."""
     # checkov pins its own dependencies, so it gets this session's venv to itself.
