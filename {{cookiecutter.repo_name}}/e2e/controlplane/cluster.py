@@ -153,7 +153,7 @@ def write_pki(directory: Path) -> None:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         _write(directory / name, key, builder.sign(ca_key, hashes.SHA256()))
 
-    service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
+    service_ip = ipaddress.IPv4Address(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
     leaf(
         "apiserver",
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),

@@ -27,7 +27,9 @@ def disagreements(model: object, real: object, path: str = "") -> list[str]:
                 for problem in (
                     disagreements(item, by_name[item["name"]], f"{path}[{item['name']}]")
                     if item["name"] in by_name
-                    else [f"{path}[{item['name']}]: in the model, not in the real object (it has {sorted(by_name)})"]
+                    else [
+                        f"{path}[{item['name']}]: in the model, not in the real object (it has {sorted(map(str, by_name))})"
+                    ]
                 )
             ]
         if len(model) != len(real):

@@ -7,10 +7,23 @@ import time
 
 import pytest
 
+from e2e.controlplane import envoy_routes
 from e2e.controlplane.bringup import LocalBringup
 from e2e.controlplane.compare import disagreements
+from e2e.harness import traffic
 from e2e.harness.settings import RESTRICTED_CONTAINER, RESTRICTED_POD, e2e_build
-from repo_tools import KUBERNETES_VERSION, gateway_api, injection, layout, pod_security
+from repo_tools import (
+    ISTIO_VERSION,
+    KUBERNETES_VERSION,
+    contract,
+    edge,
+    gateway_api,
+    injection,
+    layout,
+    pod_security,
+    resilience,
+)
+from repo_tools.resources import selects
 
 GATEWAY = layout.ingress_gateway()
 gateway_api_only = pytest.mark.skipif(not GATEWAY.gateway_api, reason="about the Gateway API; this repo uses Istio's")
@@ -272,3 +285,133 @@ def test_istiods_analyzers_find_nothing_wrong_with_the_repos_istio_resources(bri
         and not any(message.startswith(kind) and code in message for code, kind in ACCEPTED_FINDINGS.items())
     ]
     assert problems == [], "\n".join(problems)
+
+
+# --- what istiod sends the gateway, against the offline verifier --------------------------------------------------
+
+ROUTING_OUTCOMES = ("reaches ", "redirect https", "no-route")
+
+
+def gateway_pod(bringup: LocalBringup) -> envoy_routes.Pod:
+    pod = live(bringup, "-n", GATEWAY.namespace, "pods", "-l", GATEWAY.selector)[0]
+    return envoy_routes.Pod(
+        pod["metadata"]["name"],
+        GATEWAY.namespace,
+        pod["status"]["podIP"],
+        pod["metadata"].get("labels") or {},
+        pod["spec"].get("serviceAccountName", "default"),
+        GATEWAY.deployment,
+    )
+
+
+def listener_ports(bringup: LocalBringup) -> dict[int, int]:
+    """The gateway Service's ports -> the container ports its listeners bind (80 -> 80 with the Gateway API,
+    80 -> 80 or 8080 with the gateway chart)."""
+    services = live(bringup, "-n", GATEWAY.namespace, "services")
+    pod = live(bringup, "-n", GATEWAY.namespace, "pods", "-l", GATEWAY.selector)[0]
+    service = next(
+        s for s in services if s["spec"].get("selector") and selects(s["spec"]["selector"], pod["metadata"]["labels"])
+    )
+    named = {
+        p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or [] if "name" in p
+    }
+    return {
+        p["port"]: named.get(p["targetPort"], p["targetPort"])
+        if isinstance(p.get("targetPort"), str)
+        else p.get("targetPort", p["port"])
+        for p in service["spec"]["ports"]
+    }
+
+
+def workloads_behind(cluster: str, docs: list[dict]) -> list[str]:
+    """The workloads an outbound cluster reaches: the Service's selector, narrowed by the DestinationRule subset."""
+    host, subset = envoy_routes.cluster_host(cluster)
+    name, namespace = host.split(".")[:2]
+    service = next(
+        (
+            d
+            for d in docs
+            if d["kind"] == "Service" and d["metadata"]["name"] == name and d["metadata"].get("namespace") == namespace
+        ),
+        None,
+    )
+    if service is None:
+        return [host]
+    labels = dict(service["spec"].get("selector") or {})
+    for rule in (d for d in docs if d["kind"] == "DestinationRule" and d["spec"]["host"].split(".")[0] == name):
+        labels |= next((s.get("labels") or {} for s in rule["spec"].get("subsets") or [] if s["name"] == subset), {})
+    return sorted(
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+        and d["metadata"].get("namespace") == namespace
+        and selects(labels, d["spec"]["template"]["metadata"].get("labels") or {})
+    )
+
+
+def real_answer(decision: envoy_routes.Decision, docs: list[dict]) -> str:
+    if decision.kind == "route":
+        shares: dict[str, int] = {}
+        for cluster, weight in decision.clusters.items():
+            for workload in workloads_behind(cluster, docs):
+                shares[workload] = shares.get(workload, 0) + weight
+        total = sum(decision.clusters.values()) or 1
+        split = ", ".join(f"{w} {round(100 * s / total)}%" for w, s in sorted(shares.items()))
+        return f"{split}; {decision.policy()}"
+    if decision.kind == "redirect":
+        return "redirect https" if decision.detail.endswith("redirect https") else decision.detail
+    return "no-route" if decision.kind == "no-route" or decision.detail.endswith(": 404") else decision.detail
+
+
+def verifier_answer(verdict) -> str:
+    if verdict.outcome.startswith("reaches ") and verdict.traffic is not None and verdict.traffic.shares:
+        shares = sorted((s for s in verdict.traffic.shares if s.weight), key=lambda s: s.workload)
+        total = sum(s.weight for s in shares)
+        split = ", ".join(f"{s.workload} {round(100 * s.weight / total)}%" for s in shares)
+        policy = verdict.traffic.policy
+        if policy is None:
+            return split
+        timeout = resilience.seconds(policy.timeout) if policy.timeout else None
+        per_try = resilience.seconds(policy.retries.per_try_timeout) if policy.retries.per_try_timeout else None
+        described = envoy_routes.describe_policy(timeout, policy.retries.attempts, policy.retries.on, per_try)
+        return f"{split}; {described}"
+    return verdict.outcome
+
+
+def test_istiods_routes_for_the_gateway_agree_with_the_verifier_on_every_row_routing_decides(bringup):
+    """The listeners and routes istiod generates for the gateway pod, walked as Envoy walks them (listener by port,
+    filter chain by SNI, virtual host by authority, first matching route), give each internet row of contract.yaml
+    the same destination, split or redirect as repo_tools.contract predicts for the e2e overlay."""
+    pod = gateway_pod(bringup)
+    config = envoy_routes.proxy_config(f"127.0.0.1:{bringup.plane.ports['istiod-grpc']}", pod, "router", ISTIO_VERSION)
+    managers = list(envoy_routes.connection_managers(config.listeners))
+    assert managers, f"istiod sent the gateway no HTTP listener: {[listener.name for listener in config.listeners]}"
+    # The verifier reads each path as meshConfig.pathNormalization says; so does every listener istiod built.
+    for manager in managers:
+        assert manager.normalize_path.value and manager.merge_slashes, manager.stat_prefix
+    ports, docs = listener_ports(bringup), e2e_build()
+    rows = [row for row in contract.load() if row.caller == "internet" and not row.request.exceeds]
+    table, disagreeing = [], []
+    for row in rows:
+        verdict = traffic.offline_verdict(row)
+        if not verdict.outcome.startswith(ROUTING_OUTCOMES):
+            continue
+        port = ports[443 if row.request.scheme == "https" else 80]
+        decision = envoy_routes.route(
+            config,
+            port,
+            bringup.settings.host,
+            edge.normalized(row.request.path),
+            row.request.method,
+            dict(row.request.headers),
+        )
+        expected, real = verifier_answer(verdict), real_answer(decision, docs)
+        table.append((row.name, expected, f"{real} ({decision.detail})", expected == real))
+        if expected != real:
+            disagreeing.append(row.name)
+    width = max(len(name) for name, *_ in table)
+    print(f"\n{'row':<{width}}  overlay  verifier  |  istiod's routes  |  agree")
+    for name, expected, real, agree in table:
+        print(f"{name:<{width}}  e2e  {expected}  |  {real}  |  {'yes' if agree else 'NO'}")
+    assert len(table) >= 5, f"only {len(table)} rows are decided by routing"
+    assert disagreeing == [], "\n".join(f"{n}: verifier {e}, istiod {r}" for n, e, r, a in table if not a)
