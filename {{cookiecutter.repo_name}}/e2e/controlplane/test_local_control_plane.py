@@ -393,9 +393,9 @@ def test_istiods_routes_for_the_gateway_agree_with_the_verifier_on_every_row_rou
     rows = [row for row in contract.load() if row.caller == "internet" and not row.request.exceeds]
     table, disagreeing = [], []
     for row in rows:
-        verdict = traffic.offline_verdict(row)
-        if not verdict.outcome.startswith(ROUTING_OUTCOMES):
+        if not row.expected.startswith(ROUTING_OUTCOMES):  # what the contract says routing decides
             continue
+        verdict = traffic.offline_verdict(row)
         port = ports[443 if row.request.scheme == "https" else 80]
         decision = envoy_routes.route(
             config,
