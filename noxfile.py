@@ -74,15 +74,17 @@ def controlplane(session: nox.Session) -> None:
     control plane (etcd, kube-apiserver, controllers, kwok and istiod as processes; no Docker). Builds the programs
     once from the Go module proxy into a cache outside the repository; skips, saying why, where they cannot be had,
     unless REQUIRE_CONTROLPLANE is set."""
+    if not os.environ.get("REQUIRE_CONTROLPLANE"):
+        if shutil.which("go") is None:
+            session.skip("the local control plane's programs are built with Go, which is not on PATH")
+        if not (FIXTURES / "charts" / "src").is_dir():
+            session.skip(f"the local control plane renders the charts from their sources in {FIXTURES}/charts/src")
     install_test_requirements(session)
-    environment = {"RECORDED_FIXTURES": str(FIXTURES)} if (FIXTURES / "charts" / "src").is_dir() else {}
-    required = bool(os.environ.get("REQUIRE_CONTROLPLANE"))
+    environment = {"RECORDED_FIXTURES": str(FIXTURES)}
     with tempfile.TemporaryDirectory() as output_dir:
         for name, answers in CONTROL_PLANE_BAKES.items():
             baked = bake(session, str(Path(output_dir) / name), **answers)
             with session.chdir(baked):
-                if shutil.which("go") is None and not required:
-                    session.skip("the local control plane's programs are built with Go, which is not on PATH")
                 session.run("python", "-m", "e2e.controlplane.binaries", "build")
                 session.run(
                     "pytest", "-rs", "-p", "no:cacheprovider", "e2e/controlplane", *session.posargs, env=environment

@@ -13,23 +13,17 @@ from dataclasses import dataclass, field
 import trustme
 import yaml
 
-from e2e.controlplane.cluster import ISTIO_NAMESPACE, ControlPlane
+from e2e.controlplane.cluster import ControlPlane
 from e2e.harness import install_plan, tls
 from e2e.harness.settings import INFRASTRUCTURE_OVERLAY, Settings, e2e_build
 from repo_tools import charts
 
 FIELD_MANAGER = "local-control-plane"
 ROLLOUT_SECONDS = 180
-# What the local run leaves out of the rendered install, and why (README.md lists these as well).
-LEFT_OUT = {
-    ("Deployment", ISTIO_NAMESPACE, "istiod"): "istiod runs as the local pilot-discovery process",
-    ("HorizontalPodAutoscaler", ISTIO_NAMESPACE, "istiod"): "istiod runs as the local pilot-discovery process",
-    ("PodDisruptionBudget", ISTIO_NAMESPACE, "istiod"): "istiod runs as the local pilot-discovery process",
-}
-CERT_MANAGER_WEBHOOKS = (
-    "cert-manager's webhook does not run here (no containers): Certificates and Issuers are "
-    "admitted by their CRDs' schemas only"
-)
+# What the local run leaves out of the rendered install: istiod's own workload, as istiod runs as the local
+# pilot-discovery process (README.md lists this and what else the local run leaves out).
+ISTIOD = "istiod"
+ISTIOD_WORKLOAD_KINDS = ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 # istiod's webhook configurations, as the charts name them, and the path istiod serves each at.
 ISTIOD_WEBHOOK_PATHS = {"MutatingWebhookConfiguration": "/inject", "ValidatingWebhookConfiguration": "/validate"}
 
@@ -72,7 +66,7 @@ class LocalBringup:
         stages = install_plan.install_stages(self.settings)
         webhook_port = 0
         for stage, stage_docs in zip(stages, install_plan.split_by_stage(docs, stages), strict=True):
-            local = local_documents(stage_docs)
+            local = local_documents(stage_docs, self.settings.control_plane_namespace)
             with self.phase(f"install {stage.name}"):
                 crds = [doc for doc in local if doc["kind"] == "CustomResourceDefinition"]
                 self.apply(crds)  # first, and established, so that the stage's own custom resources are understood
@@ -85,7 +79,7 @@ class LocalBringup:
                 self.apply([pointed_at_local_istiod(doc, webhook_port) for doc in webhooks])
                 self.applied[stage.name] = local
                 for deployment in stage.deployments:
-                    if ("Deployment", stage.namespace, deployment) not in LEFT_OUT:
+                    if (stage.namespace, deployment) != (self.settings.control_plane_namespace, ISTIOD):
                         self.rollout(stage.namespace, "deployment", deployment)
                 for daemonset in stage.daemonsets:
                     self.rollout(stage.namespace, "daemonset", daemonset)
@@ -93,7 +87,7 @@ class LocalBringup:
     def start_istiod(self) -> int:
         """istiod needs its mesh ConfigMap and injector templates in place; its webhooks are applied right after."""
         with self.phase("start istiod (pilot-discovery)"):
-            return self.plane.start_istiod()
+            return self.plane.start_istiod(self.settings.control_plane_namespace)
 
     def rollout(self, namespace: str, kind: str, name: str) -> None:
         self.plane.kubectl("-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={ROLLOUT_SECONDS}s")
@@ -153,15 +147,18 @@ def names(docs: list[dict]) -> list[str]:
     return [doc["metadata"]["name"] for doc in docs]
 
 
-def local_documents(docs: list[dict]) -> list[dict]:
-    """The stage's documents less what the local run leaves out (LEFT_OUT, cert-manager's webhooks)."""
+def local_documents(docs: list[dict], control_plane_namespace: str) -> list[dict]:
+    """The stage's documents less what the local run leaves out: istiod's workload, cert-manager's webhooks."""
     kept = []
     for doc in docs:
         meta = doc.get("metadata", {})
-        if (doc["kind"], meta.get("namespace", ISTIO_NAMESPACE), meta.get("name")) in LEFT_OUT:
+        if doc["kind"] in ISTIOD_WORKLOAD_KINDS and (meta.get("namespace"), meta.get("name")) == (
+            control_plane_namespace,
+            ISTIOD,
+        ):
             continue
         if doc["kind"] in ISTIOD_WEBHOOK_PATHS and is_cert_manager(doc):
-            continue
+            continue  # its webhook does not run here: Certificates and Issuers are admitted by their CRDs alone
         kept.append(doc)
     return kept
 

@@ -36,7 +36,6 @@ POD_CIDR = "10.244.0.0/16"
 NODE_NAME = "kwok-node"
 NODE_IP = "10.0.0.2"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-ISTIO_NAMESPACE = "istio-system"
 ISTIOD_POD_NAME = "istiod-local"
 START_SECONDS = 120.0  # each component's own readiness
 LOG_LINES = 25
@@ -377,8 +376,9 @@ class ControlPlane:
         conditions = json.loads(result.stdout).get("status", {}).get("conditions") or []
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def start_istiod(self, mesh_id: str = "") -> int:
-        """pilot-discovery against this API server; returns the port of its webhooks (HTTPS on 127.0.0.1)."""
+    def start_istiod(self, namespace: str) -> int:
+        """pilot-discovery against this API server, as if its pod ran in `namespace` (where it reads its ConfigMaps);
+        returns the port of its webhooks (HTTPS on 127.0.0.1)."""
         for name in ("istiod-webhooks", "istiod-grpc", "istiod-xds", "istiod-http", "istiod-monitoring"):
             self.ports[name] = free_port()
         home = self.workdir / "istiod"
@@ -397,13 +397,13 @@ class ControlPlane:
                 "--log_output_level=default:info",
             ],
             environment={
-                "POD_NAMESPACE": ISTIO_NAMESPACE,
+                "POD_NAMESPACE": namespace,
                 "POD_NAME": ISTIOD_POD_NAME,
                 "REVISION": "default",
                 "CLUSTER_ID": "Kubernetes",
                 "ISTIOD_CUSTOM_HOST": "localhost",
                 "INJECTION_WEBHOOK_CONFIG_NAME": "istio-sidecar-injector",
-                "VALIDATION_WEBHOOK_CONFIG_NAME": f"istio-validator-{ISTIO_NAMESPACE}",
+                "VALIDATION_WEBHOOK_CONFIG_NAME": f"istio-validator-{namespace}",
                 "KUBECONFIG": str(self.kubeconfig),
                 # istiod's analyzers write what they find to each Istio resource's status.validationMessages.
                 "PILOT_ENABLE_ANALYSIS": "true",
