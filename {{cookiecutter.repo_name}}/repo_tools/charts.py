@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,7 @@ ISTIO_ADDON = re.compile(
     .replace(re.escape("{version}"), r"(?P<version>[^/\s]+)")
     .replace(re.escape("{addon}"), r"(?P<addon>[a-z-]+)")
 )
+ISTIO_CHART_REPOSITORY = "https://istio-release.storage.googleapis.com/charts"
 ISTIO_CHARTS = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-gateway", "cni": "istio-cni"}
 # (release, namespace) each recording was made with: see the fixtures' README.
 RECORDED_RELEASES = {
@@ -112,12 +114,22 @@ def unavailable_reason() -> str:
             return ""
     except ChartsUnavailable as error:
         return str(error)
-    if shutil.which("helm") is None:
+    if real_helm() is None or not chart_repositories_reachable():
         return (
             f"the install layer needs its Helm charts: set {RECORDED_FIXTURES} to a folder of recorded renders "
             "(charts/rendered/...) or put helm on PATH with network access to the chart repositories"
         )
     return ""
+
+
+@cache
+def chart_repositories_reachable() -> bool:
+    """Can Helm pull the charts? Asked once, of Istio's chart repository's index."""
+    try:
+        with urllib.request.urlopen(f"{ISTIO_CHART_REPOSITORY}/index.yaml", timeout=10):
+            return True
+    except OSError:
+        return False
 
 
 def _template(arguments: list[str], recorded: Recordings) -> str:

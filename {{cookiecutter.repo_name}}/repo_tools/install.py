@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repo_tools import REPO_ROOT, edge, read_env_file, read_yaml_documents, read_yaml_file
-from repo_tools.charts import GATEWAY_API_RELEASE, ISTIO_ADDON
+from repo_tools.charts import GATEWAY_API_RELEASE, ISTIO_ADDON, ISTIO_CHART_REPOSITORY
 from repo_tools.layout import IngressGateway
 
-ISTIO_CHARTS = "https://istio-release.storage.googleapis.com/charts"
-PINNED_BY_REPOSITORY = {ISTIO_CHARTS: "ISTIO_VERSION", "https://charts.jetstack.io": "CERT_MANAGER_VERSION"}
+PINNED_BY_REPOSITORY = {ISTIO_CHART_REPOSITORY: "ISTIO_VERSION", "https://charts.jetstack.io": "CERT_MANAGER_VERSION"}
 PINNED_BY_SOURCE = {"istio": "ISTIO_VERSION", "jetstack": "CERT_MANAGER_VERSION"}
 BUILT_IN_LOG_PROVIDERS = {"envoy"}  # pkg/config/mesh/mesh.go
 GATEWAY_TELEMETRY = "ingress-gateway-access-logs"
@@ -214,7 +213,7 @@ def subject_header(root: Path) -> str:
 def gateway_identity_problems(gateway: IngressGateway, root: Path = REPO_ROOT) -> list[str]:
     """With the Gateway API, its CRDs are installed at the pinned version and istiod deploys the gateway; else the
     gateway chart installs the ServiceAccount, namespace and pod label the apps layer trusts."""
-    gateways = [chart for chart in charts(root) if chart.repo == ISTIO_CHARTS and chart.name == "gateway"]
+    gateways = [chart for chart in charts(root) if chart.repo == ISTIO_CHART_REPOSITORY and chart.name == "gateway"]
     if gateway.gateway_api:
         pinned = read_env_file(root / "versions.env").get("GATEWAY_API_VERSION")
         releases = gateway_api_releases(root)
