@@ -1,9 +1,13 @@
 """The template repository's own CI files are valid where they can be checked offline."""
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import TEMPLATE
+import pytest
+from conftest import TEMPLATE, bake
 
 
 def test_the_template_workflow_matches_the_github_workflow_schema():
@@ -24,3 +28,48 @@ def test_ci_runs_exactly_the_readme_test_command():
         if line.startswith("python3 -m venv") and "nox" in line
     )
     assert readme_command in (TEMPLATE / ".ci" / "run").read_text().splitlines()
+
+
+# actionlint, GitHub Actions' linter: a release from the Go module proxy (listed there on 2026-12-07), built once
+# into the same cache as the local control plane's programs.
+ACTIONLINT = ("github.com/rhysd/actionlint/cmd/actionlint", "v1.7.12")
+CACHE = Path(os.environ.get("CONTROLPLANE_CACHE", Path.home() / ".cache" / "istio-gitops-controlplane"))
+
+
+@pytest.fixture(scope="module")
+def actionlint() -> str:
+    module, version = ACTIONLINT
+    binary = CACHE / f"actionlint-{version}" / "actionlint"
+    if not binary.is_file():
+        if shutil.which("go") is None:
+            reason = "actionlint is built with Go, which is not on PATH"
+            if os.environ.get("REQUIRE_CONTROLPLANE"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        environment = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
+        subprocess.run(["go", "install", f"{module}@{version}"], env=environment, check=True, capture_output=True)
+    return str(binary)
+
+
+def test_actionlint_finds_nothing_in_the_template_workflow_nor_in_a_baked_repos_of_either_gitops_tool(
+    actionlint, cookies
+):
+    workflows = [TEMPLATE / ".github" / "workflows" / "ci.yml"]
+    for tool in ("argocd", "flux"):
+        result = bake(cookies, gitops_tool=tool)
+        assert result.exit_code == 0, result.exception
+        workflows.append(result.project_path / ".github" / "workflows" / "ci.yml")
+    linted = subprocess.run([actionlint, *map(str, workflows)], capture_output=True, text=True, check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_actionlint_refuses_a_workflow_with_an_undefined_job_and_a_bad_expression(actionlint, tmp_path):
+    broken = tmp_path / "ci.yml"
+    broken.write_text(
+        "on: push\njobs:\n  test:\n    runs-on: ubuntu-latest\n    needs: build\n    steps:\n"
+        "      - run: echo ${{ github.event.nope( }}\n"
+    )
+    linted = subprocess.run([actionlint, str(broken)], capture_output=True, text=True, check=False)
+    assert linted.returncode == 1
+    assert 'job "test" needs job "build" which does not exist' in linted.stdout, linted.stdout
+    assert "[expression]" in linted.stdout, linted.stdout

@@ -62,7 +62,8 @@ def unexpected(error: Exception) -> str:
 
 
 def renovate_coverage() -> tuple[str, list[str]]:
-    return f"{len(renovate.pins())} pins", renovate.config_errors() + renovate.unmatched_pins()
+    problems = renovate.config_errors() + renovate.unmatched_pins() + renovate.actions_pinned_by_commit()
+    return f"{len(renovate.pins())} pins", problems
 
 
 def e2e_run_fit(installed: list[dict], apps: list[dict]) -> list[str]:

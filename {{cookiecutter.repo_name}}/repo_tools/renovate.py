@@ -22,6 +22,14 @@ CONFIG = REPO_ROOT / "renovate.json"
 NOT_PINS = {"KUBERNETES_VERSION"}
 IMAGE_CONSTANT = re.compile(r'^[A-Z_]+_IMAGE = "([^"]+)"$', re.MULTILINE)
 PATCHED_IMAGE = re.compile(r"path: \S+/image\n\s*value: (\S+)\n")
+# A step's action, pinned as supply-chain guidance asks (OpenSSF Scorecard, Pinned-Dependencies): by the commit of
+# its release tag, the tag in a comment. Renovate's github-actions manager reads both and updates both.
+ACTION = re.compile(
+    r"^\s*(?:-\s+)?uses:\s+(?P<name>[\w.-]+/[\w./-]+)@(?P<ref>\S+)(?:\s+#\s+(?P<tag>\S+))?\s*$", re.MULTILINE
+)
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+WORKFLOWS = ".github/workflows"
+DIGEST_PRESETS = {"helpers:pinGitHubActionDigests", "helpers:pinGitHubActionDigestsToSemver"}
 
 
 @dataclass(frozen=True)
@@ -82,11 +90,31 @@ def pins(root: Path = REPO_ROOT) -> list[Pin]:
         found += [
             Pin(str(path.relative_to(root)), *split_image(image)) for image in patched + in_manifests + wasm_modules
         ]
+    for path in workflows(root):
+        found += [
+            Pin(str(path.relative_to(root)), match["name"], match["tag"] or match["ref"])
+            for match in ACTION.finditer(path.read_text())
+        ]
     for path in sorted((root / "e2e" / "harness").glob("*.py")):
         found += [
             Pin(str(path.relative_to(root)), *split_image(image)) for image in IMAGE_CONSTANT.findall(path.read_text())
         ]
     return found
+
+
+def workflows(root: Path) -> list[Path]:
+    return sorted([*(root / WORKFLOWS).glob("*.yml"), *(root / WORKFLOWS).glob("*.yaml")])
+
+
+def actions_pinned_by_commit(root: Path = REPO_ROOT) -> list[str]:
+    """Every action a workflow uses names the commit of a release tag, and the tag beside it."""
+    return [
+        f"{path.relative_to(root)}: {match['name']}@{match['ref']} is not pinned to a commit with its tag in a "
+        "comment (uses: owner/action@<40-hex commit> # vX.Y.Z)"
+        for path in workflows(root)
+        for match in ACTION.finditer(path.read_text())
+        if not COMMIT.match(match["ref"]) or not match["tag"]
+    ]
 
 
 def file_pattern(pattern: str) -> re.Pattern[str]:
@@ -129,6 +157,13 @@ def builtin_matches(config: dict, root: Path, files: list[str]) -> set[tuple[str
     for path in selected(config.get("kubernetes", {}), root, files):
         for image in (image for doc in yaml_documents(path) for image in images(doc)):
             found.add((str(path.relative_to(root)), *split_image(image)))
+    # github-actions reads every workflow; it keeps a commit pin current only with a digest-pinning preset.
+    if (config.get("github-actions") or {}).get("enabled", True) and DIGEST_PRESETS & set(config.get("extends", [])):
+        for path in workflows(root):
+            found |= {
+                (str(path.relative_to(root)), match["name"], match["tag"] or match["ref"])
+                for match in ACTION.finditer(path.read_text())
+            }
     return found
 
 

@@ -1,6 +1,7 @@
 """Renovate keeps every pin current: its configuration is valid, and each pinned version is one it can update."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,22 @@ def test_an_image_outside_every_managers_files_is_named(repo_copy):
     (repo_copy / "renovate.json").write_text(json.dumps(config))
     problems = renovate.unmatched_pins(repo_copy)
     assert problems and all(problem.startswith("apps/") for problem in problems)
+
+
+def test_every_action_is_pinned_to_a_commit_with_its_tag_and_renovate_keeps_both_current(repo_copy):
+    shutil.copytree(REPO_ROOT / ".github", repo_copy / ".github")
+    actions = [pin for pin in renovate.pins(repo_copy) if pin.where == ".github/workflows/ci.yml"]
+    assert {pin.name for pin in actions} >= {"actions/checkout", "actions/setup-python", "actions/upload-artifact"}
+    assert all(pin.version.startswith("v") for pin in actions), actions
+    assert renovate.actions_pinned_by_commit(repo_copy) == [] and renovate.unmatched_pins(repo_copy) == []
+    workflow = repo_copy / ".github" / "workflows" / "ci.yml"
+    workflow.write_text(re.sub(r"actions/checkout@\S+ # \S+", "actions/checkout@v7", workflow.read_text(), count=1))
+    assert renovate.actions_pinned_by_commit(repo_copy) == [
+        ".github/workflows/ci.yml: actions/checkout@v7 is not pinned to a commit with its tag in a comment "
+        "(uses: owner/action@<40-hex commit> # vX.Y.Z)"
+    ]
+    config = json.loads((repo_copy / "renovate.json").read_text())
+    config["extends"] = ["config:recommended"]  # the github-actions manager alone would not keep the commits pinned
+    (repo_copy / "renovate.json").write_text(json.dumps(config))
+    unmatched = renovate.unmatched_pins(repo_copy)
+    assert unmatched and all(problem.startswith(".github/workflows/ci.yml: ") for problem in unmatched)
