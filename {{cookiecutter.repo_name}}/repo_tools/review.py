@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,41 @@ class ResourceChange:
     summarized: bool = False
 
 
+STATUS_OF_OUTCOME = {
+    "unauthenticated": "401",
+    "rate-limited": "429",
+    "too-large": "413",
+    "headers-too-large": "431",
+    "redirect https": "301 to https",
+    "no-route": "404",
+    "no-answer": "no answer",
+    "tls-failure": "TLS refused",
+}
+DENIED_BY = re.compile(r"denied by (?:AuthorizationPolicy )?(\S+ rule \d+)")
+
+
+def in_brief(outcome: contract.Outcome | None) -> str:
+    """A row's outcome in a few words: `backend 90%, backend-canary 10%`, `403 by shop/backend rule 1`, `401`."""
+    if outcome is None:
+        return "no such row"
+    verdict = outcome.verdict
+    if verdict.outcome.startswith("reaches "):
+        every = verdict.traffic.shares if verdict.traffic else ()
+        shares = [share for share in every if share.weight]
+        total = sum(share.weight for share in shares)
+        brief = (  # a split, even one that gives everything to one side, in percent
+            ", ".join(f"{share.workload} {round(100 * share.weight / total)}%" for share in shares)
+            if len(every) > 1
+            else verdict.outcome
+        )
+    elif verdict.outcome == "denied":
+        rule = DENIED_BY.search(verdict.because)
+        brief = f"403 by {rule.group(1)}" if rule else "403, no ALLOW rule admits it"
+    else:
+        brief = STATUS_OF_OUTCOME.get(verdict.outcome, verdict.outcome)
+    return brief if outcome.holds else f"{brief} (the row expects {outcome.row.expected})"
+
+
 @dataclass(frozen=True)
 class RowChange:
     row: str
@@ -56,8 +92,30 @@ class RowChange:
     after: contract.Outcome | None
 
     @property
+    def kind(self) -> str:
+        """breaks (held before, or is new, and fails now), fixed (failed before, holds now), changes how it holds
+        (holds both times, by another route, split, policy or timeout), still fails, added, removed."""
+        if self.after is None:
+            return "removed"
+        if not self.after.holds:
+            return "still fails" if self.before is not None and not self.before.holds else "breaks"
+        if self.before is None:
+            return "added"
+        return "changes how it holds" if self.before.holds else "fixed"
+
+    @property
     def broke(self) -> bool:
-        return self.after is not None and not self.after.holds and (self.before is None or self.before.holds)
+        return self.kind == "breaks"
+
+    def briefs(self) -> tuple[str, str]:
+        """Before and after in a few words; where those read alike, the policy or the rule that changed."""
+        before, after = in_brief(self.before), in_brief(self.after)
+        if before == after and self.before is not None and self.after is not None:
+            before, after = self.before.verdict.because, self.after.verdict.because
+            traffic = (self.before.verdict.traffic, self.after.verdict.traffic)
+            if all(t is not None and t.policy is not None for t in traffic):
+                before, after = traffic[0].policy.describe(), traffic[1].policy.describe()  # type: ignore[union-attr]
+        return before, after
 
     def sentence(self) -> str:
         def state(outcome: contract.Outcome | None) -> str:
@@ -67,13 +125,7 @@ class RowChange:
                 return f"holds, {outcome.verdict.outcome} ({outcome.verdict.because})"
             return f"FAILS, {outcome.verdict.outcome} where the row expects {outcome.row.expected} ({outcome.verdict.because})"
 
-        if self.broke:
-            word = "BROKE"
-        elif self.after is None:
-            word = "removed"
-        else:
-            word = "added" if self.before is None else ("fixed" if self.after.holds else "changed")
-        return f"{word} {self.row!r}: before, {state(self.before)}; now, {state(self.after)}"
+        return f"{self.kind} {self.row!r}: before, {state(self.before)}; now, {state(self.after)}"
 
 
 @dataclass
@@ -305,6 +357,11 @@ def review(base: str, root: Path = REPO_ROOT, only: Collection[str] = ()) -> tup
         with_install_layer = False
     elif not with_install_layer:
         notes.append("infrastructure/ is unchanged: the install layer is not rendered")
+    elif charts.recordings() is not None and charts.renders_with_real_helm():
+        notes.append(
+            "the install layer is rendered by helm from the charts' recorded sources, matched by chart and minor "
+            "version: a patch release shows as the recorded source of its minor"
+        )
     elif charts.recordings() is not None:
         notes.append(
             "the install layer is rendered from recorded renders, matched by chart and minor version: values files "
@@ -329,12 +386,45 @@ def counts(changes: list[ResourceChange]) -> str:
     return ", ".join(f"{sum(c.status == s for c in changes)} {s}" for s in ("added", "removed", "changed"))
 
 
+ROW_KINDS = ("breaks", "fixed", "changes how it holds", "still fails", "added", "removed")
+ROWS_THAT = dict(
+    zip(ROW_KINDS, ("break", "fixed", "change how they hold", "still fail", "added", "removed"), strict=True)
+)
+
+
+def summary(env: EnvironmentReview) -> str:
+    """One line: what changed in the environment, and what that does to the contract's rows."""
+    if not env.changed and not env.notes:
+        return "no change"
+    if env.unbuildable:
+        return "does not build or load in the working tree"
+    objects = sum(len(changes) for changes in env.resources.values())
+    layers = ", ".join(layer for layer, changes in env.resources.items() if changes)
+    changed = f"{objects} object{'s' * (objects != 1)} changed in {layers}" if objects else "no object changed"
+    kinds = [row.kind for row in env.rows]
+    moved = ", ".join(f"{kinds.count(kind)} {ROWS_THAT[kind]}" for kind in ROW_KINDS if kind in kinds)
+    promises = "a contract row breaks" if "breaks" in kinds else "every promise still holds"
+    return f"{changed}; {f'rows: {moved}' if moved else 'no row moves'}; {promises}"
+
+
+def moved_rows(env: EnvironmentReview) -> list[tuple[str, str, str, str]]:
+    """(row, before, after, kind) for each row that moved, the ones that break first."""
+    ordered = sorted(env.rows, key=lambda row: ROW_KINDS.index(row.kind))
+    return [(row.row, *row.briefs(), row.kind) for row in ordered]
+
+
 def text(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
-    lines = [f"Changes from {base} to the working tree"] + [f"note: {note}" for note in notes]
+    lines = [f"Changes from {base} to the working tree"]
+    lines += [f"  {env.name}: {summary(env)}" for env in reviews]
+    lines += [verdict_line(reviews)] + [f"note: {note}" for note in notes]
     for env in reviews:
-        lines.append(f"\n== {env.name} ==" + ("" if env.changed else " (no change)"))
+        if not env.changed and not env.notes:
+            continue
+        lines.append(f"\n== {env.name} ==")
         lines += [f"  BROKEN: {problem}" for problem in env.unbuildable]
         lines += [f"  note: {note}" for note in env.notes]
+        for row, before, after, kind in moved_rows(env):
+            lines.append(f"  {kind}: {row}: {before} -> {after}")
         for layer, changes in env.resources.items():
             if not changes:
                 continue
@@ -347,9 +437,8 @@ def text(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
                 lines.append(f"    {sign} {change.resource}")
                 lines += [f"        {f.path}: {' -> '.join(difference(f))}" for f in change.fields]
         if env.rows:
-            lines.append("  contract:")
+            lines.append("  why, row by row:")
             lines += [f"    {row.sentence()}" for row in env.rows]
-    lines.append("\n" + verdict_line(reviews))
     return "\n".join(lines) + "\n"
 
 
@@ -360,31 +449,39 @@ def verdict_line(reviews: list[EnvironmentReview]) -> str:
     if unbuildable:
         return f"the working tree does not build or load for: {', '.join(unbuildable)}"
     if broke:
-        return f"contract broken: {broke} verdict(s) that held now fail; changed: {', '.join(changed)}"
+        return f"contract broken: {broke} row(s) that held now fail; changed: {', '.join(changed)}"
     return f"changed: {', '.join(changed)}; every contract row that held still holds" if changed else "no change"
 
 
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(reviews: list[EnvironmentReview], notes: list[str], base: str) -> str:
-    lines = [
-        MARKER,
-        f"### What this change does, per environment (from `{base[:12]}`)",
-        "",
-        f"**{verdict_line(reviews)}**",
-        "",
-    ]
+    lines = [MARKER, f"### What this change does, per environment (from `{base[:12]}`)", ""]
+    lines += [f"- **{env.name}**: {summary(env)}" for env in reviews]
+    lines += ["", f"**{verdict_line(reviews)}**", ""]
     lines += [f"> {note}" for note in notes]
     for env in reviews:
         if not env.changed and not env.notes:
             continue
         lines += ["", f"#### {env.name}", ""]
-        lines += [f"- **broken** {problem}" for problem in env.unbuildable]
+        lines += [f"- **does not build**: {problem}" for problem in env.unbuildable]
         lines += [f"> {note}" for note in env.notes]
-        for row in env.rows:
-            lines.append(f"- **contract** {row.sentence()}")
+        moved = moved_rows(env)
+        if moved:
+            lines += ["| row | before | after | |", "|---|---|---|---|"]
+            lines += [
+                f"| {cell(row)} | {cell(before)} | {cell(after)} | {'**breaks**' if kind == 'breaks' else kind} |"
+                for row, before, after, kind in moved
+            ]
+            lines += ["", "<details><summary>why, row by row</summary>", ""]
+            lines += [f"- {row.sentence()}" for row in env.rows]
+            lines += ["", "</details>"]
         for layer, changes in env.resources.items():
             if not changes:
                 continue
-            lines += ["", f"<details><summary>{layer}: {counts(changes)}</summary>", ""]
+            lines += [""] * (lines[-1] != "") + [f"<details><summary>{layer}: {counts(changes)}</summary>", ""]
             for change in changes:
                 detail = f" ({len(change.fields)} fields changed, not shown)" if change.summarized else ""
                 lines.append(f"- {change.status} `{change.resource}`{detail}")

@@ -105,11 +105,16 @@ def test_a_policy_that_drops_a_caller_names_the_contract_row_it_breaks(history):
     assert review.exit_status(reviews) == 2
     for env in reviews:
         assert [row.row for row in env.rows if row.broke] == [frontend.name]
-    assert f"BROKE {frontend.name!r}: before, holds, {frontend.expected}" in text
+    assert f"breaks {frontend.name!r}: before, holds, {frontend.expected}" in text
     assert f"now, FAILS, denied where the row expects {frontend.expected}" in text
-    assert f"- **contract** BROKE {frontend.name!r}" in markdown
-    # The workflow's comment keeps the first four lines when the review is too long: marker, title, verdict.
-    assert markdown.splitlines()[0] == review.MARKER and markdown.splitlines()[3].startswith("**contract broken: ")
+    assert "  dev: 1 object changed in apps; rows: 1 break; a contract row breaks\n" in text
+    assert f"| {frontend.name} | {frontend.expected} | 403, no ALLOW rule admits it (the row expects " in markdown
+    assert "| **breaks** |" in markdown
+    # A review too long for a comment keeps its summary, everything before the first environment's details.
+    summary = markdown.split("\n#### ")[0].splitlines()
+    assert summary[0] == review.MARKER
+    assert any(line.startswith("**contract broken: 2 row(s) that held now fail") for line in summary)  # dev, prod
+    assert "- **dev**: 1 object changed in apps; rows: 1 break; a contract row breaks" in summary
 
 
 @pytest.mark.skipif(bool(charts.unavailable_reason()), reason=charts.unavailable_reason() or "charts at hand")
@@ -162,7 +167,7 @@ def test_an_environment_new_since_base_is_listed_as_added(history):
 def test_the_command_says_no_change_and_exits_0_then_1_once_something_changes(history):
     command = [sys.executable, "-m", "repo_tools", "diff", "--environment", "dev", "HEAD"]
     unchanged = subprocess.run(command, cwd=history, capture_output=True, text=True, check=False)
-    assert unchanged.returncode == 0 and unchanged.stdout.rstrip().endswith("no change")
+    assert unchanged.returncode == 0 and "\n  dev: no change\nno change\n" in unchanged.stdout
     move_the_backend_port(history)
     changed = subprocess.run([*command, "--markdown"], cwd=history, capture_output=True, text=True, check=False)
     assert changed.returncode == 1 and changed.stdout.startswith(review.MARKER)
