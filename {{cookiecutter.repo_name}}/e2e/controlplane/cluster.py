@@ -209,6 +209,7 @@ class ControlPlane:
     programs: dict[str, Path]  # program name -> executable
     workdir: Path
     kubectl_binary: str
+    kubernetes_minor: str = ""  # the minor versions.env pins: a kube-apiserver of another one stops the run
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     timings: list[tuple[str, float]] = field(default_factory=list)
@@ -309,6 +310,13 @@ class ControlPlane:
             ],
         )
         self.wait_until(apiserver, lambda: self.healthy("/readyz"), "ready (/readyz)")
+        served = self.get(f"{self.server}/version")
+        version = served.json().get("gitVersion", "") if served is not None else ""
+        if self.kubernetes_minor and not version.startswith(f"v{self.kubernetes_minor}."):
+            raise apiserver.failure(
+                f"is {version or 'of no version'}, not Kubernetes {self.kubernetes_minor} as versions.env pins it "
+                f"({self.programs['kube-apiserver']}); build the pinned one with `python -m e2e.controlplane.binaries build`"
+            )
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(pki, self.server)))
         common = [
             f"--kubeconfig={self.kubeconfig}",

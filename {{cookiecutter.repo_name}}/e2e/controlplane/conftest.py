@@ -47,7 +47,8 @@ def bringup() -> Iterator[LocalBringup]:
             pytest.fail(f"{reason} ({REQUIRE} is set, so this run must not be skipped)", pytrace=False)
         pytest.skip(reason)
     programs = {program: directory / program for program, directory in binaries.program_dirs().items()}
-    plane = ControlPlane(programs, Path(tempfile.mkdtemp(prefix="local-control-plane-")), str(shutil.which("kubectl")))
+    workdir = Path(tempfile.mkdtemp(prefix="local-control-plane-"))
+    plane = ControlPlane(programs, workdir, str(shutil.which("kubectl")), binaries.kubernetes_minor())
     started = time.monotonic()
     run = LocalBringup(plane, settings.load("local-control-plane"))
     try:
