@@ -87,7 +87,14 @@ def controlplane(session: nox.Session) -> None:
             with session.chdir(baked):
                 session.run("python", "-m", "e2e.controlplane.binaries", "build")
                 session.run(
-                    "pytest", "-rs", "-p", "no:cacheprovider", "e2e/controlplane", *session.posargs, env=environment
+                    "pytest",
+                    "-rs",
+                    "-s",
+                    "-p",
+                    "no:cacheprovider",
+                    "e2e/controlplane",
+                    *session.posargs,
+                    env=environment,
                 )
 
 

@@ -42,7 +42,7 @@ def controlplane(session: nox.Session) -> None:
     Needs Go and the charts' sources ($RECORDED_FIXTURES); see README.md."""
     install(session)
     session.run("python", "-m", "e2e.controlplane.binaries", "build")
-    session.run("pytest", "-rs", "e2e/controlplane", *session.posargs)
+    session.run("pytest", "-rs", "-s", "e2e/controlplane", *session.posargs)  # -s: the phases and the route table
 
 
 @nox.session
