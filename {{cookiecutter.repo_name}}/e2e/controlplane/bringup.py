@@ -32,7 +32,6 @@ ISTIOD_WEBHOOK_PATHS = {"MutatingWebhookConfiguration": "/inject", "ValidatingWe
 class LocalBringup:
     plane: ControlPlane
     settings: Settings
-    timings: list[tuple[str, float]] = field(default_factory=list)
     test_ca: trustme.CA = field(default_factory=trustme.CA)
     applied: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> the documents the server accepted
 
@@ -42,7 +41,6 @@ class LocalBringup:
         try:
             yield
         finally:
-            self.timings.append((name, time.monotonic() - started))
             print(f"  {time.monotonic() - started:6.1f}s  {name}", flush=True)
 
     def apply(self, docs: list[dict]) -> None:

@@ -212,7 +212,6 @@ class ControlPlane:
     kubernetes_minor: str = ""  # the minor versions.env pins: a kube-apiserver of another one stops the run
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
-    timings: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def pki(self) -> Path:
@@ -240,7 +239,6 @@ class ControlPlane:
             if time.monotonic() - started > START_SECONDS:
                 raise process.failure(f"was not {what} within {START_SECONDS:.0f}s")
             time.sleep(0.5)
-        self.timings.append((process.name, time.monotonic() - started))
 
     def get(self, url: str) -> requests.Response | None:
         try:

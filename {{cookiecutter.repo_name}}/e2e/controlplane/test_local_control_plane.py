@@ -27,7 +27,6 @@ from repo_tools.resources import selects
 
 GATEWAY = layout.ingress_gateway()
 gateway_api_only = pytest.mark.skipif(not GATEWAY.gateway_api, reason="about the Gateway API; this repo uses Istio's")
-istio_api_only = pytest.mark.skipif(GATEWAY.gateway_api, reason="about Istio's own API; this repo uses the Gateway API")
 STATUS_SECONDS = 60  # istiod writes status a moment after the objects and their pods exist
 
 
