@@ -12,8 +12,7 @@ from typing import Any
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, charts, gateway_api, kustomize, read_yaml_documents
-from repo_tools.install import read_yaml
+from repo_tools import REPO_ROOT, charts, gateway_api, kustomize, read_yaml_documents, read_yaml_file
 from repo_tools.layout import IngressGateway, ingress_gateway, overlays
 from repo_tools.mesh import host_matches, string_match
 from repo_tools.resources import Unmodelled, describe, namespace_of, of_kind
@@ -123,7 +122,7 @@ def install_order_problems(apps_overlays: list[str]) -> list[str]:
     ]
     order = install_order()
     for name in infrastructure:
-        kustomization = read_yaml(overlays_dir / name / "kustomization.yaml")
+        kustomization = read_yaml_file(overlays_dir / name / "kustomization.yaml")
         if kustomization.get("resources", []) != order:
             problems.append(f"infrastructure/overlays/{name}: resources must be {order}, in this order")
         if name != "e2e" and KIND_ONLY in environment_components(name):
@@ -195,7 +194,7 @@ def flux_order_problems(docs: list[dict], environment: str) -> list[str]:
 
 def overlay_components(environment: str) -> list[str]:
     """The components infrastructure/overlays/<env> lists, by name."""
-    kustomization = read_yaml(INFRASTRUCTURE / "overlays" / environment / "kustomization.yaml")
+    kustomization = read_yaml_file(INFRASTRUCTURE / "overlays" / environment / "kustomization.yaml")
     return [Path(component).name for component in kustomization.get("components") or []]
 
 
@@ -203,7 +202,7 @@ def environment_components(environment: str) -> list[str]:
     """The components an environment applies in either layer, by name: the gateway's own are in the install
     layer with Istio's API, and in the apps layer with the Gateway API (they shape the Gateway's options)."""
     apps = REPO_ROOT / "apps" / "overlays" / environment / "kustomization.yaml"
-    kustomization = read_yaml(apps) if apps.is_file() else {}  # a missing overlay is install_order_problems'
+    kustomization = read_yaml_file(apps) if apps.is_file() else {}  # a missing overlay is install_order_problems'
     return overlay_components(environment) + [Path(c).name for c in kustomization.get("components") or []]
 
 
@@ -246,10 +245,10 @@ def high_availability_settings(infrastructure: Path = INFRASTRUCTURE) -> dict:
     component = infrastructure / "components" / HIGH_AVAILABILITY
     hpa = next(
         yaml.safe_load(entry["patch"])
-        for entry in read_yaml(component / "kustomization.yaml").get("patches", [])
+        for entry in read_yaml_file(component / "kustomization.yaml").get("patches", [])
         if "HorizontalPodAutoscaler" in entry.get("patch", "")
     )
-    budget = read_yaml(component / "pod-disruption-budget.yaml")["spec"]
+    budget = read_yaml_file(component / "pod-disruption-budget.yaml")["spec"]
     return {
         "autoscaling": {"minReplicas": hpa["spec"]["minReplicas"]},
         "podDisruptionBudget": {key: value for key, value in budget.items() if key != "selector"},
@@ -259,8 +258,8 @@ def high_availability_settings(infrastructure: Path = INFRASTRUCTURE) -> dict:
 def patch_documents(component: Path) -> list[dict]:
     """The patches a kustomize component applies from files, as documents."""
     return [
-        read_yaml(component / entry["path"])
-        for entry in read_yaml(component / "kustomization.yaml").get("patches", [])
+        read_yaml_file(component / entry["path"])
+        for entry in read_yaml_file(component / "kustomization.yaml").get("patches", [])
         if "path" in entry
     ]
 
@@ -276,7 +275,7 @@ def flux_twins_problems(gateway: IngressGateway, infrastructure: Path = INFRASTR
         if not twin.is_dir():
             problems.append(f"{where}: there is no infrastructure/components/{component} for the kustomize path")
             continue
-        if read_yaml(components / component / "kustomization.yaml").get("components") == [
+        if read_yaml_file(components / component / "kustomization.yaml").get("components") == [
             f"../../../components/{component}"
         ]:
             continue  # it applies its twin itself (plain manifests, no chart to patch): nothing to compare

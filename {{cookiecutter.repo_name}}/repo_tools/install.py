@@ -43,15 +43,12 @@ def gitops_tool(root: Path = REPO_ROOT) -> str:
     return tools[0]
 
 
-read_yaml = read_yaml_file
-
-
 def charts(root: Path = REPO_ROOT) -> list[Chart]:
     found = []
     for kustomization in sorted((root / "infrastructure").glob("*/kustomization.yaml")):
-        for entry in read_yaml(kustomization).get("helmCharts", []):
+        for entry in read_yaml_file(kustomization).get("helmCharts", []):
             values_file = kustomization.parent / entry.get("valuesFile", "")
-            values = read_yaml(values_file) if values_file.is_file() else {}
+            values = read_yaml_file(values_file) if values_file.is_file() else {}
             found.append(
                 Chart(
                     kustomization.parent,
@@ -71,7 +68,7 @@ def plain_resources(root: Path = REPO_ROOT) -> list[dict]:
     """The install layer's own manifests beside its charts (namespaces, the IngressClass), as both tools apply them."""
     found = []
     for kustomization in sorted((root / "infrastructure").glob("*/kustomization.yaml")):
-        for entry in read_yaml(kustomization).get("resources", []):
+        for entry in read_yaml_file(kustomization).get("resources", []):
             path = kustomization.parent / entry
             if path.is_file():
                 found += [doc for doc in read_yaml_documents(path) if doc]
@@ -116,7 +113,7 @@ def gateway_api_releases(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
     return [
         (kustomization, match["version"])
         for kustomization in sorted((root / "infrastructure").glob("*/kustomization.yaml"))
-        for resource in read_yaml(kustomization).get("resources", [])
+        for resource in read_yaml_file(kustomization).get("resources", [])
         if (match := GATEWAY_API_RELEASE.fullmatch(str(resource)))
     ]
 
@@ -126,7 +123,7 @@ def istio_addons(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
     return [
         (kustomization, match["version"])
         for kustomization in sorted((root / "infrastructure" / "components").glob("*/kustomization.yaml"))
-        for resource in read_yaml(kustomization).get("resources", [])
+        for resource in read_yaml_file(kustomization).get("resources", [])
         if (match := ISTIO_ADDON.fullmatch(str(resource)))
     ]
 
@@ -148,7 +145,7 @@ def mesh_config_problems(root: Path = REPO_ROOT) -> list[str]:
     token's subject, and no log format reading a token, a cookie or the query string."""
     values_file = root / "infrastructure" / "istiod" / "values.yaml"
     where = values_file.relative_to(root)
-    mesh_config = read_yaml(values_file).get("meshConfig") or {}
+    mesh_config = read_yaml_file(values_file).get("meshConfig") or {}
     problems = []
     normalization = (mesh_config.get("pathNormalization") or {}).get("normalization", "BASE (Istio's default)")
     if normalization != edge.NORMALIZATION:
@@ -198,7 +195,7 @@ REQUEST_AUTHENTICATION = "apps/base/edge-auth/request-authentication.yaml"
 
 def subject_header(root: Path) -> str:
     """The request header the gateway's RequestAuthentication writes a verified token's subject to."""
-    authentication = read_yaml(root / REQUEST_AUTHENTICATION)
+    authentication = read_yaml_file(root / REQUEST_AUTHENTICATION)
     return next(
         (
             str(output.get("header", ""))

@@ -154,9 +154,12 @@ def test_envoys_route_selection_takes_the_first_route_whose_path_and_headers_mat
 def test_a_name_no_filter_chain_serves_gets_no_route_and_a_policy_reads_as_the_verifier_writes_it():
     assert envoy_routes.route(routes(), 443, "other.example.com", "/", "GET", {}).kind == "no-route"
     api = envoy_routes.route(routes(), 443, "shop.example.com", "/api/x", "GET", {})
-    assert api.policy() == "timeout none, 2 retries on connect-failure"
+    assert (
+        api.policy is not None
+        and envoy_routes.canonical(api.policy).describe() == "timeout none, 2 retries on connect-failure"
+    )
     canary = envoy_routes.route(routes(), 443, "shop.example.com", "/api", "GET", {"x-canary": "always"})
-    assert canary.policy() == "timeout 15s, no retries"
+    assert canary.policy is not None and envoy_routes.canonical(canary.policy).describe() == "timeout 15s, no retries"
     assert envoy_routes.cluster_host("outbound|80|v1|backend.shop.svc.cluster.local") == (
         "backend.shop.svc.cluster.local",
         "v1",

@@ -139,7 +139,10 @@ def build(spec: Build) -> None:
             go_mod.write(f"\nrequire {spec.module} {spec.version}\n{extra}\n")
         imports = "\n".join(f'\t_ "{package}"' for package in spec.mains.values() if package != spec.module)
         (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
-        go(["mod", "tidy"], workdir) if imports else go(["get", f"{spec.module}@{spec.version}"], workdir)
+        if imports:
+            go(["mod", "tidy"], workdir)
+        else:  # the module's own main package: nothing to import
+            go(["get", f"{spec.module}@{spec.version}"], workdir)
         staging = target.with_name(target.name + ".partial")
         staging.mkdir(parents=True, exist_ok=True)
         for program, package in spec.mains.items():

@@ -19,6 +19,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 
+from repo_tools import resilience
+
 LISTENERS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
@@ -106,24 +108,26 @@ class Decision:
     kind: str  # "route", "redirect", "direct", "no-route"
     clusters: dict[str, int] = field(default_factory=dict)
     detail: str = ""
-    timeout: float | None = None  # seconds; None: none
-    retries: int = 0
-    retry_on: frozenset[str] = frozenset()  # Envoy's conditions and the retriable status codes
-    per_try_timeout: float | None = None
-
-    def policy(self) -> str:
-        """As repo_tools.resilience describes a route's policy."""
-        return describe_policy(self.timeout, self.retries, self.retry_on, self.per_try_timeout)
+    policy: resilience.RoutePolicy | None = None  # a route's timeout and retries, as the verifier states them
 
 
-def describe_policy(timeout: float | None, retries: int, on: frozenset[str], per_try: float | None) -> str:
-    conditions = ",".join(sorted(on - {"retriable-status-codes"}))
-    retried = (
-        f"{retries} retries on {conditions}" + (f", {per_try:g}s per try" if per_try else "")
-        if retries
-        else "no retries"
+def duration(seconds: float | None) -> str | None:
+    return f"{seconds:g}s" if seconds else None  # 0s or none: no timeout
+
+
+def canonical(policy: resilience.RoutePolicy) -> resilience.RoutePolicy:
+    """A route policy with its durations in seconds and without the condition Envoy implies by a status code
+    (retriable-status-codes), so that the verifier's and Envoy's read alike in RoutePolicy.describe."""
+    retries = policy.retries
+    return resilience.RoutePolicy(
+        duration(resilience.seconds(policy.timeout)) if policy.timeout else None,
+        resilience.Retries(
+            retries.attempts,
+            duration(resilience.seconds(retries.per_try_timeout)) if retries.per_try_timeout else None,
+            retries.on - {"retriable-status-codes"} if retries.attempts else frozenset(),
+        ),
+        "",
     )
-    return f"timeout {f'{timeout:g}s' if timeout else 'none'}, {retried}"
 
 
 def listener_on(config: ProxyConfig, port: int) -> listener_pb2.Listener | None:
@@ -194,20 +198,18 @@ def decision(candidate: route_components_pb2.Route, where: str) -> Decision:
     else:
         clusters = {action.cluster: 100}
     retry = action.retry_policy if action.HasField("retry_policy") else None
-    timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else None
-    return Decision(
-        "route",
-        {name: weight for name, weight in clusters.items() if weight},
-        where,
-        timeout or None,  # 0s: no timeout
-        (retry.num_retries.value if retry.HasField("num_retries") else 1) if retry else 0,  # Envoy's default: 1
-        frozenset(filter(None, retry.retry_on.split(","))) | {str(code) for code in retry.retriable_status_codes}
-        if retry
-        else frozenset(),
-        retry.per_try_timeout.ToTimedelta().total_seconds() or None
-        if retry and retry.HasField("per_try_timeout")
-        else None,
-    )
+    retries = resilience.Retries(0, None, frozenset())
+    if retry is not None:
+        retries = resilience.Retries(
+            retry.num_retries.value if retry.HasField("num_retries") else 1,  # Envoy's default: 1
+            duration(retry.per_try_timeout.ToTimedelta().total_seconds())
+            if retry.HasField("per_try_timeout")
+            else None,
+            frozenset(filter(None, retry.retry_on.split(","))) | {str(code) for code in retry.retriable_status_codes},
+        )
+    timeout = duration(action.timeout.ToTimedelta().total_seconds()) if action.HasField("timeout") else None
+    routed = {name: weight for name, weight in clusters.items() if weight}
+    return Decision("route", routed, where, resilience.RoutePolicy(timeout, retries, where))
 
 
 def path_matches(match: route_components_pb2.RouteMatch, path: str) -> bool:

@@ -21,7 +21,6 @@ from repo_tools import (
     injection,
     layout,
     pod_security,
-    resilience,
 )
 from repo_tools.resources import selects
 
@@ -356,7 +355,8 @@ def real_answer(decision: envoy_routes.Decision, docs: list[dict]) -> str:
                 shares[workload] = shares.get(workload, 0) + weight
         total = sum(decision.clusters.values()) or 1
         split = ", ".join(f"{w} {round(100 * s / total)}%" for w, s in sorted(shares.items()))
-        return f"{split}; {decision.policy()}"
+        policy = envoy_routes.canonical(decision.policy).describe() if decision.policy else "no policy"
+        return f"{split}; {policy}"
     if decision.kind == "redirect":
         return "redirect https" if decision.detail.endswith("redirect https") else decision.detail
     return "no-route" if decision.kind == "no-route" or decision.detail.endswith(": 404") else decision.detail
@@ -370,10 +370,7 @@ def verifier_answer(verdict) -> str:
         policy = verdict.traffic.policy
         if policy is None:
             return split
-        timeout = resilience.seconds(policy.timeout) if policy.timeout else None
-        per_try = resilience.seconds(policy.retries.per_try_timeout) if policy.retries.per_try_timeout else None
-        described = envoy_routes.describe_policy(timeout, policy.retries.attempts, policy.retries.on, per_try)
-        return f"{split}; {described}"
+        return f"{split}; {envoy_routes.canonical(policy).describe()}"
     return verdict.outcome
 
 
