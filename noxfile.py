@@ -92,7 +92,8 @@ def controlplane(session: nox.Session) -> None:
                     "-s",
                     "-p",
                     "no:cacheprovider",
-                    "e2e/controlplane",
+                    "e2e",
+                    "--local-control-plane",
                     *session.posargs,
                     env=environment,
                 )

@@ -38,11 +38,13 @@ def e2e(session: nox.Session) -> None:
 @nox.session
 def controlplane(session: nox.Session) -> None:
     """Build etcd, Kubernetes, kwok and istiod once from the Go module proxy (cached outside the repo), start them as
-    processes, install the repo onto them as on kind and check what the real API server and istiod make of it.
-    Needs Go and the charts' sources ($RECORDED_FIXTURES); see README.md."""
+    processes, install the repo onto them as on kind, check what the real API server and istiod make of it, and run
+    the e2e suite over real Envoy proxies in network namespaces. Needs Go, root and the charts' sources
+    ($RECORDED_FIXTURES); see README.md."""
     install(session)
     session.run("python", "-m", "e2e.controlplane.binaries", "build")
-    session.run("pytest", "-rs", "-s", "e2e/controlplane", *session.posargs)  # -s: the phases and the route table
+    # -s: the bring-up's phases, the route table and the burst figures as they happen.
+    session.run("pytest", "-rs", "-s", "e2e", "--local-control-plane", *session.posargs)
 
 
 @nox.session

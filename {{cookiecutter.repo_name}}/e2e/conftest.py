@@ -2,6 +2,7 @@
 
     pytest e2e [--keep-cluster] [--reuse-cluster] [--kind-bin PATH] [--kind-kubectl-bin PATH] [--helm-bin PATH]
                [--istioctl-bin PATH] [--cluster-name NAME] [--diagnostics-dir DIR] [--gitops]
+    pytest e2e --local-control-plane    # the same tests on a local control plane and real Envoy proxies, no Docker
 
 Options --cluster-name, --keep-cluster, --kind-bin and --kind-kubectl-bin come from pytest-kind-ng; the
 binaries default to the ones on PATH. Nothing is downloaded.
@@ -39,18 +40,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="install through the repo's GitOps agent syncing clusters/<tool>/e2e from a snapshot of this working "
         "tree served over Git, instead of applying the overlays directly",
     )
+    group.addoption(
+        "--local-control-plane",
+        action="store_true",
+        help="run on a local control plane (etcd, kube-apiserver, kwok, istiod) and real Envoy proxies in network "
+        "namespaces instead of kind (e2e/controlplane; root, no Docker); also runs e2e/controlplane's own checks",
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """The local control plane's suite (e2e/controlplane) runs only when asked for by path: never with kind's."""
+    """The local control plane's own checks (e2e/controlplane) run on the local control plane only, never on kind."""
     if collection_path.name == "controlplane" and collection_path.parent == Path(__file__).parent:
-        return not any("controlplane" in str(arg) for arg in config.args) or None
+        return not config.getoption("local_control_plane") or None
     return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("cluster_name") == "pytest-kind":  # pytest-kind-ng's default: give ours a telling name
         config.option.cluster_name = settings.default_cluster_name()
+    if any(Path(str(arg).split("::")[0]).name == "controlplane" for arg in config.args):
+        config.option.local_control_plane = True  # asked for e2e/controlplane by path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -90,11 +99,14 @@ def tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def harness(
-    request: pytest.FixtureRequest, tools: Tools, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[bringup.Bringup]:
-    """A kind cluster with Istio, cert-manager, the e2e overlay and the contract's clients, ready for traffic."""
+def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[bringup.Bringup]:
+    """A kind cluster (or the local control plane) with Istio, cert-manager, the e2e overlay and the contract's
+    clients, ready for traffic."""
+    if request.config.getoption("local_control_plane"):
+        yield from local_control_plane(request)
+        return
     config = request.config
+    tools: Tools = request.getfixturevalue("tools")
     e2e_settings = settings.load(config.getoption("cluster_name"))
     mismatch = bringup.version_mismatch(
         subprocess.run([tools.kind, "version"], capture_output=True, text=True).stdout, e2e_settings.kind_version
@@ -152,6 +164,49 @@ def harness(
     if not keep:
         cluster.delete()
     served.close()
+
+
+def local_control_plane(request: pytest.FixtureRequest) -> Iterator[bringup.Bringup]:
+    from e2e.controlplane import harness as local  # imported here: the kind run needs none of it
+
+    reason = local.unavailable()
+    if reason:
+        if os.environ.get(local.REQUIRE):
+            pytest.fail(f"{reason} ({local.REQUIRE} is set, so this run must not be skipped)", pytrace=False)
+        pytest.skip(reason)
+    with local.local_harness(ROWS) as run:
+        yield run
+        request.config.stash[LOCAL_FIGURES] = run.figures
+
+
+LOCAL_FIGURES = pytest.StashKey[list[str]]()
+
+
+def row_outcomes(reports: dict[str, list]) -> dict[str, set[str]]:
+    """The tests of contract rows (their id is the row's name) by outcome: a setup that failed or skipped counts."""
+    outcomes: dict[str, set[str]] = {"passed": set(), "failed": set(), "skipped": set()}
+    for outcome, listed in reports.items():
+        for report in listed:
+            row = report.nodeid.partition("[")[2].removesuffix("]") if hasattr(report, "nodeid") else ""
+            counted = getattr(report, "when", "") == "call" or outcome != "passed"
+            if outcome in outcomes and row in ROW_NAMES and counted:
+                outcomes[outcome].add(report.nodeid)
+    return outcomes
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """The contract's rows first: how many held, failed and were skipped, on kind or on the local proxies."""
+    outcomes = row_outcomes(terminalreporter.stats)
+    if any(outcomes.values()):
+        terminalreporter.write_sep("=", "contract rows")
+        terminalreporter.write_line(
+            "contract rows: " + ", ".join(f"{len(ids)} {kind}" for kind, ids in outcomes.items())
+        )
+    for figure in config.stash.get(LOCAL_FIGURES, []):
+        terminalreporter.write_line(figure)
+
+
+ROW_NAMES = {row.name for row in ROWS}
 
 
 def serve_snapshot(stack: contextlib.ExitStack, destination: Path) -> tuple[Path, str, str]:

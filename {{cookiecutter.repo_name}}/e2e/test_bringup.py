@@ -7,7 +7,7 @@ import pytest
 import requests
 import trustme
 
-from e2e.harness import bringup, commands, tls
+from e2e.harness import commands, tls
 from e2e.harness.retry import Check
 from e2e.harness.settings import CURL_IMAGE, HARNESS_LABEL, RESTRICTED_CONTAINER, RESTRICTED_POD
 from repo_tools import KUBERNETES_VERSION
@@ -34,7 +34,7 @@ def answered_over_https(harness, ca_file: str) -> None:
             return Check(False, f"{type(error).__name__}: {error}")
         return Check(status == 200, f"GET https://{s.host}/: {status}")
 
-    bringup.eventually_holds(home_page)
+    harness.eventually_holds(home_page)
 
 
 def test_https_on_the_e2e_host_verifies_against_the_test_ca(harness, ca_file):

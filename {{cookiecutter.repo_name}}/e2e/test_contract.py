@@ -23,5 +23,5 @@ def test_row(row, harness, services, ca_file):
     subject_header = tokens.overlay_token_settings().subject_header if row.request.token == "valid" else ""
     probe = scenarios.probe_for(row, harness.settings, services, traffic.offline_verdict(row), subject_header)
     if row.expected == "no-answer":
-        bringup.eventually_holds(lambda: bringup.positive_control(harness, probe.client))
-    bringup.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))
+        harness.eventually_holds(lambda: bringup.positive_control(harness, probe.client))
+    harness.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from e2e.harness import bringup, commands, scenarios, tls, tokens, traffic
+from e2e.harness import bringup, scenarios, tls, tokens, traffic
 from repo_tools import contract, edge, layout, resilience
 from repo_tools.contract import Row
 
@@ -63,7 +63,7 @@ def warm_up(harness, ca_file: str, row: Row) -> None:
     plain = dataclasses.replace(row, request=dataclasses.replace(row.request, exceeds=""), traffic=None)
     verdict = traffic.offline_verdict(plain)
     probe = scenarios.probe_for(dataclasses.replace(plain, expected=verdict.outcome), harness.settings, {}, verdict)
-    bringup.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))
+    harness.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))
 
 
 @pytest.mark.parametrize("row", RATE_LIMITED, ids=lambda row: row.name)
@@ -152,16 +152,9 @@ def test_the_gateway_logs_the_request_id_route_and_subject_as_json_and_never_the
     assert seen_id, response.text
     time.sleep(LOG_FLUSH_SECONDS)
     gateway = s.gateway
-    output = commands.run(
-        [
-            *commands.kubectl(harness.tools, "-n", gateway.namespace, "logs", "-l", gateway.selector),
-            "-c",
-            "istio-proxy",
-            "--tail=-1",
-        ],
-        timeout=60,
-    ).stdout
-    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{") and seen_id in line]
+    output = harness.proxy_logs(gateway.namespace, gateway.selector)
+    # Each line comes prefixed with its pod ("[pod/NAME/istio-proxy] {...}"): the JSON object starts at the brace.
+    entries = [json.loads(line[line.index("{") :]) for line in output.splitlines() if "{" in line and seen_id in line]
     assert len(entries) == 1, f"gateway log lines with request id {seen_id}: {entries}"
     entry = entries[0]
     route = traffic.offline_verdict(row).because

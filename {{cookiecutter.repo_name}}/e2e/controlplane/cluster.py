@@ -41,6 +41,11 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 ISTIOD_POD_NAME = "istiod-local"
 START_SECONDS = 120.0  # each component's own readiness
 LOG_LINES = 25
+ISTIOD_PLAINTEXT_XDS = 15010  # Istio's own ports, which the injected proxies' mesh config names
+ISTIOD_XDS = 15012
+# What istiod must not send the data plane's upstream Envoy, which lacks Istio's own extensions (README.md lists
+# these as differences from production): the peer metadata exchange and the ALPN override filter.
+UPSTREAM_ENVOY = {"PILOT_ENABLE_METADATA_EXCHANGE": "false", "PILOT_ENABLE_ALPN_FILTER": "false"}
 
 
 class ComponentFailed(RuntimeError):
@@ -214,6 +219,7 @@ class ControlPlane:
     kubernetes_minor: str = ""  # the minor versions.env pins: a kube-apiserver of another one stops the run
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
+    xds_host: str = "127.0.0.1"  # where istiod serves xDS
 
     @property
     def pki(self) -> Path:
@@ -386,22 +392,43 @@ class ControlPlane:
         conditions = json.loads(result.stdout).get("status", {}).get("conditions") or []
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def start_istiod(self, namespace: str) -> int:
+    def start_istiod(self, namespace: str, hosts: Path | None = None) -> int:
         """pilot-discovery against this API server, as if its pod ran in `namespace` (where it reads its ConfigMaps);
-        returns the port of its webhooks (HTTPS on 127.0.0.1)."""
+        returns the port of its webhooks (HTTPS on 127.0.0.1). With `hosts` (the data plane runs): its xDS ports
+        are Istio's own on the node's address, where the pods' proxies find it, and it resolves the cluster's
+        names with that file as its /etc/hosts (kube-dns's part, e.g. for the JWKS it fetches)."""
         for name in ("istiod-webhooks", "istiod-grpc", "istiod-xds", "istiod-http", "istiod-monitoring"):
             self.ports[name] = free_port()
+        if hosts is not None:
+            self.xds_host = NODE_IP
+            self.ports |= {"istiod-grpc": ISTIOD_PLAINTEXT_XDS, "istiod-xds": ISTIOD_XDS}
         home = self.workdir / "istiod"
         home.mkdir(exist_ok=True)
+        # A mount namespace of its own, where the hosts file is bind-mounted over /etc/hosts (its network stays the
+        # node's).
+        own_hosts = (
+            [
+                "unshare",
+                "--mount",
+                "--propagation=private",
+                "sh",
+                "-c",
+                f'mount --bind "{hosts}" /etc/hosts && exec "$@"',
+                "sh",
+            ]
+            if hosts is not None
+            else []
+        )
         istiod = self.process(
             "istiod",
             [
+                *own_hosts,
                 str(self.programs["pilot-discovery"]),
                 "discovery",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--httpsAddr=127.0.0.1:{self.ports['istiod-webhooks']}",
-                f"--grpcAddr=127.0.0.1:{self.ports['istiod-grpc']}",
-                f"--secureGRPCAddr=127.0.0.1:{self.ports['istiod-xds']}",
+                f"--grpcAddr={self.xds_host}:{self.ports['istiod-grpc']}",
+                f"--secureGRPCAddr={self.xds_host}:{self.ports['istiod-xds']}",
                 f"--httpAddr=127.0.0.1:{self.ports['istiod-http']}",
                 f"--monitoringAddr=127.0.0.1:{self.ports['istiod-monitoring']}",
                 "--log_output_level=default:info",
@@ -418,7 +445,8 @@ class ControlPlane:
                 # istiod's analyzers write what they find to each Istio resource's status.validationMessages.
                 "PILOT_ENABLE_ANALYSIS": "true",
                 "PILOT_ANALYSIS_INTERVAL": "2s",
-            },
+            }
+            | (UPSTREAM_ENVOY if hosts is not None else {}),
             cwd=home,  # no ./etc/istio or ./var/lib/istio here: mesh config and templates come from the ConfigMaps
         )
         self.wait_until(istiod, self._istiod_ready, "ready (/ready)")

@@ -379,7 +379,9 @@ def test_istiods_routes_for_the_gateway_agree_with_the_verifier_on_every_row_rou
     filter chain by SNI, virtual host by authority, first matching route), give each internet row of contract.yaml
     the same destination, split or redirect as repo_tools.contract predicts for the e2e overlay."""
     pod = gateway_pod(bringup)
-    config = envoy_routes.proxy_config(f"127.0.0.1:{bringup.plane.ports['istiod-grpc']}", pod, "router", ISTIO_VERSION)
+    config = envoy_routes.proxy_config(
+        f"{bringup.plane.xds_host}:{bringup.plane.ports['istiod-grpc']}", pod, "router", ISTIO_VERSION
+    )
     managers = list(envoy_routes.connection_managers(config.listeners))
     assert managers, f"istiod sent the gateway no HTTP listener: {[listener.name for listener in config.listeners]}"
     # The verifier reads each path as meshConfig.pathNormalization says; so does every listener istiod built.

@@ -89,6 +89,21 @@ class Bringup:
     agent: str = ""  # the GitOps agent that installed the cluster, if one did (--gitops)
     authority: tokens.Authority = field(default_factory=tokens.Authority.generate)  # the run's token issuer
     jwks: tokens.JwksLocation | None = None  # where it serves its JWKS, once it does
+    row_seconds: float = budget.ROW_HOLDS  # how long a row may take to hold: config propagation on kind
+
+    def exec_command(self, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:
+        """The command line that runs `command` in a container of a pod."""
+        return commands.exec_in(self.tools, namespace, pod, container, command)
+
+    def proxy_logs(self, namespace: str, selector: str) -> str:
+        """The istio-proxy logs of the selected pods, each line prefixed with its pod."""
+        command = commands.kubectl(
+            self.tools, "-n", namespace, "logs", "-l", selector, "-c", "istio-proxy", "--tail=-1", "--prefix"
+        )
+        return commands.run([*command, "--max-log-requests=20"], timeout=60).stdout
+
+    def eventually_holds(self, check: Callable[[], Check]) -> Check:
+        return eventually(check, timeout=self.row_seconds, interval=1, consecutive=3)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -451,12 +466,8 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
             return Check(False, f"{type(error).__name__}: {error}{tagged}")
         answer = scenarios.Answer(0, response.status, response.text, response.location)
     else:
-        command = commands.exec_in(
-            bringup.tools,
-            probe.client.namespace,
-            probe.client.name,
-            "curl",
-            scenarios.client_command(probe),
+        command = bringup.exec_command(
+            probe.client.namespace, probe.client.name, "curl", scenarios.client_command(probe)
         )
         result = commands.run(command, timeout=30)
         answer = (
@@ -470,8 +481,7 @@ def probe_once(bringup: Bringup, probe: scenarios.Probe, ca_file: str) -> Check:
 
 def positive_control(bringup: Bringup, client: scenarios.Client) -> Check:
     """A plaintext request that must work from this client, so that exit 56 elsewhere means mTLS, not a broken pod."""
-    command = commands.exec_in(
-        bringup.tools,
+    command = bringup.exec_command(
         client.namespace,
         client.name,
         "curl",
@@ -492,7 +502,3 @@ def positive_control(bringup: Bringup, client: scenarios.Client) -> Check:
         result.returncode == 0 and result.stdout.strip() == "200",
         f"control: exit {result.returncode}, {result.stdout.strip()!r}",
     )
-
-
-def eventually_holds(check: Callable[[], Check]) -> Check:
-    return eventually(check, timeout=120, interval=1, consecutive=3)

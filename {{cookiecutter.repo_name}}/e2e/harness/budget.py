@@ -13,6 +13,7 @@ CREATED = 300  # kubectl wait --for=create: istiod deploys the Gateway's Deploym
 PODS_READY = 300  # the contract's client pods
 CERTIFICATE_READY = 180  # the e2e host's Certificate from the test CA
 ACME_CERTIFICATE_READY = 300  # the Certificate from Pebble
+ROW_HOLDS = 120  # a contract row's probe holding three times in a row, while istiod's config reaches every proxy
 AGENT_DOWNLOAD = 120  # the GitOps agent's release manifests
 AGENT_READY = 300  # its Deployments Available
 GITOPS_CONVERGENCE = 1500  # the agent syncing clusters/<tool>/e2e

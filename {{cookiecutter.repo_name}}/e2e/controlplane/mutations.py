@@ -1,0 +1,261 @@
+"""Break the repo on purpose, one rule at a time, and show that the local run over real Envoy fails at the row the
+rule guards, while a row it does not guard still holds in the same run.
+
+    python -m e2e.controlplane.mutations [NAME ...]    # all of them by default; each in a copy of this repo
+
+Each mutation edits a copy of the repo (never this working tree), runs the broken row and the control row with
+`pytest --local-control-plane`, and reads the outcome from pytest's JUnit XML.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from repo_tools import REPO_ROOT, contract
+from repo_tools.contract import Caller, Row
+
+CONTRACT_TEST = "e2e/test_contract.py::test_row"
+BURST_TEST = (
+    "e2e/test_edge_limits.py::test_a_burst_past_the_rate_limit_meets_429_and_is_admitted_again_as_the_bucket_refills"
+)
+Doc = dict
+Edit = Callable[[Doc], Doc | None]  # the changed document, or None to drop it
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    change: Callable[[Path], None]  # edits the copy of the repo
+    breaks: Callable[[Row], bool]  # the rows it must break
+    test: str = CONTRACT_TEST
+
+
+def manifests(repo: Path) -> list[Path]:
+    return [path for path in sorted((repo / "apps").rglob("*.yaml")) if path.name != "kustomization.yaml"]
+
+
+def edit(repo: Path, edit_doc: Edit) -> int:
+    """Apply edit_doc to every manifest under apps/; a file left without documents leaves its kustomization.
+    Returns how many documents changed, so that a mutation that finds nothing to break says so."""
+    changed = 0
+    for path in manifests(repo):
+        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        edited = [edit_doc(yaml.safe_load(yaml.safe_dump(doc))) for doc in docs]
+        if edited == docs:
+            continue
+        changed += sum(1 for before, after in zip(docs, edited, strict=True) if before != after)
+        kept = [doc for doc in edited if doc is not None]
+        if kept:
+            path.write_text(yaml.safe_dump_all(kept, sort_keys=False))
+            continue
+        kustomization = path.parent / "kustomization.yaml"
+        spec = yaml.safe_load(kustomization.read_text())
+        spec["resources"] = [entry for entry in spec.get("resources", []) if entry != path.name]
+        kustomization.write_text(yaml.safe_dump(spec, sort_keys=False))
+        path.unlink()
+    return changed
+
+
+def is_kind(doc: Doc, kind: str) -> bool:
+    return doc.get("kind") == kind
+
+
+def api_to_the_frontend(repo: Path) -> None:
+    port = yaml.safe_load((repo / "apps/base/frontend/service.yaml").read_text())["spec"]["ports"][0]["port"]
+
+    def to_frontend(doc: Doc) -> Doc:
+        if is_kind(doc, "HTTPRoute"):
+            for rule in doc["spec"].get("rules", []):
+                for ref in rule.get("backendRefs", []):
+                    if ref["name"].startswith("backend"):
+                        ref.update(name="frontend", port=port)
+        if is_kind(doc, "VirtualService"):
+            for route in doc["spec"].get("http", []):
+                for destination in route.get("route", []):
+                    if destination["destination"]["host"].startswith("backend"):
+                        destination["destination"].update(host="frontend", port={"number": port})
+        return doc
+
+    edit(repo, to_frontend)
+
+
+def permissive(repo: Path) -> None:
+    def loosened(doc: Doc) -> Doc:
+        if is_kind(doc, "PeerAuthentication"):
+            doc["spec"]["mtls"] = {"mode": "PERMISSIVE"}
+        return doc
+
+    edit(repo, loosened)
+
+
+def intruder(row: Row) -> bool:
+    """The row of a pod with a service account no policy names, calling the backend."""
+    return (
+        isinstance(row.caller, Caller)
+        and row.caller.sidecar
+        and row.caller.service_account not in ("default", "frontend", "backend")
+        and row.expected == "denied"
+        and str(row.request.to).startswith("backend.")
+    )
+
+
+def intruder_admitted(repo: Path) -> None:
+    caller = next(row.caller for row in contract.load() if intruder(row))
+    assert isinstance(caller, Caller)
+    principal = f"cluster.local/ns/{caller.namespace}/sa/{caller.service_account}"
+
+    def admitting(doc: Doc) -> Doc:
+        selector = doc.get("spec", {}).get("selector", {}).get("matchLabels", {})
+        if is_kind(doc, "AuthorizationPolicy") and selector.get("app") == "backend":
+            doc["spec"]["rules"].append({"from": [{"source": {"principals": [principal]}}]})
+        return doc
+
+    edit(repo, admitting)
+
+
+def token_deny_dropped(repo: Path) -> None:
+    def without(doc: Doc) -> Doc | None:
+        rules = doc.get("spec", {}).get("rules", [])
+        requires_token = any("notRequestPrincipals" in str(rule) for rule in rules)
+        return (
+            None
+            if is_kind(doc, "AuthorizationPolicy") and doc["spec"].get("action") == "DENY" and requires_token
+            else doc
+        )
+
+    edit(repo, without)
+
+
+def rate_limit_removed(repo: Path) -> None:
+    def without(doc: Doc) -> Doc | None:
+        return None if is_kind(doc, "EnvoyFilter") and "local_ratelimit" in str(doc) else doc
+
+    edit(repo, without)
+
+
+MUTATIONS = [
+    Mutation(
+        "api-to-frontend",
+        "the HTTPRoute or VirtualService sends /api to the frontend",
+        api_to_the_frontend,
+        lambda row: row.caller == "internet" and row.expected == "reaches backend" and not row.request.exceeds,
+    ),
+    Mutation(
+        "permissive",
+        "PeerAuthentication PERMISSIVE: a client without a sidecar gets an answer",
+        permissive,
+        lambda row: row.expected == "no-answer",
+    ),
+    Mutation(
+        "intruder-admitted",
+        "the backend's AuthorizationPolicy admits the intruder",
+        intruder_admitted,
+        intruder,
+    ),
+    Mutation(
+        "token-deny-dropped",
+        "the JWT DENY policy dropped: a request without a token reaches the API",
+        token_deny_dropped,
+        lambda row: row.caller == "internet" and row.request.token == "none" and row.expected == "denied",
+    ),
+    Mutation(
+        "rate-limit-removed",
+        "the rate limit removed: a burst never meets 429",
+        rate_limit_removed,
+        lambda row: row.expected == "rate-limited",
+        BURST_TEST,
+    ),
+]
+
+
+def control_row(rows: list[Row]) -> Row:
+    """A row no mutation here breaks: the home page from the internet."""
+    return next(row for row in rows if row.caller == "internet" and row.expected == "reaches frontend")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    mutation: Mutation
+    broken: list[str]  # the rows it must break
+    failed: list[str]
+    passed: list[str]
+    seconds: float
+
+    @property
+    def shown(self) -> bool:
+        control = control_row(contract.load()).name
+        return bool(self.broken) and set(self.broken) <= set(self.failed) and control in self.passed
+
+
+def outcomes_of(junit: Path) -> tuple[list[str], list[str]]:
+    """(failed, passed) row names from pytest's JUnit XML."""
+    failed, passed = [], []
+    for case in ElementTree.parse(junit).iter("testcase"):
+        name = case.get("name", "")
+        row = name[name.find("[") + 1 : -1] if "[" in name else name
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(row)
+        elif case.find("skipped") is None:
+            passed.append(row)
+    return failed, passed
+
+
+def run(mutation: Mutation) -> Outcome:
+    rows = contract.load()
+    broken = [row.name for row in rows if mutation.breaks(row)]
+    control = control_row(rows).name
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"mutation-{mutation.name}-") as scratch:
+        copy = Path(scratch) / "repo"
+        shutil.copytree(REPO_ROOT, copy, ignore=shutil.ignore_patterns(".git", ".nox", ".venv", "__pycache__"))
+        mutation.change(copy)
+        junit = Path(scratch) / "junit.xml"
+        node_ids = [f"{mutation.test}[{name}]" for name in broken] + [f"{CONTRACT_TEST}[{control}]"]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--local-control-plane",
+                f"--junitxml={junit}",
+                *node_ids,
+            ],
+            cwd=copy,
+            check=False,
+        )
+        failed, passed = outcomes_of(junit) if junit.exists() else ([], [])
+    return Outcome(mutation, broken, failed, passed, time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.controlplane.mutations", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(m.name for m in MUTATIONS))
+    arguments = parser.parse_args(argv)
+    unknown = set(arguments.names) - {m.name for m in MUTATIONS}
+    if unknown:
+        parser.error(f"no mutation {', '.join(sorted(unknown))}; there are: {', '.join(m.name for m in MUTATIONS)}")
+    chosen = [m for m in MUTATIONS if not arguments.names or m.name in arguments.names]
+    outcomes = [run(mutation) for mutation in chosen]
+    print("\nmutations of the repo, each run over real Envoy proxies:")
+    for outcome in outcomes:
+        verdict = "failed at its row, as it must" if outcome.shown else "NOT SHOWN"
+        print(f"  {outcome.mutation.name:20} {verdict} ({outcome.seconds:.0f}s): {outcome.mutation.what}")
+        print(f"  {'':20} rows it must break: {outcome.broken or 'none in contract.yaml'}; failed: {outcome.failed}")
+    return 0 if all(outcome.shown for outcome in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
