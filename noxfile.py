@@ -61,11 +61,13 @@ def e2e(session: nox.Session) -> None:
     session.run("pytest", "-rs", "e2e", *session.posargs)
 
 
-# The bakes the local control plane runs: the default, and the other ingress API, GitOps tool and the database.
+# The bakes the local control plane runs: the default, and the other ingress API, GitOps tool and the database; and
+# the mutations each shows failing at its row (every one on the default bake; the routes' on the Istio API's too).
 CONTROL_PLANE_BAKES = {
     "defaults": {},
     "istio-api-flux-database": {"ingress_api": "istio", "gitops_tool": "flux", "include_database": "yes"},
 }
+MUTATIONS = {"defaults": [], "istio-api-flux-database": ["api-to-frontend"]}
 
 
 @nox.session
@@ -97,6 +99,7 @@ def controlplane(session: nox.Session) -> None:
                     *session.posargs,
                     env=environment,
                 )
+                session.run("python", "-m", "e2e.controlplane.mutations", *MUTATIONS[name], env=environment)
 
 
 @nox.session

@@ -48,6 +48,15 @@ def controlplane(session: nox.Session) -> None:
 
 
 @nox.session
+def mutations(session: nox.Session) -> None:
+    """Break the repo on purpose, one rule at a time (in a copy), and show the local run failing at the row that rule
+    guards: `nox -s mutations -- permissive` runs one. Needs what `controlplane` needs."""
+    install(session)
+    session.run("python", "-m", "e2e.controlplane.binaries", "build")
+    session.run("python", "-m", "e2e.controlplane.mutations", *session.posargs)
+
+
+@nox.session
 def security(session: nox.Session) -> None:
     """Scan every rendered overlay with checkov, offline; fail on findings not waived in security/."""
     # checkov pins its own dependencies, so it gets this session's venv to itself.

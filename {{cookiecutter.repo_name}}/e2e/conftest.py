@@ -121,6 +121,7 @@ def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         kubectl_path=Path(tools.kubectl),
     )
     run = bringup.Bringup(tools, e2e_settings, ROWS)
+    config.stash[FIGURES] = run.figures
     started = time.perf_counter()
     existing = subprocess.run([tools.kind, "get", "clusters"], capture_output=True, text=True).stdout.split()
     keep = config.getoption("keep_cluster")
@@ -175,11 +176,11 @@ def local_control_plane(request: pytest.FixtureRequest) -> Iterator[bringup.Brin
             pytest.fail(f"{reason} ({local.REQUIRE} is set, so this run must not be skipped)", pytrace=False)
         pytest.skip(reason)
     with local.local_harness(ROWS) as run:
+        request.config.stash[FIGURES] = run.figures
         yield run
-        request.config.stash[LOCAL_FIGURES] = run.figures
 
 
-LOCAL_FIGURES = pytest.StashKey[list[str]]()
+FIGURES = pytest.StashKey[list[str]]()
 
 
 def row_outcomes(reports: dict[str, list]) -> dict[str, set[str]]:
@@ -202,7 +203,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(
             "contract rows: " + ", ".join(f"{len(ids)} {kind}" for kind, ids in outcomes.items())
         )
-    for figure in config.stash.get(LOCAL_FIGURES, []):
+    for figure in config.stash.get(FIGURES, []):
         terminalreporter.write_line(figure)
 
 

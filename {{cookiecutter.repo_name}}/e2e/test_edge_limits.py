@@ -82,6 +82,10 @@ def test_a_burst_past_the_rate_limit_meets_429_and_is_admitted_again_as_the_buck
         assert response.headers.get("x-ratelimit-limit") == str(limit.value), dict(response.headers)
         admitted += 1
     elapsed = time.monotonic() - started
+    harness.figures.append(
+        f"burst on {row.request.path}: {admitted + 1} requests in {elapsed:.1f}s, "
+        f"{(admitted + 1) / elapsed:.0f} requests/s through the gateway, {admitted} admitted before the 429"
+    )
     assert response.status_code == 429, (
         f"{admitted} requests in {elapsed:.0f}s, none refused: the route admits {limit.describe('requests')}; "
         f"a client slower than {per_second * pods:g} requests a second never empties the buckets"
@@ -101,7 +105,13 @@ def test_a_route_without_a_limit_takes_the_same_burst(row, harness, ca_file):
     burst = max(limit.value for limit in limits.values()) + 1
     warm_up(harness, ca_file, row)
     client = Client(harness, ca_file, row)
+    started = time.monotonic()
     statuses = [client.send().status_code for _ in range(burst)]
+    elapsed = time.monotonic() - started
+    harness.figures.append(
+        f"burst on {row.request.path}: {burst} requests in {elapsed:.1f}s, {burst / elapsed:.0f} requests/s "
+        "through the gateway, no limit"
+    )
     assert set(statuses) == {200}, f"{burst} requests: {sorted(set(statuses))}"
 
 

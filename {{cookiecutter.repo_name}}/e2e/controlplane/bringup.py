@@ -37,13 +37,17 @@ class LocalBringup:
     applied: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> the documents the server accepted
     istiod_hosts: Path | None = None  # with the data plane: the hosts file istiod resolves the cluster's names with
 
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         started = time.monotonic()
         try:
             yield
         finally:
-            print(f"  {time.monotonic() - started:6.1f}s  {name}", flush=True)
+            seconds = time.monotonic() - started
+            self.timings.append((name, seconds))
+            print(f"  {seconds:6.1f}s  {name}", flush=True)
 
     def apply(self, docs: list[dict]) -> None:
         if docs:

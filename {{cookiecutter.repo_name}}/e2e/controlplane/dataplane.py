@@ -18,6 +18,7 @@ mounts /etc/netns/NAME/hosts over it); istiod, which runs on the node, reads a h
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,10 +31,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import requests
 
-from e2e.controlplane.cluster import NODE_IP, NODE_NAME, ComponentFailed, ControlPlane, Process
+from e2e.controlplane.cluster import NODE_IP, NODE_NAME, POD_CIDR, ComponentFailed, ControlPlane, Process
 from e2e.harness.settings import CURL_IMAGE, FAULT_IMAGE, JWKS_IMAGE
 from e2e.harness.tokens import NGINX_PORT, NGINX_ROOT
 
@@ -43,6 +45,7 @@ PROXY_UID = 1337  # Istio's proxy user: its own traffic is never redirected
 STATUS_PORT = 15021  # pilot-agent's /healthz/ready
 READY_SECONDS = 90.0
 POLL_SECONDS = 0.5
+LOCK = Path("/tmp/istio-gitops-local-data-plane.lock")  # one run per machine: the bridge and addresses are fixed
 STANDINS = Path(__file__).with_name("standins.py")
 CLUSTER_DOMAIN = "svc.cluster.local"
 NODE_MEMORY = 8 * 2**30  # what a container without a memory limit is told it may use
@@ -191,18 +194,29 @@ class DataPlane:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     hosts_text: str = ""
+    _lock_file: IO[str] | None = None
 
     # --- the node ------------------------------------------------------------------------------------------------
 
     def create_node_network(self) -> None:
         """The node's bridge (NODE_IP, and later each ClusterIP); what a killed run left behind is removed first."""
+        lock_file = LOCK.open("a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            lock_file.close()
+            raise DataPlaneFailed(
+                f"another local data plane runs on this machine (it holds {LOCK}); its bridge {BRIDGE}, addresses "
+                "and network namespaces are the ones this run would make: wait for it to end"
+            ) from error
+        self._lock_file = lock_file
         remove_leftovers()
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{NODE_IP}/32", "dev", BRIDGE)
         run("ip", "link", "set", BRIDGE, "up")
-        run("ip", "route", "add", "10.244.0.0/16", "dev", BRIDGE, "src", NODE_IP)
+        run("ip", "route", "add", POD_CIDR, "dev", BRIDGE, "src", NODE_IP)
         # The proxy user must reach the programs: hard links (or copies) in this run's world-readable directory.
         for program in (self.envoy, self.pilot_agent):
             target = self.workdir / "bin" / program.name
@@ -305,7 +319,7 @@ class DataPlane:
         run("ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", netns)
         run("ip", "link", "set", host_side, "master", BRIDGE, "up")
         for command in (
-            ["addr", "add", f"{pod.ip}/16", "dev", "eth0"],
+            ["addr", "add", f"{pod.ip}/{POD_CIDR.split('/')[1]}", "dev", "eth0"],
             ["link", "set", "eth0", "up"],
             ["link", "set", "lo", "up"],
             ["route", "add", NODE_IP, "dev", "eth0"],
@@ -516,6 +530,9 @@ class DataPlane:
         return "\n".join(lines) + "\n"
 
     def stop(self) -> None:
+        """Every pod's processes and namespace, the bridge and the lock, of a run that got as far as the lock."""
+        if self._lock_file is None:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -526,6 +543,8 @@ class DataPlane:
         if self.proxy is not None:
             self.proxy.stop()
         remove_leftovers()
+        if self._lock_file is not None:
+            self._lock_file.close()  # and with it the lock
 
 
 def python() -> str:
@@ -643,6 +662,8 @@ class UserspaceProxy:
             client.close()
             return
         upstream.settimeout(None)
+        for end in (client, upstream):  # each chunk passed on at once: Nagle's wait would add 40ms per answer
+            end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pipe(client, upstream)
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,6 @@ class LocalHarness(Bringup):
 
     local: LocalBringup | None = None
     dataplane: DataPlane | None = None
-    figures: list[str] = field(default_factory=list)  # printed at the end of the run
 
     def exec_command(self, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:
         assert self.dataplane is not None
@@ -129,8 +128,12 @@ def local_harness(rows: list, log_phases: bool = True) -> Iterator[LocalHarness]
         with local.phase("wait for every pod's proxy (its config from istiod) and app"):
             time.sleep(1)  # the data plane's next look at the pods
             dataplane.wait_ready()
-        print(f"  local control plane and data plane up in {time.monotonic() - started:.1f}s", flush=True)
+        took = time.monotonic() - started
+        print(f"  local control plane and data plane up in {took:.1f}s", flush=True)
+        run.figures.append(f"bring-up {took:.0f}s: " + ", ".join(f"{name} {s:.1f}s" for name, s in local.timings))
+        tests_started = time.monotonic()
         yield run
+        run.figures.append(f"tests after the bring-up: {time.monotonic() - tests_started:.0f}s")
     except ComponentFailed:
         print(plane.log_tails())
         raise

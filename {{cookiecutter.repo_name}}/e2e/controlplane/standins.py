@@ -30,6 +30,7 @@ def canonical(name: str) -> str:
 
 class Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the body follows the headers at once, not after the peer's delayed ACK
     pod = ""
 
     def answer(self) -> None:

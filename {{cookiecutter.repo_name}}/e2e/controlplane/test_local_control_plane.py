@@ -11,7 +11,7 @@ from e2e.controlplane import envoy_routes
 from e2e.controlplane.bringup import LocalBringup
 from e2e.controlplane.compare import disagreements
 from e2e.harness import traffic
-from e2e.harness.settings import RESTRICTED_CONTAINER, RESTRICTED_POD, e2e_build
+from e2e.harness.settings import HARNESS_LABEL, RESTRICTED_CONTAINER, RESTRICTED_POD, e2e_build
 from repo_tools import (
     ISTIO_VERSION,
     KUBERNETES_VERSION,
@@ -77,8 +77,13 @@ def test_every_app_pod_is_made_by_the_controllers_injected_by_istiod_and_admitte
     namespace = bringup.settings.app_namespace
     labels = json.loads(bringup.plane.kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
     assert labels.get(pod_security.ENFORCE) == "restricted"
-    workloads = live(bringup, "-n", namespace, "deployments,statefulsets")
-    pods = live(bringup, "-n", namespace, "pods")
+    # The repo's own: the harness's clients and echo servers beside them carry its label.
+    workloads = [
+        workload
+        for workload in live(bringup, "-n", namespace, "deployments,statefulsets")
+        if HARNESS_LABEL not in workload["spec"]["template"]["metadata"].get("labels", {})
+    ]
+    pods = live(bringup, "-n", namespace, "pods", "-l", f"!{HARNESS_LABEL}")
     assert len(pods) == sum(workload["spec"].get("replicas", 1) for workload in workloads) > 0
     for pod in pods:
         names = [c["name"] for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]]

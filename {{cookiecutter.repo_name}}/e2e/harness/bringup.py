@@ -90,6 +90,7 @@ class Bringup:
     authority: tokens.Authority = field(default_factory=tokens.Authority.generate)  # the run's token issuer
     jwks: tokens.JwksLocation | None = None  # where it serves its JWKS, once it does
     row_seconds: float = budget.ROW_HOLDS  # how long a row may take to hold: config propagation on kind
+    figures: list[str] = field(default_factory=list)  # what the run measured, printed at its end
 
     def exec_command(self, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:
         """The command line that runs `command` in a container of a pod."""
