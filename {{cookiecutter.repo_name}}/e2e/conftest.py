@@ -46,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run on a local control plane (etcd, kube-apiserver, kwok, istiod) and real Envoy proxies in network "
         "namespaces instead of kind (e2e/controlplane; root, no Docker); also runs e2e/controlplane's own checks",
     )
+    group.addoption(
+        "--deploy-from",
+        default=None,
+        help="with --local-control-plane: apply the apps overlay of this other working tree (a mutated copy of the "
+        "repo) while the tests read their expectations from this one",
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -175,7 +181,8 @@ def local_control_plane(request: pytest.FixtureRequest) -> Iterator[bringup.Brin
         if os.environ.get(local.REQUIRE):
             pytest.fail(f"{reason} ({local.REQUIRE} is set, so this run must not be skipped)", pytrace=False)
         pytest.skip(reason)
-    with local.local_harness(ROWS) as run:
+    deployed_from = request.config.getoption("deploy_from")
+    with local.local_harness(ROWS, Path(deployed_from) if deployed_from else None) as run:
         request.config.stash[FIGURES] = run.figures
         yield run
 

@@ -16,8 +16,8 @@ import yaml
 
 from e2e.controlplane.cluster import ControlPlane
 from e2e.harness import install_plan, tls
-from e2e.harness.settings import INFRASTRUCTURE_OVERLAY, Settings, e2e_build
-from repo_tools import charts
+from e2e.harness.settings import E2E_OVERLAY, INFRASTRUCTURE_OVERLAY, Settings, e2e_build
+from repo_tools import REPO_ROOT, charts, kustomize
 
 FIELD_MANAGER = "local-control-plane"
 ROLLOUT_SECONDS = 180
@@ -36,6 +36,7 @@ class LocalBringup:
     test_ca: trustme.CA = field(default_factory=trustme.CA)
     applied: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> the documents the server accepted
     istiod_hosts: Path | None = None  # with the data plane: the hosts file istiod resolves the cluster's names with
+    deployed_from: Path | None = None  # another working tree whose apps overlay is applied (a mutated copy)
 
     timings: list[tuple[str, float]] = field(default_factory=list)
 
@@ -99,8 +100,12 @@ class LocalBringup:
         self.plane.kubectl("-n", namespace, "rollout", "status", f"{kind}/{name}", f"--timeout={ROLLOUT_SECONDS}s")
 
     def install_apps(self) -> None:
-        with self.phase("apply apps/overlays/e2e"):
-            docs = e2e_build()
+        with self.phase("apply apps/overlays/e2e" + (f" of {self.deployed_from}" if self.deployed_from else "")):
+            docs = (
+                kustomize.build(self.deployed_from / E2E_OVERLAY.relative_to(REPO_ROOT))
+                if self.deployed_from
+                else e2e_build()
+            )
             ca_secret = tls.ca_secret_manifest(
                 self.test_ca, self.settings.test_ca_secret, self.settings.gateway.namespace
             )

@@ -490,6 +490,26 @@ class DataPlane:
                 raise DataPlaneFailed(f"not ready within {READY_SECONDS:.0f}s: {names}\n{tails}")
             time.sleep(POLL_SECONDS)
 
+    def wait_until_served(self, url: str) -> None:
+        """Until the node gets 200 for `url`, its host resolved as istiod resolves it (the node's hosts file)."""
+        scheme, _, rest = url.partition("://")
+        authority, _, path = rest.partition("/")
+        host, _, port = authority.partition(":")
+        deadline = time.monotonic() + READY_SECONDS
+        status: object = "no address yet"
+        while time.monotonic() < deadline:
+            addresses = [line.split()[0] for line in self.hosts_text.splitlines() if host in line.split()[1:]]
+            if addresses:
+                target = f"{scheme}://{addresses[0]}:{port or (443 if scheme == 'https' else 80)}/{path}"
+                try:
+                    status = requests.get(target, headers={"Host": host}, timeout=2).status_code
+                except requests.RequestException as error:
+                    status = type(error).__name__
+                if status == 200:
+                    return
+            time.sleep(POLL_SECONDS)
+        raise DataPlaneFailed(f"{url} was not served to the node within {READY_SECONDS:.0f}s: {status}")
+
     def answers(self, running: RunningPod) -> bool:
         for port in running.ready_ports:
             if port == STATUS_PORT:

@@ -20,7 +20,7 @@ from e2e.controlplane import binaries
 from e2e.controlplane.bringup import LocalBringup
 from e2e.controlplane.cluster import ComponentFailed, ControlPlane
 from e2e.controlplane.dataplane import DataPlane
-from e2e.harness import scenarios, settings
+from e2e.harness import scenarios, settings, tokens
 from e2e.harness.bringup import Bringup
 from e2e.harness.commands import Tools
 from repo_tools import charts
@@ -74,22 +74,25 @@ class LocalHarness(Bringup):
         )
 
     def serve_jwks(self) -> None:
+        """As on kind, and then until the node fetches it as istiod will: a first fetch that fails leaves istiod
+        refusing every token until one of its few retries."""
         super().serve_jwks()
-        assert self.dataplane is not None and self.jwks is not None
-        self.dataplane.wait_ready(self.jwks.namespace)
+        assert self.dataplane is not None
+        self.dataplane.wait_until_served(tokens.overlay_token_settings().jwks_uri)
 
 
 @contextmanager
-def local_harness(rows: list, log_phases: bool = True) -> Iterator[LocalHarness]:
-    """A local control plane with the repo installed, its e2e overlay applied, the contract's clients running and
-    every proxy ready; everything it made is removed afterwards, pass or fail."""
+def local_harness(rows: list, deployed_from: Path | None = None) -> Iterator[LocalHarness]:
+    """A local control plane with the repo installed, its e2e overlay applied (`deployed_from` another working
+    tree's), the contract's clients running and every proxy ready; everything it made is removed afterwards, pass
+    or fail."""
     programs = {program: directory / program for program, directory in binaries.program_dirs().items()}
     workdir = Path(tempfile.mkdtemp(prefix="local-control-plane-"))
     workdir.chmod(0o755)  # the proxies run as Istio's proxy user, which must reach their programs and files in here
     kubectl = str(shutil.which("kubectl"))
     plane = ControlPlane(programs, workdir, kubectl, binaries.kubernetes_minor())
     e2e_settings = settings.load("local-control-plane")
-    local = LocalBringup(plane, e2e_settings)
+    local = LocalBringup(plane, e2e_settings, deployed_from=deployed_from)
     dataplane = DataPlane(
         plane,
         programs["envoy"],

@@ -3,8 +3,9 @@ rule guards, while a row it does not guard still holds in the same run.
 
     python -m e2e.controlplane.mutations [NAME ...]    # all of them by default; each in a copy of this repo
 
-Each mutation edits a copy of the repo (never this working tree), runs the broken row and the control row with
-`pytest --local-control-plane`, and reads the outcome from pytest's JUnit XML.
+Each mutation edits a copy of the repo (never this working tree); the run applies that copy's e2e
+overlay (`pytest --local-control-plane --deploy-from COPY`) and checks the broken row and a control row against
+this repo's contract; the outcome is read from pytest's JUnit XML.
 """
 
 import argparse
@@ -221,6 +222,8 @@ def run(mutation: Mutation) -> Outcome:
         mutation.change(copy)
         junit = Path(scratch) / "junit.xml"
         node_ids = [f"{mutation.test}[{name}]" for name in broken] + [f"{CONTRACT_TEST}[{control}]"]
+        # The cluster runs the broken copy; the tests read their expectations (the contract, the models) from this
+        # repo, as a cluster drifted from its repo would be checked.
         subprocess.run(
             [
                 sys.executable,
@@ -230,10 +233,11 @@ def run(mutation: Mutation) -> Outcome:
                 "-p",
                 "no:cacheprovider",
                 "--local-control-plane",
+                f"--deploy-from={copy}",
                 f"--junitxml={junit}",
                 *node_ids,
             ],
-            cwd=copy,
+            cwd=REPO_ROOT,
             check=False,
         )
         failed, passed = outcomes_of(junit) if junit.exists() else ([], [])
