@@ -191,14 +191,18 @@ FIGURES = pytest.StashKey[list[str]]()
 
 
 def row_outcomes(reports: dict[str, list]) -> dict[str, set[str]]:
-    """The tests of contract rows (their id is the row's name) by outcome: a setup that failed or skipped counts."""
-    outcomes: dict[str, set[str]] = {"passed": set(), "failed": set(), "skipped": set()}
+    """Each row of the contract by its outcome over all of its tests (their id is the row's name): failed when one
+    failed, passed when one passed and none failed, skipped when every one skipped."""
+    seen: dict[str, set[str]] = {}
     for outcome, listed in reports.items():
         for report in listed:
             row = report.nodeid.partition("[")[2].removesuffix("]") if hasattr(report, "nodeid") else ""
-            counted = getattr(report, "when", "") == "call" or outcome != "passed"
-            if outcome in outcomes and row in ROW_NAMES and counted:
-                outcomes[outcome].add(report.nodeid)
+            counted = outcome in ("failed", "skipped", "error") or getattr(report, "when", "") == "call"
+            if row in ROW_NAMES and outcome in ("passed", "failed", "skipped", "error") and counted:
+                seen.setdefault(row, set()).add("failed" if outcome == "error" else outcome)
+    outcomes: dict[str, set[str]] = {"passed": set(), "failed": set(), "skipped": set()}
+    for row, kinds in seen.items():
+        outcomes[next(kind for kind in ("failed", "passed", "skipped") if kind in kinds)].add(row)
     return outcomes
 
 

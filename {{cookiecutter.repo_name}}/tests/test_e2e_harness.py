@@ -1096,7 +1096,10 @@ def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
     result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-2000:]
     assert "e2e needs `docker`, `kind`, `kubectl`, `helm` on PATH" in result.stdout
-    assert " passed" not in result.stdout and "failed" not in result.stdout
+    final = result.stdout.strip().splitlines()[-1]
+    assert "skipped" in final and " passed" not in final and "failed" not in final, final
+    rows = len(contract.load())
+    assert f"contract rows: 0 passed, 0 failed, {rows} skipped" in result.stdout  # each row counted, as skipped
 
 
 def test_with_ci_set_and_no_docker_the_e2e_run_fails_naming_the_tool(tmp_path):

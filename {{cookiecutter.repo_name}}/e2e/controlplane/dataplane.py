@@ -187,6 +187,8 @@ class DataPlane:
     bootstrap_template: Path
     echo_image: str
     workdir: Path
+    control_plane_namespace: str
+    install_namespaces: set[str]  # where the install layer's pods run: nothing of theirs is started
     pods: dict[str, RunningPod] = field(default_factory=dict)
     proxy: "UserspaceProxy | None" = None
     failures: list[str] = field(default_factory=list)
@@ -284,10 +286,12 @@ class DataPlane:
                     self.pods[key] = self.start_pod(pod)
 
     def hosts(self, services: list[dict] | None = None) -> str:
-        lines = ["127.0.0.1 localhost", f"{NODE_IP} istiod.istio-system.svc istiod.istio-system.svc.cluster.local"]
+        """Every Service's names at its ClusterIP, but istiod's at the node, where it runs."""
+        istiod = f"istiod.{self.control_plane_namespace}"
+        lines = ["127.0.0.1 localhost", f"{NODE_IP} {istiod}.svc {istiod}.{CLUSTER_DOMAIN}"]
         for service in services or []:
             meta, spec = service["metadata"], service["spec"]
-            if spec.get("clusterIP") not in (None, "", "None") and meta["name"] != "istiod":
+            if spec.get("clusterIP") not in (None, "", "None") and f"{meta['name']}.{meta['namespace']}" != istiod:
                 name = f"{meta['name']}.{meta['namespace']}"
                 lines.append(f"{spec['clusterIP']} {name}.{CLUSTER_DOMAIN} {name}.svc {name}")
         return "\n".join(lines) + "\n"
@@ -430,8 +434,8 @@ class DataPlane:
         elif "postgres" in image:
             port = ports[0]
             command = [standin, "postgres", str(port)]
-        elif image == repository(CURL_IMAGE) or pod.namespace in ("cert-manager", "istio-system"):
-            return
+        elif image == repository(CURL_IMAGE) or pod.namespace in self.install_namespaces:
+            return  # a client runs nothing until a probe does; the install layer's own pods are left out here
         else:
             raise DataPlaneFailed(f"{pod.key}: the local data plane has no stand-in for image {container['image']}")
         process = Process(

@@ -20,7 +20,7 @@ from e2e.controlplane import binaries
 from e2e.controlplane.bringup import LocalBringup
 from e2e.controlplane.cluster import ComponentFailed, ControlPlane
 from e2e.controlplane.dataplane import DataPlane
-from e2e.harness import scenarios, settings, tokens
+from e2e.harness import install_plan, scenarios, settings, tokens
 from e2e.harness.bringup import Bringup
 from e2e.harness.commands import Tools
 from repo_tools import charts
@@ -100,6 +100,8 @@ def local_harness(rows: list, deployed_from: Path | None = None) -> Iterator[Loc
         programs[binaries.BOOTSTRAP_TEMPLATE],
         e2e_settings.echo_image,
         workdir / "dataplane",
+        e2e_settings.control_plane_namespace,
+        {stage.namespace for stage in install_plan.install_stages(e2e_settings)},
     )
     tools = Tools(kind="", kubectl=kubectl, helm=str(charts.real_helm()), kubeconfig=plane.kubeconfig)
     run = LocalHarness(
