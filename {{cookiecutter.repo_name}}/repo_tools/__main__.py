@@ -7,7 +7,6 @@ install as its charts render, where Helm or recorded renders are at hand. Tests 
 """
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -80,12 +79,12 @@ def validate_all() -> list[str]:
     # Reads files only: it runs while kustomize builds, and reports in its turn.
     background = ThreadPoolExecutor(max_workers=1)
     renovate_checked = background.submit(renovate_coverage)
+    directories = layout.app_kustomizations()
+    kustomize.start([*directories.values(), *entry_point_kustomizations()])
 
     def build() -> tuple[str, list[str]]:
         found = []
-        directories = layout.app_kustomizations()
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            results = dict(zip(directories, pool.map(build_or_error, directories.values()), strict=True))
+        results = {name: build_or_error(directory) for name, directory in directories.items()}
         for name, result in results.items():
             if isinstance(result, str):
                 found.append(f"{name}: {result}")
@@ -163,17 +162,22 @@ def build_or_error(directory) -> list[dict] | str:
         return str(error)
 
 
+def entry_point_kustomizations() -> list[Path]:
+    """What the Argo CD checks build: each environment's entry point and Argo CD's settings (Flux builds none)."""
+    if install.gitops_tool() != "argocd":
+        return []
+    entry_points = [REPO_ROOT / "clusters" / "argocd" / name for name in gitops.environments("argocd")]
+    return [*(k for path in entry_points for k in gitops.entry_point_kustomizations(path)), gitops.ARGOCD_SETTINGS]
+
+
 def gitops_entry_points(gateway: layout.IngressGateway, apps: dict[str, list[dict]]) -> tuple[str, list[str]]:
     """Each environment's entry points validate, point at real paths and sync in order; Argo CD's health checks."""
     tool = install.gitops_tool()
     environments = gitops.environments(tool)
     found = []
-    if tool == "argocd":
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            entry_points = dict(zip(environments, pool.map(gitops.argocd_entry_points, environments), strict=True))
     for environment in environments:
         if tool == "argocd":
-            docs = entry_points[environment]
+            docs = gitops.argocd_entry_points(environment)
             found += gitops.argocd_order_problems(docs, environment)
         else:
             docs = gitops.entry_point_documents(REPO_ROOT / "clusters" / "flux" / environment)
