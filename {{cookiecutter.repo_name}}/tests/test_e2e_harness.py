@@ -1073,6 +1073,7 @@ def run_pytest(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+@pytest.mark.answer_independent
 def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_acme_check():
     result = run_pytest("--collect-only", "-q", "e2e")
     collected = [line for line in result.stdout.splitlines() if "::" in line]
@@ -1092,6 +1093,7 @@ def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_a
     assert collected[-1].startswith("e2e/test_tls_acme.py::")  # it switches the Gateway's certificate: last
 
 
+@pytest.mark.answer_independent
 def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
     result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-2000:]
@@ -1099,6 +1101,7 @@ def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
     assert " passed" not in result.stdout and "failed" not in result.stdout
 
 
+@pytest.mark.answer_independent
 def test_with_ci_set_and_no_docker_the_e2e_run_fails_naming_the_tool(tmp_path):
     result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path), "CI": "true"})
     assert result.returncode == 1, result.stdout[-2000:]
@@ -1238,6 +1241,7 @@ def test_the_e2e_host_resolves_to_the_gateway_inside_the_cluster_once(e2e_settin
 # --- The GitOps run: a snapshot served over Git, the agent's install, convergence ----------------------
 
 
+@pytest.mark.answer_independent
 def test_the_gitops_agent_pulls_a_snapshot_of_this_repo_over_smart_http(tmp_path):
     configured_url, branch = harness_gitops.configured_source()
     served_url = "http://172.18.0.1:8418/"
