@@ -36,6 +36,10 @@ from repo_tools import CACHE_DIR, KUBERNETES_VERSION, VERSIONS, charts, kustomiz
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 from repo_tools.resources import describe
 
+# kubernetes_validate reads a kind's schema and its large _definitions.json from disk for every document it
+# validates: read each file once per run (it does not change the schemas it reads).
+kubernetes_validate.utils.schema_contents = cache(kubernetes_validate.utils.schema_contents)
+
 CUSTOM_RESOURCE_MODELS = {
     "networking.istio.io/v1": "cloudcoil.models.istio.networking.v1",
     "networking.istio.io/v1beta1": "cloudcoil.models.istio.networking.v1beta1",

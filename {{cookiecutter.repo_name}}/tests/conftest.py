@@ -30,6 +30,11 @@ def made_once(key: str, make: Callable[[], Any]) -> Any:
     return pickle.loads(_made[key])
 
 
+def built(name: str) -> list[dict]:
+    """The documents of the apps layer's kustomization `name` ("base", "dev", ...), a fresh copy to mutate."""
+    return made_once(f"build {name}", lambda: kustomize.build(KUSTOMIZATIONS[name]))
+
+
 @pytest.fixture(params=sorted(KUSTOMIZATIONS), scope="session")
 def kustomization(request: pytest.FixtureRequest) -> str:
     """Each kustomization of the apps layer by name: base, then every overlay."""
@@ -44,7 +49,7 @@ def gateway() -> layout.IngressGateway:
 @pytest.fixture
 def rendered() -> Callable[[str], list[dict]]:
     """The documents a kustomization renders; each call returns a fresh copy to mutate."""
-    return lambda name: made_once(f"build {name}", lambda: kustomize.build(KUSTOMIZATIONS[name]))
+    return built
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:

@@ -4,16 +4,14 @@
 import copy
 
 import pytest
-from conftest import find, gateway_api_only, istio_api_only, made_once, the_gateway
+from conftest import built, find, gateway_api_only, istio_api_only, made_once, the_gateway
 
 from repo_tools import REPO_ROOT, gitops, install, kustomize, layout
 
 TOOL = install.gitops_tool()
 argocd_only = pytest.mark.skipif(TOOL != "argocd", reason="this repo syncs with Flux")
 ACME_OVERLAYS = [
-    name
-    for name in layout.overlays()
-    if any(doc["kind"] == "Issuer" and "acme" in doc["spec"] for doc in kustomize.build(layout.overlays()[name]))
+    name for name in layout.overlays() if any(doc["kind"] == "Issuer" and "acme" in doc["spec"] for doc in built(name))
 ]
 MESH_CONFIG = install.chart("istiod").values.get("meshConfig") or {}
 

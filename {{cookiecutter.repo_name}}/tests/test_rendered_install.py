@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import GATEWAY_API, gateway_api_only, istio_api_only, made_once, schema_problems
+from conftest import GATEWAY_API, built, gateway_api_only, istio_api_only, made_once, schema_problems
 
 from e2e.harness import bringup, capacity, install_plan, kind, settings
 from repo_tools import (
@@ -37,7 +37,7 @@ def infrastructure(overlay: str) -> list[dict]:
 
 
 def apps(overlay: str) -> list[dict]:
-    return made_once(f"build {overlay}", lambda: kustomize.build(REPO_ROOT / "apps" / "overlays" / overlay))
+    return built(overlay)
 
 
 def installed(overlay: str) -> list[dict]:
