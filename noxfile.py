@@ -36,7 +36,7 @@ def tests(session: nox.Session) -> None:
     """Bake the option matrix, refuse every bad answer, and run each generated repo's own tests."""
     install_test_requirements(session)
     # One worker per core; the hostile-answer tests share a worker, in order (the summary test runs last).
-    session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
+    session.run("pytest", "-n", "auto", "--dist", "loadgroup", "--durations=15", *session.posargs)
 
 
 @nox.session
