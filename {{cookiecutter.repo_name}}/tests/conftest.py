@@ -8,6 +8,8 @@ import pytest
 from repo_tools import contract, kustomize, layout, schemas
 
 KUSTOMIZATIONS = layout.app_kustomizations()
+# Built while the tests are collected: most test modules read them.
+kustomize.start(KUSTOMIZATIONS.values())
 ROWS = contract.load()
 GATEWAY_API = layout.ingress_gateway().gateway_api
 # Mistakes only one ingress API can make: each test runs in the repos baked with that API.
