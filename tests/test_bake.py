@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from conftest import (
     BAKE,
+    DEFAULT_ANSWERS,
     FIXTURES,
     bake,
     build_overlays,
@@ -69,11 +70,44 @@ COMBINATIONS = {  # ingress_api x gitops_tool x include_database, then unusual a
     | {"include_database": True, "database_name": "ledger"},
     "unusual-but-valid": UNUSUAL,
 }
-# Between them: both ingress APIs, both GitOps tools, with and without the database.
+# Between them: both ingress APIs, both GitOps tools, with and without the database. They run every generated test;
+# the other bakes leave out the tests marked answer_independent (the tooling's code, whatever the answers).
 EVERY_CODE_PATH = {"defaults", "istio-api-database-with-flux"}
-# The bakes that run every generated test first: they take longest, and the workers should finish together.
-ORDER = [*sorted(EVERY_CODE_PATH), *sorted(set(COMBINATIONS) - EVERY_CODE_PATH)]
+# Generated tests whose outcome one answer does not change, by their marker: a bake leaves them to an earlier bake
+# (in ORDER) whose answers differ from its own in that answer alone.
+INDEPENDENT_OF = {"gitops_tool": "gitops_tool_independent", "include_database": "database_independent"}
+# The order those earlier bakes are found in, and the order the workers take the bakes in: the bakes that run every
+# generated test first (they take longest, and the workers should finish together), then each single answer changed.
+ORDER = [
+    "defaults",
+    "istio-api-database-with-flux",
+    "istio-api",
+    "non-default-names-ports-prefix",
+    "non-default-with-database-istio-api",
+    "unusual-but-valid",
+    "flux",
+    "database",
+    "database-with-flux",
+    "istio-api-flux",
+    "istio-api-database",
+]
 _baked: dict[str, Any] = {}
+
+
+def answers_of(combination: str) -> dict[str, Any]:
+    return DEFAULT_ANSWERS | COMBINATIONS[combination]
+
+
+def left_to_earlier_bakes(combination: str) -> list[str]:
+    """The markers of the generated tests this bake leaves out: answer_independent outside EVERY_CODE_PATH, and each
+    marker of INDEPENDENT_OF where an earlier bake differs from this one in that answer alone."""
+    answers = answers_of(combination)
+    left = [] if combination in EVERY_CODE_PATH else ["answer_independent"]
+    for answer, marker in INDEPENDENT_OF.items():
+        earlier = [answers_of(other) for other in ORDER[: ORDER.index(combination)]]
+        if any({key for key in answers if answers[key] != other[key]} == {answer} for other in earlier):
+            left.append(marker)
+    return left
 
 
 def baked_once(cookies_session: Any, combination: str) -> Any:
@@ -112,9 +146,9 @@ def test_every_yaml_file_parses(baked: Path):
 def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.FixtureRequest):
     combination = request.node.callspec.params["baked_result"]
     baked = baked_result.project_path
-    # The tests no answer changes (marked answer_independent) run where the ingress API, GitOps tool and database
-    # each take both values; every bake runs the rest, and test_the_generated_repos_own_checks_pass every rule.
-    result = run_generated_tests(baked, answer_independent=combination in EVERY_CODE_PATH)
+    # Each bake runs the generated tests whose outcome its answers can change (left_to_earlier_bakes), and
+    # test_the_generated_repos_own_checks_pass every rule.
+    result = run_generated_tests(baked, left_out=left_to_earlier_bakes(combination))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
     if "RECORDED_FIXTURES" not in fixtures_environment():
@@ -234,13 +268,31 @@ def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_l
     # The recorded chart renders are of the default release only, so this bake's tests run without them; the tests
     # no answer changes run on the bakes of EVERY_CODE_PATH.
     environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
-    result = run_generated_tests(project, answer_independent=False, environment=environment)
+    result = run_generated_tests(project, left_out=["answer_independent"], environment=environment)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
 
 
 def test_the_bakes_that_run_every_test_cover_each_ingress_api_gitops_tool_and_database_answer():
-    answers = [COMBINATIONS[name] for name in EVERY_CODE_PATH]
-    assert {a.get("ingress_api", "gateway-api") for a in answers} == {"gateway-api", "istio"}
-    assert {a.get("gitops_tool", "argocd") for a in answers} == {"argocd", "flux"}
-    assert {bool(a.get("include_database", False)) for a in answers} == {True, False}
+    answers = [answers_of(name) for name in EVERY_CODE_PATH]
+    assert {a["ingress_api"] for a in answers} == {"gateway-api", "istio"}
+    assert {a["gitops_tool"] for a in answers} == {"argocd", "flux"}
+    assert {bool(a["include_database"]) for a in answers} == {True, False}
+
+
+def test_each_generated_test_a_bake_leaves_out_runs_on_a_bake_with_the_same_answers_but_the_one_it_does_not_read():
+    assert sorted(ORDER) == sorted(COMBINATIONS)
+    for combination in ORDER:
+        answers = answers_of(combination)
+        for answer, marker in INDEPENDENT_OF.items():
+            if marker not in left_to_earlier_bakes(combination):
+                continue
+            runs_them = [
+                other for other in COMBINATIONS if other != combination and marker not in left_to_earlier_bakes(other)
+            ]
+            same_but_that_answer = [
+                other
+                for other in runs_them
+                if {key for key in answers if answers[key] != answers_of(other)[key]} <= {answer}
+            ]
+            assert same_but_that_answer, f"{combination} leaves out the tests marked {marker}, and no bake runs them"

@@ -24,6 +24,8 @@ from conftest import (
 
 from repo_tools import REPO_ROOT, charts, contract, layout
 
+pytestmark = pytest.mark.gitops_tool_independent
+
 OVERLAYS = sorted(layout.overlays())
 
 

@@ -8,6 +8,8 @@ from conftest import built, find, gateway_api_only, istio_api_only, made_once, t
 
 from repo_tools import REPO_ROOT, gitops, install, kustomize, layout
 
+pytestmark = pytest.mark.database_independent
+
 TOOL = install.gitops_tool()
 argocd_only = pytest.mark.skipif(TOOL != "argocd", reason="this repo syncs with Flux")
 ACME_OVERLAYS = [

@@ -11,6 +11,8 @@ from repo_tools import REPO_ROOT, VERSIONS, gitops, install, layout
 from repo_tools.resources import describe
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
+pytestmark = pytest.mark.database_independent
+
 TOOL = install.gitops_tool()
 ENVIRONMENTS = gitops.environments(TOOL)
 INFRASTRUCTURE_OVERLAYS = sorted(
