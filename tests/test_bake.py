@@ -99,10 +99,10 @@ def answers_of(combination: str) -> dict[str, Any]:
 
 
 def left_to_earlier_bakes(combination: str) -> list[str]:
-    """The markers of the generated tests this bake leaves out: answer_independent outside EVERY_CODE_PATH, and each
-    marker of INDEPENDENT_OF where an earlier bake differs from this one in that answer alone."""
+    """The markers of INDEPENDENT_OF whose tests this bake leaves out: those where an earlier bake differs from this
+    one in that answer alone."""
     answers = answers_of(combination)
-    left = [] if combination in EVERY_CODE_PATH else ["answer_independent"]
+    left = []
     for answer, marker in INDEPENDENT_OF.items():
         earlier = [answers_of(other) for other in ORDER[: ORDER.index(combination)]]
         if any({key for key in answers if answers[key] != other[key]} == {answer} for other in earlier):
@@ -119,8 +119,8 @@ def baked_once(cookies_session: Any, combination: str) -> Any:
     return result
 
 
-# Each bake's tests run on one worker, in order, so that it is baked once; the summary adds up their durations.
-@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.xdist_group(f"bake {name}")) for name in ORDER])
+# The summary adds up each bake's test durations, whichever worker ran them (each worker bakes once what it tests).
+@pytest.fixture(params=ORDER)
 def baked_result(request: pytest.FixtureRequest, cookies_session: Any, record_property: Any) -> Any:
     record_property(BAKE, request.param)
     return baked_once(cookies_session, request.param)
@@ -129,6 +129,39 @@ def baked_result(request: pytest.FixtureRequest, cookies_session: Any, record_pr
 @pytest.fixture
 def baked(baked_result: Any) -> Path:
     return baked_result.project_path
+
+
+# pytest-xdist hands the tests out in this file's order, one at a time to whichever worker is free: the generated
+# suites first, the longest first, so that both workers end together.
+
+
+@pytest.mark.parametrize("combination", sorted(EVERY_CODE_PATH))
+def test_the_generated_repos_tests_of_its_tooling_pass(cookies_session: Any, combination: str, record_property: Any):
+    """The generated tests marked answer_independent, run apart from the rest of the suite: on a second worker."""
+    record_property(BAKE, combination)
+    result = run_generated_tests(baked_once(cookies_session, combination).project_path, "answer_independent")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+
+
+def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.FixtureRequest):
+    combination = request.node.callspec.params["baked_result"]
+    baked = baked_result.project_path
+    # The tests of the tooling (answer_independent) run in test_the_generated_repos_tests_of_its_tooling_pass; each
+    # bake runs the rest that its answers can change (left_to_earlier_bakes), and
+    # test_the_generated_repos_own_checks_pass every rule.
+    left_out = ["answer_independent", *left_to_earlier_bakes(combination)]
+    result = run_generated_tests(baked, " and ".join(f"not {marker}" for marker in left_out))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    if "RECORDED_FIXTURES" not in fixtures_environment():
+        pytest.skip(f"passed without the install layer's tests: no recorded renders in {FIXTURES}")
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    # Only tests of the other GitOps tool or ingress API may skip there; none for want of the charts.
+    reasons = ("this repo syncs with", "this repo uses")
+    assert not [
+        line for line in skipped if "test_rendered_install.py" in line and not any(r in line for r in reasons)
+    ], skipped
 
 
 def test_the_bake_succeeds(baked: Path):
@@ -143,22 +176,26 @@ def test_every_yaml_file_parses(baked: Path):
     assert unparsable_yaml_files(baked) == []
 
 
-def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.FixtureRequest):
-    combination = request.node.callspec.params["baked_result"]
-    baked = baked_result.project_path
-    # Each bake runs the generated tests whose outcome its answers can change (left_to_earlier_bakes), and
-    # test_the_generated_repos_own_checks_pass every rule.
-    result = run_generated_tests(baked, left_out=left_to_earlier_bakes(combination))
+def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_layer(cookies):
+    """The gateway chart's release (Istio's own API); with the Gateway API, istiod names the gateway after the
+    Gateway, which every layer reads from apps/base/ingress-gateway.env (the generated repo's own tests move it)."""
+    default = cookies.bake(extra_context=ISTIO_API)
+    assert files_naming(default.project_path, "istio-ingressgateway")  # the check below can see the name
+    moved = cookies.bake(extra_context=MOVED_GATEWAY | ISTIO_API)
+    assert moved.exit_code == 0, moved.exception
+    project = moved.project_path
+    assert files_naming(project, "istio-ingressgateway") == []
+    assert (project / "apps" / "base" / "ingress-gateway.env").read_text().splitlines() == [
+        "namespace=edge",
+        "serviceAccount=edge-gateway",
+        "istioLabel=edge-gateway",
+    ]
+    # The recorded chart renders are of the default release only, so this bake's tests run without them; the tests
+    # no answer changes run on the bakes of EVERY_CODE_PATH.
+    environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
+    result = run_generated_tests(project, "not answer_independent", environment=environment)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
-    if "RECORDED_FIXTURES" not in fixtures_environment():
-        pytest.skip(f"passed without the install layer's tests: no recorded renders in {FIXTURES}")
-    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
-    # Only tests of the other GitOps tool or ingress API may skip there; none for want of the charts.
-    reasons = ("this repo syncs with", "this repo uses")
-    assert not [
-        line for line in skipped if "test_rendered_install.py" in line and not any(r in line for r in reasons)
-    ], skipped
 
 
 def test_the_generated_repos_own_checks_pass(baked: Path):
@@ -249,28 +286,6 @@ def files_naming(project: Path, text: str) -> list[str]:
         for path in project.rglob("*")
         if path.suffix in suffixes and path.is_file() and text in path.read_text()
     ]
-
-
-def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_layer(cookies):
-    """The gateway chart's release (Istio's own API); with the Gateway API, istiod names the gateway after the
-    Gateway, which every layer reads from apps/base/ingress-gateway.env (the generated repo's own tests move it)."""
-    default = cookies.bake(extra_context=ISTIO_API)
-    assert files_naming(default.project_path, "istio-ingressgateway")  # the check below can see the name
-    moved = cookies.bake(extra_context=MOVED_GATEWAY | ISTIO_API)
-    assert moved.exit_code == 0, moved.exception
-    project = moved.project_path
-    assert files_naming(project, "istio-ingressgateway") == []
-    assert (project / "apps" / "base" / "ingress-gateway.env").read_text().splitlines() == [
-        "namespace=edge",
-        "serviceAccount=edge-gateway",
-        "istioLabel=edge-gateway",
-    ]
-    # The recorded chart renders are of the default release only, so this bake's tests run without them; the tests
-    # no answer changes run on the bakes of EVERY_CODE_PATH.
-    environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
-    result = run_generated_tests(project, left_out=["answer_independent"], environment=environment)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
 
 
 def test_the_bakes_that_run_every_test_cover_each_ingress_api_gitops_tool_and_database_answer():
