@@ -14,6 +14,10 @@ FIXTURES = TEMPLATE.parent / "shared" / "fixtures"
 PYTHON_TOOLING = ["hooks", "local_extensions", "tests", "e2e", "benchmarks", "noxfile.py"]
 
 nox.options.sessions = ["lint", "tests", "security", "controlplane"]
+# lint and security run beside the tests: much of each is installing and single-threaded, and the tests' last bake
+# leaves a core idle. The local control plane (allow_parallel unset) runs alone, after them. Each session's output is
+# printed when it ends, with its duration.
+nox.options.parallel = "auto"
 nox.options.error_on_missing_interpreters = True
 # uv installs each session's requirements in seconds; plain virtualenv and pip where uv is missing.
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -31,15 +35,15 @@ def bake(session: nox.Session, output_dir: str, **answers: object) -> Path:
     return next(Path(output_dir).iterdir())
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def tests(session: nox.Session) -> None:
     """Bake the option matrix, refuse every bad answer, and run each generated repo's own tests."""
     install_test_requirements(session)
     # One worker per core; the hostile-answer tests share a worker, in order (the summary test runs last).
-    session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
+    session.run("pytest", "-n", "auto", "--dist", "loadgroup", "--durations=15", *session.posargs)
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def lint(session: nox.Session) -> None:
     """Lint the template's Python and lint and type-check a baked repo's (the template directory itself is skipped)."""
     session.install("ruff", "mypy", "types-PyYAML", "types-requests", "cookiecutter==2.7.1")
@@ -102,7 +106,7 @@ def controlplane(session: nox.Session) -> None:
                 session.run("python", "-m", "e2e.controlplane.mutations", *MUTATIONS[name], env=environment)
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def security(session: nox.Session) -> None:
     """Bake a repo with every option's files and run its checkov scan: zero findings beyond its waivers."""
     session.install("checkov", "pyyaml", "cookiecutter==2.7.1")

@@ -16,6 +16,12 @@ FIXTURES = TEMPLATE.parent / "shared" / "fixtures"
 # .ci/run sets this: there the fixtures must be present, so the tests that need them always run.
 REQUIRE_FIXTURES = "REQUIRE_RECORDED_FIXTURES"
 ANSWER_NAMES = {name for name in json.loads((TEMPLATE / "cookiecutter.json").read_text()) if not name.startswith("_")}
+# Each answer's default as cookiecutter.json gives it (the first of a list of choices).
+DEFAULT_ANSWERS = {
+    name: value[0] if isinstance(value, list) else value
+    for name, value in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items()
+    if name in ANSWER_NAMES
+}
 UNRENDERED = re.compile(r"{{-?\s*cookiecutter\.|{%-?\s*(if|for|set)\b")
 
 
@@ -59,16 +65,17 @@ def fixtures_environment() -> dict[str, str]:
     return environment
 
 
-def run_generated_tests(project: Path, answer_independent: bool = True) -> subprocess.CompletedProcess[str]:
-    """A baked repo's own suite; without the tests of the tooling's code that no answer changes, where another bake
-    runs those (`answer_independent=False`)."""
-    selection = [] if answer_independent else ["-m", "not answer_independent"]
+def run_generated_tests(
+    project: Path, markers: str = "", environment: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A baked repo's own suite, or the tests of it that the `markers` expression (pytest -m) selects."""
+    selection = ["-m", markers] if markers else []
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-rs", *selection],
         cwd=project,
         capture_output=True,
         text=True,
-        env=fixtures_environment(),
+        env=fixtures_environment() if environment is None else environment,
         check=False,
     )
 
@@ -88,16 +95,43 @@ HOSTILE_OUTCOMES = "hostile answer outcomes"
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_schema_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The many bakes of a run validate mostly the same documents: `python -m repo_tools` in each shares results."""
-    os.environ["REPO_TOOLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("schema-results"))
+    """The many bakes of a run validate mostly the same documents and render the same install layers: the checks
+    and tests of each share one cache of results and renders, across the xdist workers too (each keys what it keeps
+    by everything it depends on, and writes atomically)."""
+    run_directory = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_directory = run_directory.parent  # the run's directory, above each worker's own
+    shared = run_directory / "repo-tools-cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["REPO_TOOLS_CACHE_DIR"] = str(shared)
     yield
     os.environ.pop("REPO_TOOLS_CACHE_DIR", None)
 
 
+BAKE = "bake"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how many hostile answers the property test tried, and how each ended (from whichever worker ran it)."""
-    for report in terminalreporter.stats.get("passed", []):
+    """Say how many hostile answers the property test tried, and how each ended (from whichever worker ran it); then
+    how long each bake of the matrix took, and in what, so that a slow bake shows in any CI log."""
+    reports = [
+        report for outcome in ("passed", "failed", "skipped") for report in terminalreporter.stats.get(outcome, [])
+    ]
+    for report in reports:
         counts = dict(report.user_properties).get(HOSTILE_OUTCOMES)
-        if counts:
+        if counts and report.when == "call":
             outcomes = ", ".join(f"{count} {outcome}" for outcome, count in counts.items())
             terminalreporter.write_line(f"hostile answers tried: {sum(counts.values())} ({outcomes})")
+    per_bake: dict[str, dict[str, float]] = {}
+    for report in reports:
+        bake_name = dict(report.user_properties).get(BAKE)
+        if bake_name:
+            test = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
+            phases = per_bake.setdefault(bake_name, {})
+            phases[test] = phases.get(test, 0.0) + report.duration
+    if per_bake:
+        terminalreporter.write_sep("-", "seconds per bake (its tests, slowest first)")
+        for bake_name, phases in sorted(per_bake.items(), key=lambda item: -sum(item[1].values())):
+            slowest = sorted(phases.items(), key=lambda item: -item[1])[:3]
+            detail = ", ".join(f"{test} {seconds:.1f}" for test, seconds in slowest)
+            terminalreporter.write_line(f"{sum(phases.values()):6.1f}  {bake_name:<38} {detail}")

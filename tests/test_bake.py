@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from conftest import (
+    BAKE,
+    DEFAULT_ANSWERS,
     FIXTURES,
     bake,
     build_overlays,
@@ -68,9 +70,44 @@ COMBINATIONS = {  # ingress_api x gitops_tool x include_database, then unusual a
     | {"include_database": True, "database_name": "ledger"},
     "unusual-but-valid": UNUSUAL,
 }
-# Between them: both ingress APIs, both GitOps tools, with and without the database.
+# Between them: both ingress APIs, both GitOps tools, with and without the database. They run every generated test;
+# the other bakes leave out the tests marked answer_independent (the tooling's code, whatever the answers).
 EVERY_CODE_PATH = {"defaults", "istio-api-database-with-flux"}
+# Generated tests whose outcome one answer does not change, by their marker: a bake leaves them to an earlier bake
+# (in ORDER) whose answers differ from its own in that answer alone.
+INDEPENDENT_OF = {"gitops_tool": "gitops_tool_independent", "include_database": "database_independent"}
+# The order those earlier bakes are found in, and the order the workers take the bakes in: the bakes that run every
+# generated test first (they take longest, and the workers should finish together), then each single answer changed.
+ORDER = [
+    "defaults",
+    "istio-api-database-with-flux",
+    "istio-api",
+    "non-default-names-ports-prefix",
+    "non-default-with-database-istio-api",
+    "unusual-but-valid",
+    "flux",
+    "database",
+    "database-with-flux",
+    "istio-api-flux",
+    "istio-api-database",
+]
 _baked: dict[str, Any] = {}
+
+
+def answers_of(combination: str) -> dict[str, Any]:
+    return DEFAULT_ANSWERS | COMBINATIONS[combination]
+
+
+def left_to_earlier_bakes(combination: str) -> list[str]:
+    """The markers of INDEPENDENT_OF whose tests this bake leaves out: those where an earlier bake differs from this
+    one in that answer alone."""
+    answers = answers_of(combination)
+    left = []
+    for answer, marker in INDEPENDENT_OF.items():
+        earlier = [answers_of(other) for other in ORDER[: ORDER.index(combination)]]
+        if any({key for key in answers if answers[key] != other[key]} == {answer} for other in earlier):
+            left.append(marker)
+    return left
 
 
 def baked_once(cookies_session: Any, combination: str) -> Any:
@@ -82,14 +119,49 @@ def baked_once(cookies_session: Any, combination: str) -> Any:
     return result
 
 
-@pytest.fixture(params=sorted(COMBINATIONS))
-def baked_result(request: pytest.FixtureRequest, cookies_session: Any) -> Any:
+# The summary adds up each bake's test durations, whichever worker ran them (each worker bakes once what it tests).
+@pytest.fixture(params=ORDER)
+def baked_result(request: pytest.FixtureRequest, cookies_session: Any, record_property: Any) -> Any:
+    record_property(BAKE, request.param)
     return baked_once(cookies_session, request.param)
 
 
 @pytest.fixture
 def baked(baked_result: Any) -> Path:
     return baked_result.project_path
+
+
+# pytest-xdist hands the tests out in this file's order, one at a time to whichever worker is free: the generated
+# suites first, the longest first, so that both workers end together.
+
+
+@pytest.mark.parametrize("combination", sorted(EVERY_CODE_PATH))
+def test_the_generated_repos_tests_of_its_tooling_pass(cookies_session: Any, combination: str, record_property: Any):
+    """The generated tests marked answer_independent, run apart from the rest of the suite: on a second worker."""
+    record_property(BAKE, combination)
+    result = run_generated_tests(baked_once(cookies_session, combination).project_path, "answer_independent")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+
+
+def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.FixtureRequest):
+    combination = request.node.callspec.params["baked_result"]
+    baked = baked_result.project_path
+    # The tests of the tooling (answer_independent) run in test_the_generated_repos_tests_of_its_tooling_pass; each
+    # bake runs the rest that its answers can change (left_to_earlier_bakes), and
+    # test_the_generated_repos_own_checks_pass every rule.
+    left_out = ["answer_independent", *left_to_earlier_bakes(combination)]
+    result = run_generated_tests(baked, " and ".join(f"not {marker}" for marker in left_out))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    if "RECORDED_FIXTURES" not in fixtures_environment():
+        pytest.skip(f"passed without the install layer's tests: no recorded renders in {FIXTURES}")
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    # Only tests of the other GitOps tool or ingress API may skip there; none for want of the charts.
+    reasons = ("this repo syncs with", "this repo uses")
+    assert not [
+        line for line in skipped if "test_rendered_install.py" in line and not any(r in line for r in reasons)
+    ], skipped
 
 
 def test_the_bake_succeeds(baked: Path):
@@ -104,22 +176,26 @@ def test_every_yaml_file_parses(baked: Path):
     assert unparsable_yaml_files(baked) == []
 
 
-def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.FixtureRequest):
-    combination = request.node.callspec.params["baked_result"]
-    baked = baked_result.project_path
-    # The tests no answer changes (marked answer_independent) run where the ingress API, GitOps tool and database
-    # each take both values; every bake runs the rest, and test_the_generated_repos_own_checks_pass every rule.
-    result = run_generated_tests(baked, answer_independent=combination in EVERY_CODE_PATH)
+def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_layer(cookies):
+    """The gateway chart's release (Istio's own API); with the Gateway API, istiod names the gateway after the
+    Gateway, which every layer reads from apps/base/ingress-gateway.env (the generated repo's own tests move it)."""
+    default = cookies.bake(extra_context=ISTIO_API)
+    assert files_naming(default.project_path, "istio-ingressgateway")  # the check below can see the name
+    moved = cookies.bake(extra_context=MOVED_GATEWAY | ISTIO_API)
+    assert moved.exit_code == 0, moved.exception
+    project = moved.project_path
+    assert files_naming(project, "istio-ingressgateway") == []
+    assert (project / "apps" / "base" / "ingress-gateway.env").read_text().splitlines() == [
+        "namespace=edge",
+        "serviceAccount=edge-gateway",
+        "istioLabel=edge-gateway",
+    ]
+    # The recorded chart renders are of the default release only, so this bake's tests run without them; the tests
+    # no answer changes run on the bakes of EVERY_CODE_PATH.
+    environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
+    result = run_generated_tests(project, "not answer_independent", environment=environment)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
-    if "RECORDED_FIXTURES" not in fixtures_environment():
-        pytest.skip(f"passed without the install layer's tests: no recorded renders in {FIXTURES}")
-    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
-    # Only tests of the other GitOps tool or ingress API may skip there; none for want of the charts.
-    reasons = ("this repo syncs with", "this repo uses")
-    assert not [
-        line for line in skipped if "test_rendered_install.py" in line and not any(r in line for r in reasons)
-    ], skipped
 
 
 def test_the_generated_repos_own_checks_pass(baked: Path):
@@ -212,35 +288,26 @@ def files_naming(project: Path, text: str) -> list[str]:
     ]
 
 
-def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_layer(cookies):
-    """The gateway chart's release (Istio's own API); with the Gateway API, istiod names the gateway after the
-    Gateway, which every layer reads from apps/base/ingress-gateway.env (the generated repo's own tests move it)."""
-    default = cookies.bake(extra_context=ISTIO_API)
-    assert files_naming(default.project_path, "istio-ingressgateway")  # the check below can see the name
-    moved = cookies.bake(extra_context=MOVED_GATEWAY | ISTIO_API)
-    assert moved.exit_code == 0, moved.exception
-    project = moved.project_path
-    assert files_naming(project, "istio-ingressgateway") == []
-    assert (project / "apps" / "base" / "ingress-gateway.env").read_text().splitlines() == [
-        "namespace=edge",
-        "serviceAccount=edge-gateway",
-        "istioLabel=edge-gateway",
-    ]
-    # The recorded chart renders are of the default release only, so this bake's tests run without them.
-    environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-
-
 def test_the_bakes_that_run_every_test_cover_each_ingress_api_gitops_tool_and_database_answer():
-    answers = [COMBINATIONS[name] for name in EVERY_CODE_PATH]
-    assert {a.get("ingress_api", "gateway-api") for a in answers} == {"gateway-api", "istio"}
-    assert {a.get("gitops_tool", "argocd") for a in answers} == {"argocd", "flux"}
-    assert {bool(a.get("include_database", False)) for a in answers} == {True, False}
+    answers = [answers_of(name) for name in EVERY_CODE_PATH]
+    assert {a["ingress_api"] for a in answers} == {"gateway-api", "istio"}
+    assert {a["gitops_tool"] for a in answers} == {"argocd", "flux"}
+    assert {bool(a["include_database"]) for a in answers} == {True, False}
+
+
+def test_each_generated_test_a_bake_leaves_out_runs_on_a_bake_with_the_same_answers_but_the_one_it_does_not_read():
+    assert sorted(ORDER) == sorted(COMBINATIONS)
+    for combination in ORDER:
+        answers = answers_of(combination)
+        for answer, marker in INDEPENDENT_OF.items():
+            if marker not in left_to_earlier_bakes(combination):
+                continue
+            runs_them = [
+                other for other in COMBINATIONS if other != combination and marker not in left_to_earlier_bakes(other)
+            ]
+            same_but_that_answer = [
+                other
+                for other in runs_them
+                if {key for key in answers if answers[key] != answers_of(other)[key]} <= {answer}
+            ]
+            assert same_but_that_answer, f"{combination} leaves out the tests marked {marker}, and no bake runs them"

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from local_extensions import answers
 
-# One worker runs them all: the witness test below creates the marker the others must never see.
-pytestmark = pytest.mark.xdist_group("hostile-answers")
+# One worker runs the tests that look for the marker: the witness test below creates the marker the others must
+# never see.
+ONE_WORKER = pytest.mark.xdist_group("hostile-answers")
 # Every answer typed as text (the choices are lists), as cookiecutter.json lists them.
 FREE_TEXT_ANSWERS = [
     name
@@ -88,6 +89,7 @@ def validate(project: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@ONE_WORKER
 def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(tmp_path_factory, capfd, record_property):
     outcomes = {"baked and validated": 0, "refused": 0}
 
@@ -118,6 +120,7 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(tmp_path_factory, c
     assert outcomes["baked and validated"] >= 3 and outcomes["refused"] >= 10, outcomes
 
 
+@ONE_WORKER
 @pytest.mark.parametrize("payload", [p for p in PAYLOADS if MARKER in p or "{" in p])
 @pytest.mark.parametrize("field", ["project_name", "namespace", "api_prefix", "git_repo_url"])
 def test_an_answer_cannot_run_code(field, payload, tmp_path, monkeypatch):
@@ -127,6 +130,7 @@ def test_an_answer_cannot_run_code(field, payload, tmp_path, monkeypatch):
     assert not Path(MARKER).exists()
 
 
+@ONE_WORKER
 @pytest.mark.parametrize("payload", [p for p in PAYLOADS if p.startswith(("$(", "`"))])
 def test_the_injection_witness_sees_a_payload_that_runs(payload):
     subprocess.run(["sh", "-c", f"echo {payload}"], check=True, capture_output=True)

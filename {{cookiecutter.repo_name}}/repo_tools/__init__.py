@@ -14,6 +14,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Results that depend only on their inputs (schema verdicts, renders of recorded charts) are kept here;
 # $REPO_TOOLS_CACHE_DIR lets several checkouts share them.
 CACHE_DIR = Path(os.environ.get("REPO_TOOLS_CACHE_DIR") or REPO_ROOT / ".cache" / "repo_tools")
+# libyaml's loader when PyYAML was built with it: the install layer's CRDs are megabytes of YAML, and the pure-Python
+# loader would take most of a validation run reading the repo's own files.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, as yaml.safe_load reads it (with libyaml where there is one)."""
+    return yaml.load(text, Loader=SAFE_LOADER)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -62,7 +70,7 @@ def read_repo_file(path: Path) -> str:
 def read_yaml_documents(path: Path) -> list[Any]:
     """Every document of a YAML file of the repo; a file that is missing or not YAML is a RepoFileError."""
     try:
-        return list(yaml.safe_load_all(read_repo_file(path)))
+        return list(yaml.load_all(read_repo_file(path), Loader=SAFE_LOADER))
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

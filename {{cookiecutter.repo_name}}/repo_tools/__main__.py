@@ -7,12 +7,12 @@ install as its charts render, where Helm or recorded renders are at hand. Tests 
 """
 
 import argparse
-import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 from repo_tools import (
@@ -80,12 +80,12 @@ def validate_all() -> list[str]:
     # Reads files only: it runs while kustomize builds, and reports in its turn.
     background = ThreadPoolExecutor(max_workers=1)
     renovate_checked = background.submit(renovate_coverage)
+    directories = layout.app_kustomizations()
+    kustomize.start([*directories.values(), *entry_point_kustomizations()])
 
     def build() -> tuple[str, list[str]]:
         found = []
-        directories = layout.app_kustomizations()
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            results = dict(zip(directories, pool.map(build_or_error, directories.values()), strict=True))
+        results = {name: build_or_error(directory) for name, directory in directories.items()}
         for name, result in results.items():
             if isinstance(result, str):
                 found.append(f"{name}: {result}")
@@ -150,10 +150,11 @@ def validate_all() -> list[str]:
     problems += run("contract", traffic_contract)
     problems += run("acme", certificates)
     problems += run("install", install_layer)
-    problems += run("gitops", lambda: gitops_entry_points(gateway, built))
+    argocd_settings = cache(gitops.argocd_settings)  # read by the GitOps checks and the rendered install's
+    problems += run("gitops", lambda: gitops_entry_points(gateway, built, argocd_settings))
     problems += run("renovate", renovate_checked.result)
     background.shutdown()
-    return problems + rendered_install_problems(gateway, built)
+    return problems + rendered_install_problems(gateway, built, argocd_settings)
 
 
 def build_or_error(directory) -> list[dict] | str:
@@ -163,17 +164,24 @@ def build_or_error(directory) -> list[dict] | str:
         return str(error)
 
 
-def gitops_entry_points(gateway: layout.IngressGateway, apps: dict[str, list[dict]]) -> tuple[str, list[str]]:
+def entry_point_kustomizations() -> list[Path]:
+    """What the Argo CD checks build: each environment's entry point and Argo CD's settings (Flux builds none)."""
+    if install.gitops_tool() != "argocd":
+        return []
+    entry_points = [REPO_ROOT / "clusters" / "argocd" / name for name in gitops.environments("argocd")]
+    return [*(k for path in entry_points for k in gitops.entry_point_kustomizations(path)), gitops.ARGOCD_SETTINGS]
+
+
+def gitops_entry_points(
+    gateway: layout.IngressGateway, apps: dict[str, list[dict]], argocd_settings: Callable[[], dict[str, str]]
+) -> tuple[str, list[str]]:
     """Each environment's entry points validate, point at real paths and sync in order; Argo CD's health checks."""
     tool = install.gitops_tool()
     environments = gitops.environments(tool)
     found = []
-    if tool == "argocd":
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            entry_points = dict(zip(environments, pool.map(gitops.argocd_entry_points, environments), strict=True))
     for environment in environments:
         if tool == "argocd":
-            docs = entry_points[environment]
+            docs = gitops.argocd_entry_points(environment)
             found += gitops.argocd_order_problems(docs, environment)
         else:
             docs = gitops.entry_point_documents(REPO_ROOT / "clusters" / "flux" / environment)
@@ -184,7 +192,7 @@ def gitops_entry_points(gateway: layout.IngressGateway, apps: dict[str, list[dic
             found += [f"{environment}: {problem}" for problem in install.helm_release_problems(installed, gateway)]
         found += [f"{environment}: {error}" for doc in docs for error in schema_errors(doc)]
     if tool == "argocd":
-        settings = gitops.argocd_settings()
+        settings = argocd_settings()
         found += gitops.child_applications_wait_for_their_sync(settings)
         found += [
             f"{name}: {problem}"
@@ -196,13 +204,15 @@ def gitops_entry_points(gateway: layout.IngressGateway, apps: dict[str, list[dic
     return f"{tool}, {len(environments)} environments", found
 
 
-def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, list[dict]]) -> list[str]:
+def rendered_install_problems(
+    gateway: layout.IngressGateway, apps: dict[str, list[dict]], argocd_settings: Callable[[], dict[str, str]]
+) -> list[str]:
     """The install layer's rules over what the charts render, where Helm or recorded renders are at hand."""
     reason = charts.unavailable_reason()
     if reason:
         print(f"skip {'rendered':<11} {reason}")
         return []
-    argocd_settings = gitops.argocd_settings() if install.gitops_tool() == "argocd" else None
+    settings = argocd_settings() if install.gitops_tool() == "argocd" else None
     problems = []
     for name in layout.overlays():
         infrastructure_overlay = REPO_ROOT / "infrastructure" / "overlays" / name
@@ -211,8 +221,8 @@ def rendered_install_problems(gateway: layout.IngressGateway, apps: dict[str, li
             docs = charts.render(infrastructure_overlay)
             found = [error for doc in docs for error in schema_errors(doc)]
 
-            if argocd_settings is not None:
-                found += gitops.install_settles_without_metrics_or_load_balancer(argocd_settings, docs)
+            if settings is not None:
+                found += gitops.install_settles_without_metrics_or_load_balancer(settings, docs)
             try:  # what Istio deploys for a Gateway of the apps layer (managed by istiod, not by the GitOps agent)
                 docs = docs + gateway_api.deployed_gateway(apps.get(name, []), gateway)
             except ValueError as refused:

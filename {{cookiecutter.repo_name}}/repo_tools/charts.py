@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import CACHE_DIR, REPO_ROOT, kustomize, write_atomically
+from repo_tools import CACHE_DIR, REPO_ROOT, kustomize, load_yaml, write_atomically
 
 RECORDED_FIXTURES = "RECORDED_FIXTURES"
 # The Gateway API's release file of CRDs, as infrastructure/gateway-api lists it.
@@ -218,7 +218,7 @@ def _place_recorded_chart_sources(kustomization: Path) -> None:
     recorded = recordings()
     if recorded is None or not renders_with_real_helm():
         return
-    for chart in (yaml.safe_load(kustomization.read_text()) or {}).get("helmCharts") or []:
+    for chart in (load_yaml(kustomization.read_text()) or {}).get("helmCharts") or []:
         source = recorded.chart_source(chart["name"], str(chart["version"]))
         if not (source / "Chart.yaml").is_file():
             raise ChartsUnavailable(

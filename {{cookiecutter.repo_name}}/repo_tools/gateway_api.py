@@ -28,8 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import yaml
-
+from repo_tools import load_yaml
 from repo_tools.layout import GATEWAY_NAME_LABEL, IngressGateway
 from repo_tools.resilience import (
     Destination,
@@ -498,7 +497,7 @@ def gateway_options(docs: list[dict], gw: dict) -> dict[str, dict]:
             f"{describe(gw)}: parametersRef names ConfigMap {namespace_of(gw)}/{ref['name']}, which the build does not "
             "have: Istio deploys no gateway for it"
         )
-    return {key: yaml.safe_load(value) or {} for key, value in (config_map.get("data") or {}).items()}
+    return {key: load_yaml(value) or {} for key, value in (config_map.get("data") or {}).items()}
 
 
 # Merge keys of the lists an options patch may touch, as Kubernetes' Go types declare them (patchMergeKey);

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from lupa import lua51
 
-from repo_tools import REPO_ROOT, charts, gateway_api, kustomize, read_yaml_documents, read_yaml_file
+from repo_tools import REPO_ROOT, charts, gateway_api, kustomize, load_yaml, read_yaml_documents, read_yaml_file
 from repo_tools.layout import IngressGateway, ingress_gateway, overlays
 from repo_tools.mesh import host_matches, string_match
 from repo_tools.resources import Unmodelled, describe, namespace_of, of_kind
@@ -99,8 +99,13 @@ def entry_point_documents(directory: Path) -> list[dict]:
     the Applications (Argo CD), or the files Flux reads (Flux itself generates their kustomization.yaml)."""
     if not (directory / "kustomization.yaml").is_file():
         return [doc for path in sorted(directory.glob("*.yaml")) for doc in read_yaml_documents(path) if doc]
+    return [doc for kustomization in entry_point_kustomizations(directory) for doc in kustomize.build(kustomization)]
+
+
+def entry_point_kustomizations(directory: Path) -> list[Path]:
+    """The kustomizations an Argo CD entry point builds: its own and the nested one of the Applications."""
     nested = sorted(path.parent for path in directory.glob("*/kustomization.yaml"))
-    return [doc for kustomization in (directory, *nested) for doc in kustomize.build(kustomization)]
+    return [directory, *nested] if (directory / "kustomization.yaml").is_file() else []
 
 
 def environments(tool: str) -> list[str]:
@@ -244,7 +249,7 @@ def high_availability_settings(infrastructure: Path = INFRASTRUCTURE) -> dict:
     """The gateway's high-availability settings as the kustomize component writes them, in the chart's terms."""
     component = infrastructure / "components" / HIGH_AVAILABILITY
     hpa = next(
-        yaml.safe_load(entry["patch"])
+        load_yaml(entry["patch"])
         for entry in read_yaml_file(component / "kustomization.yaml").get("patches", [])
         if "HorizontalPodAutoscaler" in entry.get("patch", "")
     )
@@ -297,7 +302,7 @@ def flux_twins_problems(gateway: IngressGateway, infrastructure: Path = INFRASTR
                 f"{where}: sets the gateway's values {values}; infrastructure/components/{component} means {wanted_values}"
             )
         patches = [
-            yaml.safe_load(patch["patch"])
+            load_yaml(patch["patch"])
             for renderer in release.get("postRenderers") or []
             for patch in renderer.get("kustomize", {}).get("patches", [])
         ]

@@ -14,9 +14,7 @@ istio-ca-crl ConfigMap volume, which changes nothing Pod Security checks.
 import copy
 from pathlib import Path
 
-import yaml
-
-from repo_tools import REPO_ROOT, read_yaml_file
+from repo_tools import REPO_ROOT, load_yaml, read_yaml_file
 from repo_tools.resources import of_kind
 
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
@@ -118,7 +116,7 @@ def template_problems(istiod: list[dict]) -> list[str]:
     configmaps = [doc for doc in of_kind(istiod, "ConfigMap") if doc["metadata"]["name"] == INJECTOR_CONFIGMAP]
     if not configmaps:
         return []
-    template = (yaml.safe_load(configmaps[0]["data"]["config"]).get("templates") or {}).get("sidecar", "")
+    template = (load_yaml(configmaps[0]["data"]["config"]).get("templates") or {}).get("sidecar", "")
     return [
         f"ConfigMap {INJECTOR_CONFIGMAP}: the sidecar template no longer says that {fact}; repo_tools/injection.py "
         "models injection from it and must follow"

@@ -3,12 +3,13 @@
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
-# libyaml's loader when PyYAML was built with it: the install layer's CRDs are megabytes of YAML.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from repo_tools import SAFE_LOADER
 
 
 class KustomizeError(RuntimeError):
@@ -33,8 +34,27 @@ def kustomize_command() -> list[str]:
     )
 
 
+# Builds started ahead (start), by directory; each is taken by the next render of its directory, once.
+_started: dict[Path, Future[str]] = {}
+
+
+def start(directories: Iterable[Path]) -> None:
+    """Start building these kustomizations in the background: most of a small build is kustomize starting up, so
+    a run that needs many builds overlaps them, and the next render of each directory takes its result."""
+    pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
+    for directory in directories:
+        if directory not in _started:
+            _started[directory] = pool.submit(_run, directory)
+    pool.shutdown(wait=False)
+
+
 def render(directory: Path, *options: str) -> str:
     """The YAML stream kustomize renders for one kustomization directory."""
+    started = None if options else _started.pop(directory, None)
+    return started.result() if started is not None else _run(directory, *options)
+
+
+def _run(directory: Path, *options: str) -> str:
     command = [*kustomize_command(), *options, str(directory)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -9,8 +9,7 @@ the matching apps overlay) and returns sentences naming the resource and what to
 from collections.abc import Iterator
 from typing import Any
 
-import yaml
-
+from repo_tools import load_yaml
 from repo_tools.charts import Recordings
 from repo_tools.install import Chart
 from repo_tools.layout import IngressGateway
@@ -221,7 +220,7 @@ def known_in_schema(path: str, schema: dict) -> bool:
 
 def chart_defaults(chart: Chart, recordings: Recordings) -> dict:
     """The chart's default values; Istio's charts keep them under _internal_defaults_do_not_set."""
-    values: dict = yaml.safe_load(recordings.default_values(chart.name, chart.version).read_text()) or {}
+    values: dict = load_yaml(recordings.default_values(chart.name, chart.version).read_text()) or {}
     defaults: dict = values.get("_internal_defaults_do_not_set", values)
     if chart.name == "istiod":
         # The istiod chart reads `pilot.*` as its top level (zzz_profile.yaml flattens it; the recorded
@@ -237,7 +236,7 @@ def values_keys_exist(chart: Chart, recordings: Recordings) -> list[str]:
         return [f"{chart.where}: no recorded default values for {chart.name} {chart.version} ({defaults_file})"]
     defaults = chart_defaults(chart, recordings)
     schema_file = recordings.values_schema(chart.name, chart.version)
-    schema = yaml.safe_load(schema_file.read_text()) if schema_file.is_file() else None
+    schema = load_yaml(schema_file.read_text()) if schema_file.is_file() else None
     return [
         f"{chart.values_file.relative_to(chart.directory.parent.parent)}: {path} is not a value of chart "
         f"{chart.name} {chart.version} (a typo is silently ignored by Helm)"

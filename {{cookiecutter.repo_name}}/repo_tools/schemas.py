@@ -36,6 +36,10 @@ from repo_tools import CACHE_DIR, KUBERNETES_VERSION, VERSIONS, charts, kustomiz
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 from repo_tools.resources import describe
 
+# kubernetes_validate reads a kind's schema and its large _definitions.json from disk for every document it
+# validates: read each file once per run (it does not change the schemas it reads).
+kubernetes_validate.utils.schema_contents = cache(kubernetes_validate.utils.schema_contents)
+
 CUSTOM_RESOURCE_MODELS = {
     "networking.istio.io/v1": "cloudcoil.models.istio.networking.v1",
     "networking.istio.io/v1beta1": "cloudcoil.models.istio.networking.v1beta1",
@@ -128,8 +132,9 @@ def save_disk_cache() -> None:
     if _disk is None:
         return
     current = cache_file()
-    for stale in CACHE_DIR.glob("schema-results-*.json"):
-        if stale != current:
+    kept = [current, CACHE_DIR / current.name.replace("schema-results-", "crd-schemas-")]
+    for stale in [*CACHE_DIR.glob("schema-results-*.json"), *CACHE_DIR.glob("crd-schemas-*.json")]:
+        if stale not in kept:
             stale.unlink(missing_ok=True)
     write_atomically(current, json.dumps(_disk))
 
@@ -182,7 +187,19 @@ def crd_sources() -> list[Path]:
 
 @cache
 def installed_crd_schemas() -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> strict schema, from the CRDs of the pinned versions; empty without recordings."""
+    """(apiVersion, kind) -> strict schema, from the CRDs of the pinned versions; empty without recordings. Kept in
+    the cache beside the schema results (the same fingerprint): the CRDs are megabytes of YAML to read."""
+    kept = CACHE_DIR / f"crd-schemas-{fingerprint()}.json"
+    try:
+        return {(api_version, kind): schema for api_version, kind, schema in json.loads(kept.read_text())}
+    except (OSError, ValueError):  # none yet, or cut short by a run that was stopped: read the CRDs
+        pass
+    found = _crd_schemas()
+    write_atomically(kept, json.dumps([[api_version, kind, schema] for (api_version, kind), schema in found.items()]))
+    return found
+
+
+def _crd_schemas() -> dict[tuple[str, str], dict]:
     found = {}
     for source in crd_sources():
         for crd in yaml.load_all(source.read_text(), Loader=kustomize.SAFE_LOADER):

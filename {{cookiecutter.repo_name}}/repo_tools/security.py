@@ -40,11 +40,14 @@ def load_waivers(path: Path = WAIVERS) -> dict[str, str]:
     return waivers
 
 
-def findings_from_report(overlay: str, report: dict | list) -> list[Finding]:
-    """Failed checks from checkov's JSON report (one object, or a list with one per framework)."""
+def findings_from_report(report: dict | list) -> list[Finding]:
+    """Failed checks from checkov's JSON report (one object, or a list with one per framework), each of the
+    kustomization its file was rendered from (<name>.yaml)."""
     reports = report if isinstance(report, list) else [report]
     return [
-        Finding(overlay, check["check_id"], check.get("check_name", ""), check.get("resource", ""))
+        Finding(
+            Path(check["file_path"]).stem, check["check_id"], check.get("check_name", ""), check.get("resource", "")
+        )
         for single in reports
         for check in single.get("results", {}).get("failed_checks", [])
     ]
@@ -58,16 +61,17 @@ def unused_waivers(findings: list[Finding], waivers: dict[str, str]) -> list[str
     return sorted(set(waivers) - {finding.check_id for finding in findings})
 
 
-def scan(directory: Path, rendered: Path) -> dict | list:
+def scan(rendered: list[Path]) -> dict | list:
+    """One checkov run over every rendered file: most of a run is checkov starting up."""
     result = subprocess.run(
-        ["checkov", "--file", str(rendered), "--framework", "kubernetes", "--output", "json", "--quiet"],
+        ["checkov", "--file", *map(str, rendered), "--framework", "kubernetes", "--output", "json", "--quiet"],
         capture_output=True,
         text=True,
         check=False,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # no calls home: stays offline
     )
     if result.returncode not in (0, 1) or not result.stdout.strip():
-        raise RuntimeError(f"checkov failed on {directory}:\n{result.stderr.strip()}")
+        raise RuntimeError(f"checkov failed on {', '.join(path.name for path in rendered)}:\n{result.stderr.strip()}")
     return json.loads(result.stdout)
 
 
@@ -84,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     waivers = load_waivers()
     findings: list[Finding] = []
     with tempfile.TemporaryDirectory() as workdir:
+        rendered = []
         for name, directory in layout.app_kustomizations().items():
-            rendered = Path(workdir) / f"{name}.yaml"
-            rendered.write_text(kustomize.render(directory))
-            findings += findings_from_report(name, scan(directory, rendered))
+            rendered.append(Path(workdir) / f"{name}.yaml")
+            rendered[-1].write_text(kustomize.render(directory))
+        findings += findings_from_report(scan(rendered))
+    findings.sort(key=lambda finding: finding.overlay)
     for finding in findings:
         verdict = "waived" if finding.check_id in waivers else "FAILED"
         print(f"{verdict:<7} {finding.overlay:<8} {finding.check_id} {finding.check_name} ({finding.resource})")

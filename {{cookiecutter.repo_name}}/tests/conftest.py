@@ -1,13 +1,15 @@
-import copy
 import os
+import pickle
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from repo_tools import contract, kustomize, layout, schemas
 
 KUSTOMIZATIONS = layout.app_kustomizations()
+# Built while the tests are collected: most test modules read them.
+kustomize.start(KUSTOMIZATIONS.values())
 ROWS = contract.load()
 GATEWAY_API = layout.ingress_gateway().gateway_api
 # Mistakes only one ingress API can make: each test runs in the repos baked with that API.
@@ -19,13 +21,20 @@ needs_every_schema = pytest.mark.skipif(
     bool(SCHEMAS_UNAVAILABLE) and not os.environ.get(schemas.REQUIRE_RECORDED_FIXTURES),
     reason=SCHEMAS_UNAVAILABLE or "every schema at hand",
 )
-_built: dict[Path, list[dict]] = {}
+_made: dict[str, bytes] = {}
 
 
-def build_once(directory: Path) -> list[dict]:
-    if directory not in _built:
-        _built[directory] = kustomize.build(directory)
-    return _built[directory]
+def made_once(key: str, make: Callable[[], Any]) -> Any:
+    """What make() returns, made once per run (a build, a render) and handed out as a fresh copy to mutate: unpickling
+    is many times faster than deep-copying megabytes of CRDs, let alone running kustomize again."""
+    if key not in _made:
+        _made[key] = pickle.dumps(make())
+    return pickle.loads(_made[key])
+
+
+def built(name: str) -> list[dict]:
+    """The documents of the apps layer's kustomization `name` ("base", "dev", ...), a fresh copy to mutate."""
+    return made_once(f"build {name}", lambda: kustomize.build(KUSTOMIZATIONS[name]))
 
 
 @pytest.fixture(params=sorted(KUSTOMIZATIONS), scope="session")
@@ -42,7 +51,7 @@ def gateway() -> layout.IngressGateway:
 @pytest.fixture
 def rendered() -> Callable[[str], list[dict]]:
     """The documents a kustomization renders; each call returns a fresh copy to mutate."""
-    return lambda name: copy.deepcopy(build_once(KUSTOMIZATIONS[name]))
+    return built
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:

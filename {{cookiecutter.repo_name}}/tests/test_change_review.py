@@ -13,6 +13,8 @@ from e2e.harness.gitops import snapshot
 from repo_tools import REPO_ROOT, VERSIONS, charts, contract, install, kustomize, layout, review
 from repo_tools.resources import describe
 
+pytestmark = pytest.mark.answer_independent
+
 
 @pytest.fixture
 def history(tmp_path: Path) -> Path:

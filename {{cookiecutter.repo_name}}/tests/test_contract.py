@@ -1,6 +1,5 @@
 """The traffic contract holds in every overlay, and breaking a policy, route or mTLS setting breaks its row."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,9 @@ from conftest import (
     the_gateway,
 )
 
-from repo_tools import REPO_ROOT, charts, contract, layout
+from repo_tools import REPO_ROOT, contract, layout
+
+pytestmark = pytest.mark.gitops_tool_independent
 
 OVERLAYS = sorted(layout.overlays())
 
@@ -229,6 +230,7 @@ def test_the_command_prints_every_row_and_fails_on_a_mismatch(capsys, tmp_path):
     assert f"FAILS  dev      {name}: expected denied, got reaches" in capsys.readouterr().out
 
 
+@pytest.mark.answer_independent
 def test_an_unknown_overlay_is_named_with_the_usage(capsys):
     with pytest.raises(SystemExit) as refused:
         contract.main(["nowhere"])
@@ -237,6 +239,7 @@ def test_an_unknown_overlay_is_named_with_the_usage(capsys):
     assert "no such overlay: nowhere (have dev, e2e, prod, staging)" in err and err.startswith("usage: ")
 
 
+@pytest.mark.answer_independent
 def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and_key():
     document = yaml.safe_load((REPO_ROOT / "contract.yaml").read_text())
     assert contract.parse(document) == ROWS
@@ -252,22 +255,21 @@ def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and
     assert lines[2].endswith("not 'allowed'")
 
 
+@pytest.mark.answer_independent
 def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tmp_path):
     shutil.copytree(REPO_ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__"))
     contract_file = tmp_path / "repo" / "contract.yaml"
     contract_file.write_text(
         contract_file.read_text().replace("request: {scheme: https, path: /}", "request: {schme: https, path: /}", 1)
     )
-    # Without recorded renders: the install's charts are not what this test is about.
-    environment = {key: value for key, value in os.environ.items() if key != charts.RECORDED_FIXTURES}
-    result = subprocess.run(
-        [sys.executable, "-m", "repo_tools"], cwd=tmp_path / "repo", capture_output=True, text=True, env=environment
-    )
+    # In this run's environment: with recordings, the copy's renders and schema results come from the cache.
+    result = subprocess.run([sys.executable, "-m", "repo_tools"], cwd=tmp_path / "repo", capture_output=True, text=True)
     assert result.returncode == 1
     assert "FAIL contract" in result.stdout
     assert f"contract: contract.yaml: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr
 
 
+@pytest.mark.answer_independent
 def test_the_mesh_model_loads_no_schema_tooling():
     probe = "import sys, repo_tools.mesh, repo_tools.contract, repo_tools.invariants; print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

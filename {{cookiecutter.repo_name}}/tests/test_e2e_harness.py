@@ -19,7 +19,7 @@ import pytest
 import requests
 import trustme
 import yaml
-from conftest import schema_problems
+from conftest import built, schema_problems
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -251,7 +251,7 @@ def test_kind_create_uses_the_written_config(tmp_path, e2e_settings):
 
 @pytest.fixture(scope="module")
 def services(e2e_settings) -> dict[str, dict]:
-    docs = kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+    docs = built("e2e")
     docs += scenarios.newcomer_manifests(contract.load(), e2e_settings)
     return {f"{d['metadata']['name']}.{d['metadata']['namespace']}": d for d in docs if d["kind"] == "Service"}
 
@@ -397,11 +397,7 @@ def test_a_row_pinned_to_a_version_may_be_answered_by_that_versions_workloads_on
 
 
 def test_every_row_pinned_to_a_version_names_workloads_the_e2e_overlay_runs():
-    deployments = {
-        doc["metadata"]["name"]
-        for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
-        if doc["kind"] == "Deployment"
-    }
+    deployments = {doc["metadata"]["name"] for doc in built("e2e") if doc["kind"] == "Deployment"}
     pinned_rows = traffic.rows_with(contract.load(), "version")
     assert pinned_rows
     for row in pinned_rows:
@@ -510,7 +506,7 @@ def test_a_request_id_rides_in_the_query_and_a_fault_backend_serves_below_the_ro
 def test_a_fault_backend_takes_the_replaced_workloads_place_and_nothing_else(e2e_settings):
     live = next(
         doc
-        for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+        for doc in built("e2e")
         if doc["kind"] == "Deployment" and doc["spec"]["template"]["metadata"]["labels"].get("version") == "canary"
     )
     name = traffic.fault_name(live["metadata"]["name"])
@@ -551,7 +547,7 @@ def test_outlier_detection_is_read_with_the_defaults_istio_and_envoy_give():
 
 
 def test_the_e2e_overlays_stable_backend_is_ejected_after_five_503s_for_30_seconds():
-    docs = kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
+    docs = built("e2e")
     stable = next(
         doc
         for doc in docs
@@ -625,9 +621,7 @@ def test_every_e2e_route_with_a_stable_version_behind_a_circuit_breaker_can_show
     """The test on kind runs, not skips, for this repo's e2e overlay: the stable backend's one pod and a failing
     one, 50% ejectable, the failing pod answering 3/8 of the requests until then."""
     live_replicas = {
-        doc["metadata"]["name"]: doc["spec"].get("replicas", 1)
-        for doc in kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e")
-        if doc["kind"] == "Deployment"
+        doc["metadata"]["name"]: doc["spec"].get("replicas", 1) for doc in built("e2e") if doc["kind"] == "Deployment"
     }
     internet = [row for row in contract.load() if row.caller == "internet"]
     checked = 0
@@ -1073,6 +1067,7 @@ def run_pytest(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+@pytest.mark.answer_independent
 def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_acme_check():
     result = run_pytest("--collect-only", "-q", "e2e")
     collected = [line for line in result.stdout.splitlines() if "::" in line]
@@ -1092,6 +1087,7 @@ def test_the_e2e_suite_collects_one_test_per_contract_row_and_per_bring_up_and_a
     assert collected[-1].startswith("e2e/test_tls_acme.py::")  # it switches the Gateway's certificate: last
 
 
+@pytest.mark.answer_independent
 def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
     result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-2000:]
@@ -1102,6 +1098,7 @@ def test_without_docker_every_e2e_test_skips_and_says_why(tmp_path):
     assert f"contract rows: 0 passed, 0 failed, {rows} skipped" in result.stdout  # each row counted, as skipped
 
 
+@pytest.mark.answer_independent
 def test_with_ci_set_and_no_docker_the_e2e_run_fails_naming_the_tool(tmp_path):
     result = run_pytest("-rs", "e2e", env={"PATH": str(tmp_path), "HOME": str(tmp_path), "CI": "true"})
     assert result.returncode == 1, result.stdout[-2000:]
@@ -1193,7 +1190,7 @@ def test_the_acme_run_uses_the_repos_own_issuer_pointed_at_pebble(e2e_settings):
 
 
 def test_the_acme_run_passes_the_offline_challenge_rule(e2e_settings, gateway):
-    docs = kustomize.build(REPO_ROOT / "apps" / "overlays" / "e2e") + acme.issuer_and_certificate(e2e_settings)
+    docs = built("e2e") + acme.issuer_and_certificate(e2e_settings)
     mesh_config = install.chart("istiod").values.get("meshConfig") or {}
     assert gitops.acme_http01_challenges_are_served(docs, install.plain_resources(), mesh_config, gateway) == []
 
@@ -1241,6 +1238,7 @@ def test_the_e2e_host_resolves_to_the_gateway_inside_the_cluster_once(e2e_settin
 # --- The GitOps run: a snapshot served over Git, the agent's install, convergence ----------------------
 
 
+@pytest.mark.answer_independent
 def test_the_gitops_agent_pulls_a_snapshot_of_this_repo_over_smart_http(tmp_path):
     configured_url, branch = harness_gitops.configured_source()
     served_url = "http://172.18.0.1:8418/"

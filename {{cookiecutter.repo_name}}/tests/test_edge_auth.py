@@ -1,7 +1,10 @@
 """The API needs a valid JWT at the gateway: each mistake a change could make to that is caught by the contract
 row it breaks."""
 
+import pytest
 from conftest import ROWS, broken_rows, find, row_named
+
+pytestmark = pytest.mark.gitops_tool_independent
 
 
 def token_policy(docs: list[dict]) -> dict:

@@ -12,6 +12,8 @@ from conftest import ROWS, broken_rows, find, schema_problems
 from repo_tools import REPO_ROOT, contract, edge, install, invariants, kustomize, layout
 from repo_tools.layout import ingress_gateway
 
+pytestmark = pytest.mark.gitops_tool_independent
+
 RATE_ROWS = {row.name for row in ROWS if row.request.exceeds == "rate-limit" and row.expected == "rate-limited"}
 
 

@@ -5,6 +5,8 @@ from conftest import KUSTOMIZATIONS, schema_problems
 
 from repo_tools import invariants, layout
 
+pytestmark = pytest.mark.gitops_tool_independent
+
 PROMISES = [
     (kustomization, check)
     for kustomization in sorted(KUSTOMIZATIONS)

@@ -4,16 +4,16 @@
 import copy
 
 import pytest
-from conftest import find, gateway_api_only, istio_api_only, the_gateway
+from conftest import built, find, gateway_api_only, istio_api_only, made_once, the_gateway
 
 from repo_tools import REPO_ROOT, gitops, install, kustomize, layout
+
+pytestmark = pytest.mark.database_independent
 
 TOOL = install.gitops_tool()
 argocd_only = pytest.mark.skipif(TOOL != "argocd", reason="this repo syncs with Flux")
 ACME_OVERLAYS = [
-    name
-    for name in layout.overlays()
-    if any(doc["kind"] == "Issuer" and "acme" in doc["spec"] for doc in kustomize.build(layout.overlays()[name]))
+    name for name in layout.overlays() if any(doc["kind"] == "Issuer" and "acme" in doc["spec"] for doc in built(name))
 ]
 MESH_CONFIG = install.chart("istiod").values.get("meshConfig") or {}
 
@@ -111,7 +111,8 @@ def health(kind: str, obj: dict) -> tuple[str, str]:
         "HorizontalPodAutoscaler": "autoscaling/v2",
         "Gateway": "gateway.networking.k8s.io/v1",
     }.get(kind, "v1")
-    return gitops.lua_health(gitops.argocd_settings()[gitops.health_key(api_version, kind)], obj)
+    settings = made_once("argocd settings", gitops.argocd_settings)
+    return gitops.lua_health(settings[gitops.health_key(api_version, kind)], obj)
 
 
 def application(sync: str, health_status: str, phase: str | None) -> dict:

@@ -5,11 +5,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GATEWAY_API, gateway_api_only, istio_api_only, schema_problems
+from conftest import GATEWAY_API, gateway_api_only, istio_api_only, made_once, schema_problems
 
 from repo_tools import REPO_ROOT, VERSIONS, gitops, install, layout
 from repo_tools.resources import describe
 from repo_tools.schemas import installed_crd_schemas, schema_errors
+
+pytestmark = pytest.mark.database_independent
 
 TOOL = install.gitops_tool()
 ENVIRONMENTS = gitops.environments(TOOL)
@@ -142,7 +144,7 @@ def test_no_file_of_the_other_gitops_tool_remains():
 @argocd_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_argocd_entry_points_build_validate_and_point_at_real_paths(environment):
-    docs = gitops.argocd_entry_points(environment)
+    docs = made_once(f"entry points {environment}", lambda: gitops.argocd_entry_points(environment))
     assert schema_problems(docs) == []
     assert gitops.entry_point_problems(docs) == []
     assert {path for _, path in gitops.entry_point_paths(docs)} == {
@@ -159,7 +161,7 @@ def application_syncing(docs: list[dict], path: str) -> dict:
 @argocd_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
-    docs = gitops.argocd_entry_points(environment)
+    docs = made_once(f"entry points {environment}", lambda: gitops.argocd_entry_points(environment))
     assert gitops.argocd_order_problems(docs, environment) == []
     apps = application_syncing(docs, f"apps/overlays/{environment}")
     apps["metadata"]["annotations"][gitops.SYNC_WAVE] = "-5"
@@ -173,7 +175,7 @@ def test_argocd_syncs_the_mesh_before_the_app_from_this_repo_only(environment):
 @argocd_only
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_an_application_whose_destination_its_project_does_not_allow_is_caught(environment):
-    docs = gitops.argocd_entry_points(environment)
+    docs = made_once(f"entry points {environment}", lambda: gitops.argocd_entry_points(environment))
     assert gitops.destinations_allowed(docs) == []
     infrastructure = application_syncing(docs, f"infrastructure/overlays/{environment}")
     infrastructure["spec"]["destination"].pop("namespace")

@@ -1,9 +1,12 @@
 """Each promise check fails on the mistake it exists for, and names the resource to fix."""
 
+import pytest
 from conftest import app_namespace, app_route, backend_policy, find, gateway_api_only, istio_api_only, the_gateway
 
 from repo_tools import invariants
 from repo_tools.layout import IngressGateway, ingress_gateway
+
+pytestmark = pytest.mark.gitops_tool_independent
 
 
 def test_the_dev_overlay_keeps_every_promise(rendered):

@@ -4,13 +4,12 @@ Renders every infrastructure overlay with real Helm, or offline from recorded re
 without either these tests skip and say why.
 """
 
-import copy
 import os
 import shutil
 
 import pytest
 import yaml
-from conftest import GATEWAY_API, gateway_api_only, istio_api_only, schema_problems
+from conftest import GATEWAY_API, built, gateway_api_only, istio_api_only, made_once, schema_problems
 
 from e2e.harness import bringup, capacity, install_plan, kind, settings
 from repo_tools import (
@@ -31,17 +30,14 @@ if os.environ.get(charts.RECORDED_FIXTURES) and UNAVAILABLE:
     raise RuntimeError(UNAVAILABLE)  # recordings were asked for but are unusable: an error, not a skip
 pytestmark = pytest.mark.skipif(bool(UNAVAILABLE), reason=UNAVAILABLE or "charts available")
 OVERLAYS = sorted(layout.overlays())
-_rendered: dict[str, list[dict]] = {}
 
 
 def infrastructure(overlay: str) -> list[dict]:
-    if overlay not in _rendered:
-        _rendered[overlay] = charts.render(REPO_ROOT / "infrastructure" / "overlays" / overlay)
-    return copy.deepcopy(_rendered[overlay])
+    return made_once(f"render {overlay}", lambda: charts.render(REPO_ROOT / "infrastructure" / "overlays" / overlay))
 
 
 def apps(overlay: str) -> list[dict]:
-    return kustomize.build(REPO_ROOT / "apps" / "overlays" / overlay)
+    return built(overlay)
 
 
 def installed(overlay: str) -> list[dict]:
@@ -266,6 +262,7 @@ def test_python_m_repo_tools_checks_what_the_e2e_run_relies_on(e2e_settings):
     assert len(problems) == 1 and f"more than the {capacity.BUDGET_MILLIS}m of a 2-vCPU runner" in problems[0]
 
 
+@pytest.mark.answer_independent
 def test_the_recorded_helm_refuses_a_release_or_version_it_has_no_recording_of():
     recorded = charts.recordings()
     if recorded is None:
@@ -306,6 +303,7 @@ def test_a_load_balancer_service_not_marked_optional_would_hold_the_waves_back()
     ]
 
 
+@pytest.mark.answer_independent
 @pytest.mark.skipif(charts.recordings() is None, reason="only renders of recorded charts are kept")
 def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")

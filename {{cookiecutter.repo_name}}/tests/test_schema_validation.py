@@ -8,6 +8,8 @@ from conftest import app_route, gateway_api_only, istio_api_only, needs_every_sc
 from repo_tools import charts, schemas
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
+pytestmark = pytest.mark.gitops_tool_independent
+
 
 def test_a_rendered_overlay_passes(rendered):
     assert schema_problems(rendered("dev")) == []

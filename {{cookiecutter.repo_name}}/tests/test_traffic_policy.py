@@ -4,6 +4,7 @@ contract row it breaks and the rule that names the resource to fix."""
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import (
     GATEWAY_API,
     ROWS,
@@ -19,6 +20,8 @@ from conftest import (
 
 from repo_tools import REPO_ROOT, contract, kustomize, layout, resilience
 from repo_tools.layout import ingress_gateway
+
+pytestmark = pytest.mark.gitops_tool_independent
 
 
 def api_rules(docs: list[dict]) -> list[dict]:
