@@ -25,6 +25,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.answer_independent
 def test_a_proxy_gets_the_environment_and_arguments_the_kubelet_would_give_its_container():
     pod = {
         "metadata": {"name": "backend-1", "namespace": "shop", "labels": {"app": "backend"}},
@@ -56,6 +57,7 @@ def test_a_proxy_gets_the_environment_and_arguments_the_kubelet_would_give_its_c
     assert dataplane.expand("--domain $(POD_NAMESPACE).svc $(UNSET)", environment) == "--domain shop.svc $(UNSET)"
 
 
+@pytest.mark.answer_independent
 def test_the_redirection_is_the_validation_containers_own_arguments_applied_instead_of_checked():
     validation = {
         "name": "istio-validation",
@@ -69,12 +71,14 @@ def test_the_redirection_is_the_validation_containers_own_arguments_applied_inst
     assert gateway.redirection() is None and gateway.proxy() == {"name": "istio-proxy"}
 
 
+@pytest.mark.answer_independent
 def test_an_image_is_known_by_its_repository_whatever_its_registry_tag_or_digest():
     assert dataplane.repository("docker.io/istio/proxyv2:1.30.4") == "istio/proxyv2"
     assert dataplane.repository("localhost:5000/echo@sha256:abc") == "localhost:5000/echo"
     assert dataplane.repository("jmalloc/echo-server") == "jmalloc/echo-server"
 
 
+@pytest.mark.answer_independent
 def test_the_mesh_config_loses_only_its_default_metrics_provider():
     mesh = {"defaultProviders": {"metrics": ["prometheus"], "accessLogging": ["envoy"]}, "trustDomain": "cluster.local"}
     doc = {"kind": "ConfigMap", "metadata": {"name": "istio"}, "data": {"mesh": yaml.safe_dump(mesh)}}
@@ -101,6 +105,7 @@ def echo():
     server.wait()
 
 
+@pytest.mark.answer_independent
 def test_the_echo_stand_in_answers_as_the_kind_runs_echo_server_with_its_pod_and_every_header(echo):
     response = requests.get(
         f"{echo}/api/orders?x=1", headers={"x-request-id": "abc", "X-Jwt-Subject": "e2e"}, timeout=5
@@ -112,6 +117,7 @@ def test_the_echo_stand_in_answers_as_the_kind_runs_echo_server_with_its_pod_and
     assert "X-Jwt-Subject: e2e\n" in response.text and "X-Request-Id: abc\n" in response.text
 
 
+@pytest.mark.answer_independent
 def test_a_refused_connection_reaches_the_client_as_a_reset_through_kube_proxys_part():
     """A sidecar refuses plaintext by resetting the connection; a client without one must see exit 56 (reset), as
     through kube-proxy's address rewriting, not 52 (closed)."""
