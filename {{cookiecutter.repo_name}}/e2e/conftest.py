@@ -182,7 +182,12 @@ def local_control_plane(request: pytest.FixtureRequest) -> Iterator[bringup.Brin
             pytest.fail(f"{reason} ({local.REQUIRE} is set, so this run must not be skipped)", pytrace=False)
         pytest.skip(reason)
     deployed_from = request.config.getoption("deploy_from")
-    with local.local_harness(ROWS, Path(deployed_from) if deployed_from else None) as run:
+
+    def bundle_if_failed() -> Path | None:
+        failed = request.session.testsfailed
+        return Path(request.config.getoption("diagnostics_dir")) / time.strftime("%Y%m%d-%H%M%S") if failed else None
+
+    with local.local_harness(ROWS, Path(deployed_from) if deployed_from else None, bundle_if_failed) as run:
         request.config.stash[FIGURES] = run.figures
         yield run
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,10 @@ from repo_tools import charts
 
 REQUIRE = "REQUIRE_CONTROLPLANE"
 # Each proxy is ready (its listeners from istiod) before any row runs, so a row that does not hold within this long
-# will not hold; kind's deadline also waits for the config to reach the proxies.
+# will not hold, and its three tries need no pause between them; kind's deadline and pause also wait for the config
+# to reach the proxies.
 LOCAL_ROW_SECONDS = 20.0
+LOCAL_ROW_INTERVAL = 0.2
 
 
 def unavailable() -> str:
@@ -82,10 +84,12 @@ class LocalHarness(Bringup):
 
 
 @contextmanager
-def local_harness(rows: list, deployed_from: Path | None = None) -> Iterator[LocalHarness]:
+def local_harness(
+    rows: list, deployed_from: Path | None = None, keep_logs_in: Callable[[], Path | None] | None = None
+) -> Iterator[LocalHarness]:
     """A local control plane with the repo installed, its e2e overlay applied (`deployed_from` another working
     tree's), the contract's clients running and every proxy ready; everything it made is removed afterwards, pass
-    or fail."""
+    or fail. `keep_logs_in` says, after the tests, where to keep every component's and proxy's log (None: nowhere)."""
     programs = {program: directory / program for program, directory in binaries.program_dirs().items()}
     workdir = Path(tempfile.mkdtemp(prefix="local-control-plane-"))
     workdir.chmod(0o755)  # the proxies run as Istio's proxy user, which must reach their programs and files in here
@@ -110,6 +114,7 @@ def local_harness(rows: list, deployed_from: Path | None = None) -> Iterator[Loc
         rows,
         test_ca=local.test_ca,
         row_seconds=LOCAL_ROW_SECONDS,
+        row_interval=LOCAL_ROW_INTERVAL,
         local=local,
         dataplane=dataplane,
     )
@@ -139,9 +144,22 @@ def local_harness(rows: list, deployed_from: Path | None = None) -> Iterator[Loc
         tests_started = time.monotonic()
         yield run
         run.figures.append(f"tests after the bring-up: {time.monotonic() - tests_started:.0f}s")
+        bundle = keep_logs_in() if keep_logs_in is not None else None
+        if bundle is not None:
+            run.figures.append(f"e2e diagnostics written to {diagnostics_bundle(plane, dataplane, bundle).resolve()}")
     except ComponentFailed:
         print(plane.log_tails())
         raise
     finally:
         dataplane.stop()
         plane.stop()
+
+
+def diagnostics_bundle(plane: ControlPlane, dataplane: DataPlane, bundle: Path) -> Path:
+    """The control plane's logs and each pod's (istio-proxy.log holds its access log), as kind's bundle keeps them."""
+    shutil.copytree(plane.workdir / "logs", bundle / "logs" / "control-plane", dirs_exist_ok=True)
+    for log in sorted((dataplane.workdir / "pods").glob("*/*.log")):
+        target = bundle / "logs" / "pods" / log.parent.name / log.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
+    return bundle

@@ -234,6 +234,7 @@ def run(mutation: Mutation) -> Outcome:
                 "no:cacheprovider",
                 "--local-control-plane",
                 f"--deploy-from={copy}",
+                f"--diagnostics-dir={scratch}/diagnostics",  # a failure is what a mutation expects: kept nowhere
                 f"--junitxml={junit}",
                 *node_ids,
             ],

@@ -90,6 +90,7 @@ class Bringup:
     authority: tokens.Authority = field(default_factory=tokens.Authority.generate)  # the run's token issuer
     jwks: tokens.JwksLocation | None = None  # where it serves its JWKS, once it does
     row_seconds: float = budget.ROW_HOLDS  # how long a row may take to hold: config propagation on kind
+    row_interval: float = 1.0  # between a row's tries: three in a row, a second apart, show it stable on kind
     figures: list[str] = field(default_factory=list)  # what the run measured, printed at its end
 
     def exec_command(self, namespace: str, pod: str, container: str, command: list[str]) -> list[str]:
@@ -104,7 +105,7 @@ class Bringup:
         return commands.run([*command, "--max-log-requests=20"], timeout=60).stdout
 
     def eventually_holds(self, check: Callable[[], Check]) -> Check:
-        return eventually(check, timeout=self.row_seconds, interval=1, consecutive=3)
+        return eventually(check, timeout=self.row_seconds, interval=self.row_interval, consecutive=3)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
