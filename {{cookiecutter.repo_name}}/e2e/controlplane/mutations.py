@@ -71,20 +71,38 @@ def is_kind(doc: Doc, kind: str) -> bool:
     return doc.get("kind") == kind
 
 
+def apps(rows: list[Row]) -> tuple[str, str]:
+    """(frontend, backend) as the contract names them: what the home page reaches, and the other app the internet
+    reaches."""
+    reached = [row for row in rows if row.caller == "internet" and row.expected.startswith("reaches ")]
+    frontend = next(row.expected.removeprefix("reaches ") for row in reached if row.request.path == "/")
+    backend = next(row.expected.removeprefix("reaches ") for row in reached if row.expected != f"reaches {frontend}")
+    return frontend, backend
+
+
+def is_app(name: str, app: str) -> bool:
+    """The app's own Service or one of its versions' (backend-canary)."""
+    return name == app or name.startswith(f"{app}-")
+
+
 def api_to_the_frontend(repo: Path) -> None:
-    port = yaml.safe_load((repo / "apps/base/frontend/service.yaml").read_text())["spec"]["ports"][0]["port"]
+    frontend, backend = apps(contract.load())
+    services = [doc for path in manifests(repo) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    port = next(doc for doc in services if is_kind(doc, "Service") and doc["metadata"]["name"] == frontend)["spec"][
+        "ports"
+    ][0]["port"]
 
     def to_frontend(doc: Doc) -> Doc:
         if is_kind(doc, "HTTPRoute"):
             for rule in doc["spec"].get("rules", []):
                 for ref in rule.get("backendRefs", []):
-                    if ref["name"].startswith("backend"):
-                        ref.update(name="frontend", port=port)
+                    if is_app(ref["name"], backend):
+                        ref.update(name=frontend, port=port)
         if is_kind(doc, "VirtualService"):
             for route in doc["spec"].get("http", []):
                 for destination in route.get("route", []):
-                    if destination["destination"]["host"].startswith("backend"):
-                        destination["destination"].update(host="frontend", port={"number": port})
+                    if is_app(destination["destination"]["host"].split(".")[0], backend):
+                        destination["destination"].update(host=frontend, port={"number": port})
         return doc
 
     edit(repo, to_frontend)
@@ -100,24 +118,36 @@ def permissive(repo: Path) -> None:
 
 
 def intruder(row: Row) -> bool:
-    """The row of a pod with a service account no policy names, calling the backend."""
+    """The row of a mesh pod of the backend's namespace, with a service account no app has, calling the backend."""
+    frontend, backend = apps(contract.load())
+    target = str(row.request.to)
     return (
         isinstance(row.caller, Caller)
         and row.caller.sidecar
-        and row.caller.service_account not in ("default", "frontend", "backend")
+        and row.caller.service_account not in ("default", frontend, backend)
         and row.expected == "denied"
-        and str(row.request.to).startswith("backend.")
+        and target.split(".")[0] == backend
+        and row.caller.namespace == target.split(".", 1)[1]
     )
+
+
+def is_backend_policy(doc: Doc) -> bool:
+    """The policy that admits the ingress gateway on the API paths (its first rule has a `to`) and the frontend."""
+    rules = doc.get("spec", {}).get("rules") or [{}]
+    admits = (doc.get("metadata", {}).get("annotations") or {}).get("admits")
+    return is_kind(doc, "AuthorizationPolicy") and admits == "ingress-gateway" and bool(rules[0].get("to"))
 
 
 def intruder_admitted(repo: Path) -> None:
     caller = next(row.caller for row in contract.load() if intruder(row))
     assert isinstance(caller, Caller)
-    principal = f"cluster.local/ns/{caller.namespace}/sa/{caller.service_account}"
 
     def admitting(doc: Doc) -> Doc:
-        selector = doc.get("spec", {}).get("selector", {}).get("matchLabels", {})
-        if is_kind(doc, "AuthorizationPolicy") and selector.get("app") == "backend":
+        if is_backend_policy(doc):
+            # The trust domain as the policy's own principals write it: <trust domain>/ns/<namespace>/sa/<account>.
+            named = doc["spec"]["rules"][0]["from"][0]["source"]["principals"][0]
+            trust_domain = named.split("/ns/", 1)[0]
+            principal = f"{trust_domain}/ns/{caller.namespace}/sa/{caller.service_account}"
             doc["spec"]["rules"].append({"from": [{"source": {"principals": [principal]}}]})
         return doc
 
@@ -149,7 +179,11 @@ MUTATIONS = [
         "api-to-frontend",
         "the HTTPRoute or VirtualService sends /api to the frontend",
         api_to_the_frontend,
-        lambda row: row.caller == "internet" and row.expected == "reaches backend" and not row.request.exceeds,
+        lambda row: (
+            row.caller == "internet"
+            and row.expected == f"reaches {apps(contract.load())[1]}"
+            and not row.request.exceeds
+        ),
     ),
     Mutation(
         "permissive",
@@ -181,7 +215,7 @@ MUTATIONS = [
 
 def control_row(rows: list[Row]) -> Row:
     """A row no mutation here breaks: the home page from the internet."""
-    return next(row for row in rows if row.caller == "internet" and row.expected == "reaches frontend")
+    return next(row for row in rows if row.caller == "internet" and row.expected == f"reaches {apps(rows)[0]}")
 
 
 @dataclass(frozen=True)
