@@ -6,6 +6,7 @@ network namespaces (dataplane.py) instead of kind's containers. The contract's t
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -119,6 +120,8 @@ def local_harness(
         dataplane=dataplane,
     )
     started = time.monotonic()
+    # A CI job's timeout stops the run with SIGTERM: as an interrupt, it still runs the cleanup below.
+    previous_handler = signal.signal(signal.SIGTERM, stopped)
     try:
         with local.phase("start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok"):
             plane.start()
@@ -153,6 +156,11 @@ def local_harness(
     finally:
         dataplane.stop()
         plane.stop()
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def stopped(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def diagnostics_bundle(plane: ControlPlane, dataplane: DataPlane, bundle: Path) -> Path:
