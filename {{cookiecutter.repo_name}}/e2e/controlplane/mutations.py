@@ -36,7 +36,7 @@ Edit = Callable[[Doc], Doc | None]  # the changed document, or None to drop it
 class Mutation:
     name: str
     what: str
-    change: Callable[[Path], None]  # edits the copy of the repo
+    change: Callable[[Path], int]  # edits the copy of the repo; returns how many documents it changed
     breaks: Callable[[Row], bool]  # the rows it must break
     test: str = CONTRACT_TEST
 
@@ -85,7 +85,7 @@ def is_app(name: str, app: str) -> bool:
     return name == app or name.startswith(f"{app}-")
 
 
-def api_to_the_frontend(repo: Path) -> None:
+def api_to_the_frontend(repo: Path) -> int:
     frontend, backend = apps(contract.load())
     services = [doc for path in manifests(repo) for doc in yaml.safe_load_all(path.read_text()) if doc]
     port = next(doc for doc in services if is_kind(doc, "Service") and doc["metadata"]["name"] == frontend)["spec"][
@@ -105,16 +105,16 @@ def api_to_the_frontend(repo: Path) -> None:
                         destination["destination"].update(host=frontend, port={"number": port})
         return doc
 
-    edit(repo, to_frontend)
+    return edit(repo, to_frontend)
 
 
-def permissive(repo: Path) -> None:
+def permissive(repo: Path) -> int:
     def loosened(doc: Doc) -> Doc:
         if is_kind(doc, "PeerAuthentication"):
             doc["spec"]["mtls"] = {"mode": "PERMISSIVE"}
         return doc
 
-    edit(repo, loosened)
+    return edit(repo, loosened)
 
 
 def intruder(row: Row) -> bool:
@@ -138,7 +138,7 @@ def is_backend_policy(doc: Doc) -> bool:
     return is_kind(doc, "AuthorizationPolicy") and admits == "ingress-gateway" and bool(rules[0].get("to"))
 
 
-def intruder_admitted(repo: Path) -> None:
+def intruder_admitted(repo: Path) -> int:
     caller = next(row.caller for row in contract.load() if intruder(row))
     assert isinstance(caller, Caller)
 
@@ -151,10 +151,10 @@ def intruder_admitted(repo: Path) -> None:
             doc["spec"]["rules"].append({"from": [{"source": {"principals": [principal]}}]})
         return doc
 
-    edit(repo, admitting)
+    return edit(repo, admitting)
 
 
-def token_deny_dropped(repo: Path) -> None:
+def token_deny_dropped(repo: Path) -> int:
     def without(doc: Doc) -> Doc | None:
         rules = doc.get("spec", {}).get("rules", [])
         requires_token = any("notRequestPrincipals" in str(rule) for rule in rules)
@@ -164,14 +164,14 @@ def token_deny_dropped(repo: Path) -> None:
             else doc
         )
 
-    edit(repo, without)
+    return edit(repo, without)
 
 
-def rate_limit_removed(repo: Path) -> None:
+def rate_limit_removed(repo: Path) -> int:
     def without(doc: Doc) -> Doc | None:
         return None if is_kind(doc, "EnvoyFilter") and "local_ratelimit" in str(doc) else doc
 
-    edit(repo, without)
+    return edit(repo, without)
 
 
 MUTATIONS = [
@@ -253,7 +253,8 @@ def run(mutation: Mutation) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=f"mutation-{mutation.name}-") as scratch:
         copy = Path(scratch) / "repo"
         shutil.copytree(REPO_ROOT, copy, ignore=shutil.ignore_patterns(".git", ".nox", ".venv", "__pycache__"))
-        mutation.change(copy)
+        if mutation.change(copy) == 0:
+            raise SystemExit(f"{mutation.name}: nothing in apps/ to change ({mutation.what}); is the rule still there?")
         junit = Path(scratch) / "junit.xml"
         node_ids = [f"{mutation.test}[{name}]" for name in broken] + [f"{CONTRACT_TEST}[{control}]"]
         # The cluster runs the broken copy; the tests read their expectations (the contract, the models) from this
