@@ -183,9 +183,14 @@ def faults_in_place_of(harness, ca_file: str, row: Row, prefix: str, replicas: i
                     left = harness.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "name").split()
                     return Check(not left, f"still running: {', '.join(left)}")
 
-                eventually(gone, timeout=120, interval=2, consecutive=1)
+                eventually(gone, timeout=120, interval=2 * harness.row_interval, consecutive=1)
             # The gateway hears of the removed endpoints a moment later.
-            eventually(lambda: only_fault_pods_answer(harness, ca_file, row, prefix), timeout=60, consecutive=10)
+            eventually(
+                lambda: only_fault_pods_answer(harness, ca_file, row, prefix),
+                timeout=60,
+                interval=harness.row_interval,
+                consecutive=10,
+            )
             yield
         finally:
             fault_names = [traffic.fault_name(workload) for workload in workloads]
