@@ -319,6 +319,10 @@ class DataPlane:
         etc = Path("/etc/netns") / netns
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "hosts").write_text(self.hosts_text or self.hosts())
+        # There is no cluster DNS: names resolve through the hosts file, and any other lookup fails at once (nothing
+        # answers on the pod's own port 53). The machine's resolver is out of the pod's reach, and its timeouts would
+        # hold up every stand-in by 10s (Python's HTTPServer looks up the host's name as it binds).
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         run("ip", "netns", "add", netns)
         run("ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", netns)
         run("ip", "link", "set", host_side, "master", BRIDGE, "up")
