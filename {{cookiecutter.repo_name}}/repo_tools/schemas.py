@@ -17,11 +17,13 @@ A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS (or ARGOCD
 is not validated twice; importing the typed models alone takes seconds.
 """
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import json
 import os
+import time
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +67,7 @@ SCHEMA_PACKAGES = (
     *(f"cloudcoil.models.{name}" for name in ("istio", "cert-manager", "fluxcd")),
 )
 _disk: dict[str, list[str]] | None = None
+STALE_SECONDS = 24 * 3600
 # The schema exists but cannot be had on this machine (no recordings, no network): not a fault of the document.
 NO_SCHEMA_AT_HAND = "no schema at hand: "
 REQUIRE_RECORDED_FIXTURES = "REQUIRE_RECORDED_FIXTURES"
@@ -129,14 +132,22 @@ def use_disk_cache() -> None:
 
 
 def save_disk_cache() -> None:
+    """Write this run's results merged with those other runs sharing the cache saved meanwhile; remove the results
+    of other fingerprints that no run has used for a day (another Kubernetes version may be in use beside this one)."""
     if _disk is None:
         return
     current = cache_file()
     kept = [current, CACHE_DIR / current.name.replace("schema-results-", "crd-schemas-")]
+    now = time.time()
     for stale in [*CACHE_DIR.glob("schema-results-*.json"), *CACHE_DIR.glob("crd-schemas-*.json")]:
-        if stale not in kept:
-            stale.unlink(missing_ok=True)
-    write_atomically(current, json.dumps(_disk))
+        with contextlib.suppress(OSError):  # another run may remove it first
+            if stale not in kept and now - stale.stat().st_mtime > STALE_SECONDS:
+                stale.unlink()
+    try:
+        saved = json.loads(current.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    write_atomically(current, json.dumps(saved | _disk))
 
 
 @cache

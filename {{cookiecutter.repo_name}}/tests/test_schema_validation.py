@@ -1,6 +1,7 @@
 """The schema checks catch what a real API server or Istio would reject, and never skip a kind."""
 
 import json
+import os
 
 import pytest
 from conftest import app_route, gateway_api_only, istio_api_only, needs_every_schema, schema_problems, the_gateway
@@ -145,3 +146,23 @@ def test_python_m_repo_tools_keeps_results_per_document_content_and_fingerprint(
     fingerprint = schemas.fingerprint()
     monkeypatch.setattr(schemas, "KUBERNETES_VERSION", "1.0")
     assert schemas.fingerprint() != fingerprint
+
+
+def test_runs_sharing_a_cache_keep_each_others_results_and_another_kubernetes_versions(tmp_path, monkeypatch):
+    monkeypatch.setattr(schemas, "CACHE_DIR", tmp_path)
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}
+    other_version = tmp_path / "schema-results-another-kubernetes.json"
+    other_version.write_text("{}")
+    schemas.use_disk_cache()
+    try:
+        assert schemas.schema_errors(service) == []
+        schemas.cache_file().write_text(json.dumps({"saved-by-another-run": []}))  # while this run validated
+        schemas.save_disk_cache()
+        assert len(json.loads(schemas.cache_file().read_text())) == 2
+        assert other_version.is_file()
+        long_ago = other_version.stat().st_mtime - schemas.STALE_SECONDS - 1
+        os.utime(other_version, (long_ago, long_ago))
+        schemas.save_disk_cache()
+        assert not other_version.exists()  # unused for a day: results of code or versions no longer in use
+    finally:
+        monkeypatch.setattr(schemas, "_disk", None)
