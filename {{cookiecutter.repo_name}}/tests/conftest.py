@@ -17,6 +17,18 @@ istio_api_only = pytest.mark.skipif(GATEWAY_API, reason="about Istio's own ingre
 gateway_api_only = pytest.mark.skipif(not GATEWAY_API, reason="about the Gateway API; this repo uses Istio's own API")
 # Without recordings or network the Gateway API's CRDs cannot be had: its kinds' schema checks skip, saying so.
 SCHEMAS_UNAVAILABLE = schemas.unavailable_reason()
+# What a scratch copy of this repo leaves out: history, caches and environments, which no check reads.
+NOT_COPIED = (
+    ".cache",
+    ".git",
+    ".nox",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".ruff_cache",
+    ".mypy_cache",
+)
 needs_every_schema = pytest.mark.skipif(
     bool(SCHEMAS_UNAVAILABLE) and not os.environ.get(schemas.REQUIRE_RECORDED_FIXTURES),
     reason=SCHEMAS_UNAVAILABLE or "every schema at hand",

@@ -1,5 +1,6 @@
 """The traffic contract holds in every overlay, and breaking a policy, route or mTLS setting breaks its row."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import yaml
 from conftest import (
     GATEWAY_API,
+    NOT_COPIED,
     ROWS,
     app_namespace,
     app_route,
@@ -21,7 +23,7 @@ from conftest import (
     the_gateway,
 )
 
-from repo_tools import REPO_ROOT, contract, layout
+from repo_tools import CACHE_DIR, REPO_ROOT, contract, layout
 
 pytestmark = pytest.mark.gitops_tool_independent
 
@@ -257,13 +259,19 @@ def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and
 
 @pytest.mark.answer_independent
 def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tmp_path):
-    shutil.copytree(REPO_ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__"))
+    shutil.copytree(REPO_ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(*NOT_COPIED))
     contract_file = tmp_path / "repo" / "contract.yaml"
     contract_file.write_text(
         contract_file.read_text().replace("request: {scheme: https, path: /}", "request: {schme: https, path: /}", 1)
     )
-    # In this run's environment: with recordings, the copy's renders and schema results come from the cache.
-    result = subprocess.run([sys.executable, "-m", "repo_tools"], cwd=tmp_path / "repo", capture_output=True, text=True)
+    # The copy's renders and schema results come from this repo's cache (its install layer is unchanged).
+    result = subprocess.run(
+        [sys.executable, "-m", "repo_tools"],
+        cwd=tmp_path / "repo",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REPO_TOOLS_CACHE_DIR": str(CACHE_DIR)},
+    )
     assert result.returncode == 1
     assert "FAIL contract" in result.stdout
     assert f"contract: contract.yaml: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr

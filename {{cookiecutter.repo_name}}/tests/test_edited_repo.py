@@ -10,17 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import NOT_COPIED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from repo_tools import CACHE_DIR, REPO_ROOT
 
 pytestmark = pytest.mark.answer_independent
-SKIPPED = {".cache", ".git", ".nox", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 YAML_FILES = sorted(
     str(path.relative_to(REPO_ROOT))
     for path in REPO_ROOT.rglob("*.yaml")
-    if not SKIPPED & set(path.relative_to(REPO_ROOT).parts)
+    if not set(NOT_COPIED) & set(path.relative_to(REPO_ROOT).parts)
 )
 CHANGES = ("empty", "delete", "truncate", "drop a document")
 
@@ -40,7 +40,7 @@ def changed(text: str, change: str) -> str | None:
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     destination = tmp_path_factory.mktemp("edited") / REPO_ROOT.name
-    shutil.copytree(REPO_ROOT, destination, ignore=shutil.ignore_patterns(*SKIPPED))
+    shutil.copytree(REPO_ROOT, destination, ignore=shutil.ignore_patterns(*NOT_COPIED))
     yield destination
 
 
