@@ -12,6 +12,7 @@ kustomize renders `helmCharts` by calling a `helm` executable (`--helm-command`)
     python -m repo_tools.charts template RELEASE CHART_DIR --namespace NS -f VALUES [--include-crds]
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -271,13 +272,24 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
     recorded = recordings()
     # Kept parsed, as JSON: reading megabytes of CRDs back as YAML would cost more than the rest of the checks.
     cached = CACHE_DIR / "renders" / f"{render_key(relative, root, recorded)}.json" if recorded else None
-    if cached is not None and cached.is_file():
+    if cached is None:
+        return render_now(relative, root)
+    if cached.is_file():
         return json.loads(cached.read_text())
-    with helm_command() as helm, infrastructure_copy(root) as copy:
-        docs = kustomize.build(copy.parent / relative, "--enable-helm", f"--helm-command={helm}")
-    if cached is not None:
+    # Runs sharing the cache (checkouts, parallel tests) render one overlay once: the others wait for the first.
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with cached.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        docs = render_now(relative, root)
         write_atomically(cached, json.dumps(docs))
     return docs
+
+
+def render_now(relative: Path, root: Path) -> list[dict]:
+    with helm_command() as helm, infrastructure_copy(root) as copy:
+        return kustomize.build(copy.parent / relative, "--enable-helm", f"--helm-command={helm}")
 
 
 def render_key(relative: Path, root: Path, recorded: Recordings) -> str:

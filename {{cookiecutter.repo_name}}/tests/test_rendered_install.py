@@ -6,6 +6,9 @@ without either these tests skip and say why.
 
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import yaml
@@ -317,6 +320,26 @@ def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, mo
     values = copy_root / "infrastructure" / "istiod" / "values.yaml"
     values.write_text(values.read_text() + "\n")
     assert charts.render(overlay, copy_root) == rendered
+
+
+@pytest.mark.answer_independent
+@pytest.mark.skipif(charts.recordings() is None, reason="only renders of recorded charts are kept")
+def test_two_runs_asking_for_the_same_render_at_once_render_it_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")
+    renders = []
+
+    def slow_render(relative: Path, root: Path) -> list[dict]:
+        renders.append(relative)
+        time.sleep(0.5)  # the other run asks meanwhile
+        return [{"kind": "Rendered", "metadata": {"name": str(relative)}}]
+
+    monkeypatch.setattr(charts, "render_now", slow_render)
+    overlay = REPO_ROOT / "infrastructure" / "overlays" / "dev"
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: charts.render(overlay), range(2))
+    assert first == second and len(renders) == 1
+    charts.render(REPO_ROOT / "infrastructure" / "overlays" / "prod")
+    assert len(renders) == 2  # another overlay is rendered on its own
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
