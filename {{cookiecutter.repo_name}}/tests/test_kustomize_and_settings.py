@@ -44,6 +44,30 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.answer_independent
+def test_a_build_is_kept_until_a_file_it_reads_changes(repo_copy: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(kustomize, "CACHE_DIR", repo_copy / "cache")
+    overlay = repo_copy / "apps" / "overlays" / "dev"
+    built = kustomize.render(overlay)
+    (kept,) = (repo_copy / "cache" / "builds").glob("*.yaml")
+    kept.write_text("kind: Kept\n")
+    assert kustomize.render(overlay) == "kind: Kept\n"
+    (repo_copy / "apps" / "overlays" / "staging" / "unrelated.yaml").write_text("kind: Unread\n")
+    assert kustomize.render(overlay) == "kind: Kept\n"  # staging is no part of dev's build
+    base = repo_copy / "apps" / "base" / "kustomization.yaml"  # read through the overlay's reference to the base
+    base.write_text(base.read_text() + "\n")
+    assert kustomize.render(overlay) == built
+    assert len(list((repo_copy / "cache" / "builds").glob("*.yaml"))) == 2
+
+
+@pytest.mark.answer_independent
+def test_a_kustomization_with_a_remote_resource_is_built_every_time(tmp_path: Path):
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - https://example.com/release.yaml\n")
+    assert kustomize.inputs_digest(tmp_path) is None
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - service.yaml\n")
+    assert kustomize.inputs_digest(tmp_path) is not None
+
+
 def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_objects(repo_copy: Path):
     settings = repo_copy / "apps" / "base" / "ingress-gateway.env"
     identity = "gatewayName=public-gateway" if GATEWAY_API else "istioLabel=edge-gateway"
