@@ -14,6 +14,8 @@ import yaml
 from repo_tools import CACHE_DIR, SAFE_LOADER, load_yaml, write_atomically
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+# The fields whose entries may name another kustomization, anywhere; every other file must lie within the folder.
+REFERENCES = ("resources", "components", "bases", "generators", "transformers", "validators")
 # A kept build nobody has read for this long is removed: every edit of the repo leaves one behind.
 UNUSED_BUILD_SECONDS = 24 * 3600
 
@@ -99,16 +101,18 @@ def inputs_digest(directory: Path) -> str | None:
             return None
         if not isinstance(spec, dict):
             return None
-        for key in ("resources", "components", "bases"):
+        for key in REFERENCES:
             for entry in spec.get(key) or []:
-                if not isinstance(entry, str) or "://" in entry or entry.startswith("git@"):
+                if not isinstance(entry, str):
+                    continue  # inline, in the kustomization file itself
+                if "://" in entry or entry.startswith("git@"):
                     return None
                 if (current / entry).is_dir():
                     pending.append((current / entry).resolve())
         digest.update(os.path.relpath(current, start_at).encode() + b"\0")
         for path in sorted(current.rglob("*")):
             relative = path.relative_to(current)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts[:-1]):  # caches, .git
                 digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

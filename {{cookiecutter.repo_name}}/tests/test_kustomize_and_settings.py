@@ -111,3 +111,16 @@ def test_the_gateways_tls_secret_is_the_one_the_certificate_writes(rendered):
         else spec["servers"][1]["tls"]["credentialName"]
     )
     assert used == secret
+
+
+@pytest.mark.answer_independent
+def test_a_hidden_file_a_kustomization_reads_is_part_of_its_build_and_a_cache_folder_is_not(tmp_path: Path):
+    generator = "configMapGenerator:\n  - name: settings\n    envs: [.settings.env]\n"
+    (tmp_path / "kustomization.yaml").write_text(generator)
+    (tmp_path / ".settings.env").write_text("level=info\n")
+    before = kustomize.inputs_digest(tmp_path)
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "kept.yaml").write_text("kind: Kept\n")
+    assert kustomize.inputs_digest(tmp_path) == before
+    (tmp_path / ".settings.env").write_text("level=debug\n")
+    assert kustomize.inputs_digest(tmp_path) != before
