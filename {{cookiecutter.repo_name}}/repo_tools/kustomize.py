@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -42,8 +43,9 @@ def kustomize_command() -> list[str]:
     )
 
 
-# Builds started ahead (start), by directory; each is taken by the next render of its directory, once.
-_started: dict[Path, Future[str]] = {}
+# Builds started ahead (start), by directory, with the digest of their inputs then; each is taken by the next render
+# of its directory, once, if its inputs are still the same.
+_started: dict[Path, tuple[str | None, Future[str]]] = {}
 
 
 def start(directories: Iterable[Path]) -> None:
@@ -51,9 +53,9 @@ def start(directories: Iterable[Path]) -> None:
     a run that needs many builds overlaps them, and the next render of each directory takes its result."""
     pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
     for directory in directories:
-        kept = kept_build(directory)
-        if directory not in _started and not (kept and kept.is_file()):
-            _started[directory] = pool.submit(_run, directory)
+        digest = inputs_digest(directory)
+        if directory not in _started and not (digest and kept_build(digest).is_file()):
+            _started[directory] = (digest, pool.submit(_run, directory))
     pool.shutdown(wait=False)
 
 
@@ -62,31 +64,38 @@ def render(directory: Path, *options: str) -> str:
     cache by everything it reads, and read back while none of that changes."""
     if options:
         return _run(directory, *options)
-    kept = kept_build(directory)
-    if kept is not None and kept.is_file():
-        os.utime(kept)  # in use: not removed as unused
-        return kept.read_text()
-    started = _started.pop(directory, None)
-    stream = started.result() if started is not None else _run(directory)
-    if kept is not None:
-        write_atomically(kept, stream)
-        remove_unused_builds(kept.parent)
+    digest = inputs_digest(directory)
+    if digest and kept_build(digest).is_file():
+        os.utime(kept_build(digest))  # in use: not removed as unused
+        return kept_build(digest).read_text()
+    started_with, started = _started.pop(directory, (None, None))
+    stream = started.result() if started is not None and started_with == digest else _run(directory)
+    if digest and inputs_digest(directory) == digest:  # nothing changed while kustomize read it
+        write_atomically(kept_build(digest), stream)
+        remove_unused_builds(kept_build(digest).parent)
     return stream
 
 
-def kept_build(directory: Path) -> Path | None:
-    digest = inputs_digest(directory)
-    return CACHE_DIR / "builds" / f"{digest}.yaml" if digest else None
+def kept_build(digest: str) -> Path:
+    return CACHE_DIR / "builds" / f"{digest}.yaml"
+
+
+@cache
+def kustomize_identity() -> str:
+    """The command and the version it reports: a version manager's shim or kubectl's dispatcher may run another
+    kustomize under the same path."""
+    command = kustomize_command()
+    asked = [command[0], "version", "--client"] if command[1] == "kustomize" else [command[0], "version"]
+    version = subprocess.run(asked, capture_output=True, text=True, check=False).stdout
+    return f"{command}\0{version}\0{os.environ.get('KUSTOMIZE_ENABLE_MANAGEDBY_LABEL', '')}"
 
 
 def inputs_digest(directory: Path) -> str | None:
     """A digest of what kustomize reads to build `directory`: every file of it and of each kustomization it refers
-    to (files a kustomization names must lie within it), where each lies, and which kustomize. None, so that the
-    build runs and is not kept, where a reference is remote (its content may change) or a kustomization unreadable
-    (kustomize says why)."""
-    command = kustomize_command()
-    binary = os.stat(shutil.which(command[0]) or command[0])
-    digest = hashlib.sha256(f"{command}\0{binary.st_size}\0{binary.st_mtime_ns}".encode())
+    to (any other file a kustomization names must lie within it), where each lies, and which kustomize. None, so
+    that the build runs and is not kept, where an entry is remote or a git repository (its content may change), or a
+    kustomization is missing or unreadable (kustomize says why)."""
+    digest = hashlib.sha256(kustomize_identity().encode())
     start_at = directory.resolve()
     pending, seen = [start_at], set()
     while pending:
@@ -99,22 +108,46 @@ def inputs_digest(directory: Path) -> str | None:
             spec = load_yaml(found[0].read_text()) if found else None
         except (OSError, yaml.YAMLError):
             return None
-        if not isinstance(spec, dict):
+        if not isinstance(spec, dict) or any("://" in entry for entry in file_entries(spec)):
             return None
         for key in REFERENCES:
             for entry in spec.get(key) or []:
-                if not isinstance(entry, str):
+                if not isinstance(entry, str) or "\n" in entry:
                     continue  # inline, in the kustomization file itself
-                if "://" in entry or entry.startswith("git@"):
+                target = Path(os.path.normpath(current / entry))  # as kustomize joins it: before any symlink
+                try:
+                    if target.is_dir():
+                        pending.append(target.resolve())
+                    elif not target.is_file():
+                        return None  # a git repository or an address: kustomize fetches it, or fails
+                except OSError:
                     return None
-                if (current / entry).is_dir():
-                    pending.append((current / entry).resolve())
         digest.update(os.path.relpath(current, start_at).encode() + b"\0")
         for path in sorted(current.rglob("*")):
             relative = path.relative_to(current)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts[:-1]):  # caches, .git
+            if ".git" in relative.parts or path.resolve().is_relative_to(CACHE_DIR.resolve()):
+                continue
+            if path.is_symlink():
+                digest.update(str(relative).encode() + b"\0-> " + os.readlink(path).encode() + b"\0")
+            if path.is_file():
                 digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def file_entries(spec: dict) -> list[str]:
+    """The files a kustomization names outside REFERENCES (patches, generators' sources, CRDs, configurations,
+    OpenAPI): kustomize fetches any of them given as an http(s) address."""
+    entries = [*(spec.get("patchesStrategicMerge") or []), *(spec.get("crds") or [])]
+    entries += spec.get("configurations") or []
+    for key in ("patches", "patchesJson6902", "replacements"):
+        entries += [item.get("path", "") for item in spec.get(key) or [] if isinstance(item, dict)]
+    if isinstance(spec.get("openapi"), dict):
+        entries.append(spec["openapi"].get("path", ""))
+    for key in ("configMapGenerator", "secretGenerator"):
+        for generator in spec.get(key) or []:
+            if isinstance(generator, dict):
+                entries += [*(generator.get("files") or []), *(generator.get("envs") or []), generator.get("env", "")]
+    return [entry for entry in entries if isinstance(entry, str)]
 
 
 def remove_unused_builds(folder: Path) -> None:

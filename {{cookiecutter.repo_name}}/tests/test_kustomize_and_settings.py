@@ -61,11 +61,54 @@ def test_a_build_is_kept_until_a_file_it_reads_changes(repo_copy: Path, monkeypa
 
 
 @pytest.mark.answer_independent
-def test_a_kustomization_with_a_remote_resource_is_built_every_time(tmp_path: Path):
-    (tmp_path / "kustomization.yaml").write_text("resources:\n  - https://example.com/release.yaml\n")
-    assert kustomize.inputs_digest(tmp_path) is None
+@pytest.mark.parametrize(
+    "kustomization",
+    [
+        "resources:\n  - https://example.com/release.yaml\n",
+        "resources:\n  - github.com/example/config//apps?ref=main\n",
+        "patches:\n  - path: https://example.com/patch.yaml\n",
+        "configMapGenerator:\n  - name: settings\n    files: [https://example.com/settings.env]\n",
+    ],
+)
+def test_a_kustomization_reading_a_remote_file_or_repository_is_built_every_time(tmp_path: Path, kustomization):
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - service.yaml\n")
+    (tmp_path / "service.yaml").write_text("kind: Service\n")
     assert kustomize.inputs_digest(tmp_path) is not None
+    (tmp_path / "kustomization.yaml").write_text(kustomization)
+    assert kustomize.inputs_digest(tmp_path) is None
+
+
+@pytest.mark.answer_independent
+def test_a_hidden_file_or_folder_a_kustomization_reads_is_part_of_its_build_and_the_cache_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(kustomize, "CACHE_DIR", tmp_path / ".cache")
+    generator = "configMapGenerator:\n  - name: settings\n    envs: [.settings.env, .generated/more.env]\n"
+    (tmp_path / "kustomization.yaml").write_text(generator)
+    (tmp_path / ".generated").mkdir()
+    (tmp_path / ".generated" / "more.env").write_text("color=blue\n")
+    (tmp_path / ".settings.env").write_text("level=info\n")
+    before = kustomize.inputs_digest(tmp_path)
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "kept.yaml").write_text("kind: Kept\n")
+    assert kustomize.inputs_digest(tmp_path) == before
+    (tmp_path / ".generated" / "more.env").write_text("color=green\n")
+    after_generated = kustomize.inputs_digest(tmp_path)
+    (tmp_path / ".settings.env").write_text("level=debug\n")
+    assert len({before, after_generated, kustomize.inputs_digest(tmp_path)}) == 3
+
+
+@pytest.mark.answer_independent
+def test_a_folder_link_pointed_elsewhere_changes_the_build(tmp_path: Path):
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "settings.env").write_text(f"version={version}\n")
+    (tmp_path / "current").symlink_to("v1")
+    (tmp_path / "kustomization.yaml").write_text("configMapGenerator:\n  - name: s\n    envs: [current/settings.env]\n")
+    before = kustomize.inputs_digest(tmp_path)
+    (tmp_path / "current").unlink()
+    (tmp_path / "current").symlink_to("v2")
+    assert kustomize.inputs_digest(tmp_path) != before
 
 
 def test_moving_the_ingress_gateway_in_one_file_moves_its_principal_and_tls_objects(repo_copy: Path):
@@ -111,16 +154,3 @@ def test_the_gateways_tls_secret_is_the_one_the_certificate_writes(rendered):
         else spec["servers"][1]["tls"]["credentialName"]
     )
     assert used == secret
-
-
-@pytest.mark.answer_independent
-def test_a_hidden_file_a_kustomization_reads_is_part_of_its_build_and_a_cache_folder_is_not(tmp_path: Path):
-    generator = "configMapGenerator:\n  - name: settings\n    envs: [.settings.env]\n"
-    (tmp_path / "kustomization.yaml").write_text(generator)
-    (tmp_path / ".settings.env").write_text("level=info\n")
-    before = kustomize.inputs_digest(tmp_path)
-    (tmp_path / ".cache").mkdir()
-    (tmp_path / ".cache" / "kept.yaml").write_text("kind: Kept\n")
-    assert kustomize.inputs_digest(tmp_path) == before
-    (tmp_path / ".settings.env").write_text("level=debug\n")
-    assert kustomize.inputs_digest(tmp_path) != before
