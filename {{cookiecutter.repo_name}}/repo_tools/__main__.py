@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     schemas.use_disk_cache()
     try:
         problems = validate_all()
-    except RepoFileError as error:
+    except (RepoFileError, kustomize.KustomizeError) as error:
         problems = [str(error)]
     except Exception as error:  # noqa: BLE001 - an edited repo must get a finding, never a traceback
         problems = [unexpected(error)]

@@ -53,7 +53,10 @@ def start(directories: Iterable[Path]) -> None:
     a run that needs many builds overlaps them, and the next render of each directory takes its result."""
     pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
     for directory in directories:
-        digest = inputs_digest(directory)
+        try:
+            digest = inputs_digest(directory)
+        except KustomizeError:  # no kustomize: the build says so, in its turn
+            digest = None
         if directory not in _started and not (digest and kept_build(digest).is_file()):
             _started[directory] = (digest, pool.submit(_run, directory))
     pool.shutdown(wait=False)

@@ -54,6 +54,14 @@ def test_the_security_scan_without_checkov_says_how_to_install_it(tmp_path):
     assert result.stderr.startswith("checkov is not on PATH") and "pip install checkov" in result.stderr
 
 
+def test_the_checks_without_kustomize_or_kubectl_say_what_to_install(tmp_path):
+    environment = {key: value for key, value in os.environ.items() if key != "KUSTOMIZE"} | {"PATH": str(tmp_path)}
+    result = run("-m", "repo_tools", env=environment)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "FAIL build" in result.stdout and "stopped at" not in result.stderr, result.stdout + result.stderr
+    assert "Neither kustomize nor kubectl is on PATH: install kustomize v5" in result.stderr
+
+
 def test_the_e2e_options_are_listed_by_pytests_help():
     result = run("-m", "pytest", "e2e", "--help", "-p", "no:cacheprovider")
     assert result.returncode == 0, result.stderr
