@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Results that depend only on their inputs (schema verdicts, renders of recorded charts, kustomize builds) are kept
 # here; $REPO_TOOLS_CACHE_DIR lets several checkouts share them.
 CACHE_DIR = Path(os.environ.get("REPO_TOOLS_CACHE_DIR") or REPO_ROOT / ".cache" / "repo_tools")
+# What no run has read for this long is removed from the cache: every edit of the repo leaves results behind.
+CACHE_UNUSED_SECONDS = 24 * 3600
 # libyaml's loader when PyYAML was built with it: the install layer's CRDs are megabytes of YAML, and the pure-Python
 # loader would take most of a validation run reading the repo's own files.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import CACHE_DIR, SAFE_LOADER, load_yaml, write_atomically
+from repo_tools import CACHE_DIR, CACHE_UNUSED_SECONDS, SAFE_LOADER, load_yaml, write_atomically
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # The fields whose entries may name another kustomization, anywhere; every other file must lie within the folder.
 REFERENCES = ("resources", "components", "bases", "generators", "transformers", "validators")
-# A kept build nobody has read for this long is removed: every edit of the repo leaves one behind.
-UNUSED_BUILD_SECONDS = 24 * 3600
 
 
 class KustomizeError(RuntimeError):
@@ -154,7 +152,7 @@ def file_entries(spec: dict) -> list[str]:
 
 
 def remove_unused_builds(folder: Path) -> None:
-    unused_since = time.time() - UNUSED_BUILD_SECONDS
+    unused_since = time.time() - CACHE_UNUSED_SECONDS
     for kept in folder.glob("*.yaml"):
         try:
             if kept.stat().st_mtime < unused_since:

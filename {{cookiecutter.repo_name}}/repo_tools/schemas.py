@@ -34,7 +34,15 @@ import kubernetes_validate
 import pydantic
 import yaml
 
-from repo_tools import CACHE_DIR, KUBERNETES_VERSION, VERSIONS, charts, kustomize, write_atomically
+from repo_tools import (
+    CACHE_DIR,
+    CACHE_UNUSED_SECONDS,
+    KUBERNETES_VERSION,
+    VERSIONS,
+    charts,
+    kustomize,
+    write_atomically,
+)
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
 from repo_tools.resources import describe
 
@@ -67,7 +75,6 @@ SCHEMA_PACKAGES = (
     *(f"cloudcoil.models.{name}" for name in ("istio", "cert-manager", "fluxcd")),
 )
 _disk: dict[str, list[str]] | None = None
-STALE_SECONDS = 24 * 3600
 # The schema exists but cannot be had on this machine (no recordings, no network): not a fault of the document.
 NO_SCHEMA_AT_HAND = "no schema at hand: "
 REQUIRE_RECORDED_FIXTURES = "REQUIRE_RECORDED_FIXTURES"
@@ -141,7 +148,7 @@ def save_disk_cache() -> None:
     now = time.time()
     for stale in [*CACHE_DIR.glob("schema-results-*.json"), *CACHE_DIR.glob("crd-schemas-*.json")]:
         with contextlib.suppress(OSError):  # another run may remove it first
-            if stale not in kept and now - stale.stat().st_mtime > STALE_SECONDS:
+            if stale not in kept and now - stale.stat().st_mtime > CACHE_UNUSED_SECONDS:
                 stale.unlink()
     try:
         saved = json.loads(current.read_text())

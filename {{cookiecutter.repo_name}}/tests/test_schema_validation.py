@@ -6,7 +6,7 @@ import os
 import pytest
 from conftest import app_route, gateway_api_only, istio_api_only, needs_every_schema, schema_problems, the_gateway
 
-from repo_tools import charts, schemas
+from repo_tools import CACHE_UNUSED_SECONDS, charts, schemas
 from repo_tools.schemas import installed_crd_schemas, schema_errors
 
 pytestmark = pytest.mark.gitops_tool_independent
@@ -160,7 +160,7 @@ def test_runs_sharing_a_cache_keep_each_others_results_and_another_kubernetes_ve
         schemas.save_disk_cache()
         assert len(json.loads(schemas.cache_file().read_text())) == 2
         assert other_version.is_file()
-        long_ago = other_version.stat().st_mtime - schemas.STALE_SECONDS - 1
+        long_ago = other_version.stat().st_mtime - CACHE_UNUSED_SECONDS - 1
         os.utime(other_version, (long_ago, long_ago))
         schemas.save_disk_cache()
         assert not other_version.exists()  # unused for a day: results of code or versions no longer in use
