@@ -4,6 +4,7 @@ Imported by the offline tests (tests/), the command line (python -m repo_tools) 
 """
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,16 @@ def write_atomically(path: Path, text: str) -> None:
 
 def repo_files(root: Path) -> list[str]:
     """The repo's files, as git sees them (tracked, or new and not ignored); outside git, every file outside hidden
-    folders and caches. What Renovate reads, and what the e2e run commits."""
-    listed = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if listed.returncode == 0:
-        return sorted({name for name in listed.stdout.splitlines() if (root / name).is_file()})  # not deleted ones
+    folders and caches (also where git is not installed). What Renovate reads, and what the e2e run commits."""
+    if shutil.which("git"):
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if listed.returncode == 0:
+            return sorted({name for name in listed.stdout.splitlines() if (root / name).is_file()})  # not deleted ones
     found = []
     for folder, directories, files in os.walk(root):
         directories[:] = [name for name in directories if not name.startswith(".") and name != "__pycache__"]
