@@ -3,9 +3,12 @@
 Imported by the offline tests (tests/), the command line (python -m repo_tools) and the e2e harness.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,15 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(text)
     partial.replace(path)
+
+
+def remove_unused(kept: Iterable[Path]) -> None:
+    """Remove the kept results no run has read for CACHE_UNUSED_SECONDS."""
+    unused_since = time.time() - CACHE_UNUSED_SECONDS
+    for path in kept:
+        with contextlib.suppress(OSError):  # another run may remove it first
+            if path.stat().st_mtime < unused_since:
+                path.unlink()
 
 
 def repo_files(root: Path) -> list[str]:

@@ -4,7 +4,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import CACHE_DIR, CACHE_UNUSED_SECONDS, SAFE_LOADER, load_yaml, write_atomically
+from repo_tools import CACHE_DIR, SAFE_LOADER, load_yaml, remove_unused, write_atomically
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # The fields whose entries may name another kustomization, anywhere; every other file must lie within the folder.
@@ -66,14 +65,15 @@ def render(directory: Path, *options: str) -> str:
     if options:
         return _run(directory, *options)
     digest = inputs_digest(directory)
-    if digest and kept_build(digest).is_file():
-        os.utime(kept_build(digest))  # in use: not removed as unused
-        return kept_build(digest).read_text()
+    kept = kept_build(digest) if digest else None
+    if kept is not None and kept.is_file():
+        os.utime(kept)  # in use: not removed as unused
+        return kept.read_text()
     started_with, started = _started.pop(directory, (None, None))
     stream = started.result() if started is not None and started_with == digest else _run(directory)
-    if digest and inputs_digest(directory) == digest:  # nothing changed while kustomize read it
-        write_atomically(kept_build(digest), stream)
-        remove_unused_builds(kept_build(digest).parent)
+    if kept is not None and inputs_digest(directory) == digest:  # nothing changed while kustomize read it
+        write_atomically(kept, stream)
+        remove_unused(kept.parent.glob("*.yaml"))
     return stream
 
 
@@ -97,7 +97,7 @@ def inputs_digest(directory: Path) -> str | None:
     that the build runs and is not kept, where an entry is remote or a git repository (its content may change), or a
     kustomization is missing or unreadable (kustomize says why)."""
     digest = hashlib.sha256(kustomize_identity().encode())
-    start_at = directory.resolve()
+    start_at, cache = directory.resolve(), CACHE_DIR.resolve()
     pending, seen = [start_at], set()
     while pending:
         current = pending.pop()
@@ -126,7 +126,7 @@ def inputs_digest(directory: Path) -> str | None:
         digest.update(os.path.relpath(current, start_at).encode() + b"\0")
         for path in sorted(current.rglob("*")):
             relative = path.relative_to(current)
-            if ".git" in relative.parts or path.resolve().is_relative_to(CACHE_DIR.resolve()):
+            if ".git" in relative.parts or path.resolve().is_relative_to(cache):
                 continue
             if path.is_symlink():
                 digest.update(str(relative).encode() + b"\0-> " + os.readlink(path).encode() + b"\0")
@@ -149,16 +149,6 @@ def file_entries(spec: dict) -> list[str]:
             if isinstance(generator, dict):
                 entries += [*(generator.get("files") or []), *(generator.get("envs") or []), generator.get("env", "")]
     return [entry for entry in entries if isinstance(entry, str)]
-
-
-def remove_unused_builds(folder: Path) -> None:
-    unused_since = time.time() - CACHE_UNUSED_SECONDS
-    for kept in folder.glob("*.yaml"):
-        try:
-            if kept.stat().st_mtime < unused_since:
-                kept.unlink()
-        except OSError:  # another run removed it first
-            pass
 
 
 def _run(directory: Path, *options: str) -> str:

@@ -17,13 +17,11 @@ A kind with no schema here is an error: extend CUSTOM_RESOURCE_MODELS (or ARGOCD
 is not validated twice; importing the typed models alone takes seconds.
 """
 
-import contextlib
 import copy
 import hashlib
 import importlib
 import json
 import os
-import time
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -36,11 +34,11 @@ import yaml
 
 from repo_tools import (
     CACHE_DIR,
-    CACHE_UNUSED_SECONDS,
     KUBERNETES_VERSION,
     VERSIONS,
     charts,
     kustomize,
+    remove_unused,
     write_atomically,
 )
 from repo_tools.argocd_schema import SCHEMAS as ARGOCD_SCHEMAS
@@ -145,11 +143,8 @@ def save_disk_cache() -> None:
         return
     current = cache_file()
     kept = [current, CACHE_DIR / current.name.replace("schema-results-", "crd-schemas-")]
-    now = time.time()
-    for stale in [*CACHE_DIR.glob("schema-results-*.json"), *CACHE_DIR.glob("crd-schemas-*.json")]:
-        with contextlib.suppress(OSError):  # another run may remove it first
-            if stale not in kept and now - stale.stat().st_mtime > CACHE_UNUSED_SECONDS:
-                stale.unlink()
+    others = [*CACHE_DIR.glob("schema-results-*.json"), *CACHE_DIR.glob("crd-schemas-*.json")]
+    remove_unused(path for path in others if path not in kept)
     try:
         saved = json.loads(current.read_text())
     except (OSError, ValueError):

@@ -1,11 +1,14 @@
 import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from repo_tools import contract, kustomize, layout, schemas
+from repo_tools import CACHE_DIR, contract, kustomize, layout, schemas
 
 KUSTOMIZATIONS = layout.app_kustomizations()
 # Built while the tests are collected: most test modules read them.
@@ -118,3 +121,16 @@ def schema_problems(docs: list[dict]) -> list[str]:
     if unchecked and not errors:
         pytest.skip(f"{len(unchecked)} documents unchecked: {SCHEMAS_UNAVAILABLE}")
     return errors
+
+
+def run_checks(repo: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m repo_tools` in a scratch copy of this repo; what the copy shares with it comes from its cache."""
+    return subprocess.run(
+        [sys.executable, "-m", "repo_tools"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REPO_TOOLS_CACHE_DIR": str(CACHE_DIR)},
+        timeout=300,
+        check=False,
+    )

@@ -1,6 +1,5 @@
 """The traffic contract holds in every overlay, and breaking a policy, route or mTLS setting breaks its row."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,10 +19,11 @@ from conftest import (
     gateway_api_only,
     istio_api_only,
     row_named,
+    run_checks,
     the_gateway,
 )
 
-from repo_tools import CACHE_DIR, REPO_ROOT, contract, layout
+from repo_tools import REPO_ROOT, contract, layout
 
 pytestmark = pytest.mark.gitops_tool_independent
 
@@ -264,14 +264,7 @@ def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tm
     contract_file.write_text(
         contract_file.read_text().replace("request: {scheme: https, path: /}", "request: {schme: https, path: /}", 1)
     )
-    # The copy's renders and schema results come from this repo's cache (its install layer is unchanged).
-    result = subprocess.run(
-        [sys.executable, "-m", "repo_tools"],
-        cwd=tmp_path / "repo",
-        capture_output=True,
-        text=True,
-        env={**os.environ, "REPO_TOOLS_CACHE_DIR": str(CACHE_DIR)},
-    )
+    result = run_checks(tmp_path / "repo")
     assert result.returncode == 1
     assert "FAIL contract" in result.stdout
     assert f"contract: contract.yaml: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr

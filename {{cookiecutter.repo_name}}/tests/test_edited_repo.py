@@ -2,19 +2,17 @@
 rule, or passes when the change is harmless; never with a traceback. Shown on a copy of the repo, one change at a
 time: a YAML file emptied, deleted, cut in half or short of one document."""
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NOT_COPIED
+from conftest import NOT_COPIED, run_checks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from repo_tools import CACHE_DIR, REPO_ROOT
+from repo_tools import REPO_ROOT
 
 pytestmark = pytest.mark.answer_independent
 YAML_FILES = sorted(
@@ -44,19 +42,6 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield destination
 
 
-def check(repo: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "repo_tools"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        # The schema verdicts of unchanged documents are reused from this repo's cache.
-        env={**os.environ, "REPO_TOOLS_CACHE_DIR": str(CACHE_DIR)},
-        timeout=300,
-        check=False,
-    )
-
-
 def check_changed(repo: Path, file: str, change: str) -> subprocess.CompletedProcess[str]:
     """The checker's answer with one file changed; the file is put back afterwards."""
     path = repo / file
@@ -67,13 +52,13 @@ def check_changed(repo: Path, file: str, change: str) -> subprocess.CompletedPro
     else:
         path.write_text(new)
     try:
-        return check(repo)
+        return run_checks(repo)
     finally:
         path.write_text(original)
 
 
 def test_the_unedited_copy_passes(copy):
-    result = check(copy)
+    result = run_checks(copy)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
