@@ -200,16 +200,18 @@ def helm_command() -> Iterator[str]:
 
 
 @contextmanager
-def infrastructure_copy(root: Path = REPO_ROOT, without_unreachable_crds: bool = False) -> Iterator[Path]:
+def infrastructure_copy(root: Path = REPO_ROOT, helm_free: bool = False) -> Iterator[Path]:
     """A scratch copy of infrastructure/ to build: kustomize pulls charts beside each kustomization, and each
-    remote release file a kustomization lists is answered from a local copy (gateway_api_crds). Offline checks that
-    read no CRD ask `without_unreachable_crds`: a release file that can be had nowhere is left out, not fetched."""
+    remote release file a kustomization lists is answered from a local copy (gateway_api_crds). A `helm_free` build
+    (Flux's view: its HelmReleases, not what they render) gets no chart sources, and a release file that can be had
+    nowhere is left out, not fetched: those checks read no CRD."""
     with tempfile.TemporaryDirectory(prefix="infrastructure-") as scratch:
         copy = Path(scratch) / "infrastructure"
         shutil.copytree(root / "infrastructure", copy, ignore=shutil.ignore_patterns("charts"))
         for kustomization in copy.rglob("kustomization.yaml"):
-            _answer_remote_resources(kustomization, without_unreachable_crds)
-            _place_recorded_chart_sources(kustomization)
+            _answer_remote_resources(kustomization, helm_free)
+            if not helm_free:
+                _place_recorded_chart_sources(kustomization)
         yield copy
 
 

@@ -214,7 +214,7 @@ def environment_components(environment: str) -> list[str]:
 def flux_install(components: list[str], infrastructure: Path = INFRASTRUCTURE) -> list[dict]:
     """What Flux's infrastructure Kustomization builds: infrastructure/, with the components it lists applied (less
     the Gateway API's CRDs where they can be had nowhere: these checks read the HelmReleases and the schemas)."""
-    with charts.infrastructure_copy(infrastructure.parent, without_unreachable_crds=True) as copy:
+    with charts.infrastructure_copy(infrastructure.parent, helm_free=True) as copy:
         kustomization = {"resources": ["infrastructure"], "components": [f"infrastructure/{c}" for c in components]}
         (copy.parent / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
         return kustomize.build(copy.parent)

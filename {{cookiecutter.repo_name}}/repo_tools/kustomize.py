@@ -124,9 +124,12 @@ def inputs_digest(directory: Path) -> str | None:
                 except OSError:
                     return None
         digest.update(os.path.relpath(current, start_at).encode() + b"\0")
+        holds_cache = cache.is_relative_to(current)  # rglob follows no symlinked folder: only then, or a link
         for path in sorted(current.rglob("*")):
             relative = path.relative_to(current)
-            if ".git" in relative.parts or path.resolve().is_relative_to(cache):
+            if ".git" in relative.parts:
+                continue
+            if (holds_cache or path.is_symlink()) and path.resolve().is_relative_to(cache):
                 continue
             if path.is_symlink():
                 digest.update(str(relative).encode() + b"\0-> " + os.readlink(path).encode() + b"\0")

@@ -91,7 +91,7 @@ def https_server(server_ca: trustme.CA) -> Iterator[tuple[int, list[str]]]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server.server_address[1], seen_sni
     server.shutdown()
@@ -770,6 +770,7 @@ def test_on_ci_a_missing_tool_fails_the_run_and_elsewhere_skips_it():
     assert bringup.unavailable("e2e needs `kind`", {"CI": "false"})[0] == "skip"
 
 
+@pytest.mark.answer_independent
 def test_a_hung_probe_is_a_failed_answer_never_a_denial_nor_a_crash(e2e_settings):
     result = commands.run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
     assert result.returncode == commands.TIMED_OUT and "timed out after" in result.stderr

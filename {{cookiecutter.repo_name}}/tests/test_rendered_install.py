@@ -310,16 +310,24 @@ def test_a_load_balancer_service_not_marked_optional_would_hold_the_waves_back()
 @pytest.mark.skipif(charts.recordings() is None, reason="only renders of recorded charts are kept")
 def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")
+    renders = []
+
+    def numbered_render(relative: Path, root: Path) -> list[dict]:  # every other test renders for real
+        renders.append(relative)
+        return [{"kind": "Rendered", "metadata": {"name": f"render {len(renders)}"}}]
+
+    monkeypatch.setattr(charts, "render_now", numbered_render)
     copy_root = tmp_path / "repo"
     shutil.copytree(REPO_ROOT / "infrastructure", copy_root / "infrastructure", ignore=shutil.ignore_patterns("charts"))
     overlay = copy_root / "infrastructure" / "overlays" / "dev"
-    rendered = charts.render(overlay, copy_root)
+    first = charts.render(overlay, copy_root)
+    assert charts.render(overlay, copy_root) == first and len(renders) == 1
     (kept,) = (tmp_path / "cache" / "renders").glob("*.json")
     kept.write_text('[{"kind": "Kept", "metadata": {"name": "from-the-cache"}}]')
     assert charts.render(overlay, copy_root) == [{"kind": "Kept", "metadata": {"name": "from-the-cache"}}]
     values = copy_root / "infrastructure" / "istiod" / "values.yaml"
     values.write_text(values.read_text() + "\n")
-    assert charts.render(overlay, copy_root) == rendered
+    assert charts.render(overlay, copy_root) == [{"kind": "Rendered", "metadata": {"name": "render 2"}}]
 
 
 @pytest.mark.answer_independent

@@ -16,12 +16,13 @@ import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, contract
+from repo_tools import REPO_ROOT, SAFE_LOADER, contract
 from repo_tools.contract import Caller, Row
 
 CONTRACT_TEST = "e2e/test_contract.py::test_row"
@@ -50,8 +51,8 @@ def edit(repo: Path, edit_doc: Edit) -> int:
     Returns how many documents changed, so that a mutation that finds nothing to break says so."""
     changed = 0
     for path in manifests(repo):
-        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-        edited = [edit_doc(yaml.safe_load(yaml.safe_dump(doc))) for doc in docs]
+        docs = [doc for doc in yaml.load_all(path.read_text(), Loader=SAFE_LOADER) if doc]
+        edited = [edit_doc(deepcopy(doc)) for doc in docs]
         if edited == docs:
             continue
         changed += sum(1 for before, after in zip(docs, edited, strict=True) if before != after)
@@ -87,7 +88,7 @@ def is_app(name: str, app: str) -> bool:
 
 def api_to_the_frontend(repo: Path) -> int:
     frontend, backend = apps(contract.load())
-    services = [doc for path in manifests(repo) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    services = [doc for path in manifests(repo) for doc in yaml.load_all(path.read_text(), Loader=SAFE_LOADER) if doc]
     port = next(doc for doc in services if is_kind(doc, "Service") and doc["metadata"]["name"] == frontend)["spec"][
         "ports"
     ][0]["port"]

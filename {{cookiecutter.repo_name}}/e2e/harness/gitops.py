@@ -100,7 +100,7 @@ def serve(repository: Path, host: str = "0.0.0.0", port: int = 0) -> Iterator[in
     git.handlers.pop(b"git-receive-pack")  # fetch only: nobody who reaches the port can push into the snapshot
     app = LimitedInputFilter(GunzipFilter(git))
     server = make_server(host, port, app, handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server.server_port
