@@ -21,14 +21,14 @@ nox.options.parallel = "auto"
 nox.options.error_on_missing_interpreters = True
 # uv installs each session's requirements in seconds; plain virtualenv and pip where uv is missing.
 nox.options.default_venv_backend = "uv|virtualenv"
-# uv leaves the bytecode out (pip compiles it). Each of the hundreds of Python processes of a session then compiles
-# the libraries it imports anew wherever PYTHONDONTWRITEBYTECODE is set: a minute of the tests session, where
-# compiling at install takes seconds.
-os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 
 def install_test_requirements(session: nox.Session) -> None:
-    session.install("-r", "requirements/tests.txt", "-r", str(GENERATED / "requirements.txt"))
+    # uv leaves the bytecode out (pip compiles it). Each of the hundreds of Python processes of these sessions would
+    # then compile the libraries it imports anew wherever PYTHONDONTWRITEBYTECODE is set: a minute of the tests
+    # session, where compiling at install takes seconds.
+    compiled = {"UV_COMPILE_BYTECODE": os.environ.get("UV_COMPILE_BYTECODE", "1")}
+    session.install("-r", "requirements/tests.txt", "-r", str(GENERATED / "requirements.txt"), env=compiled)
     # kustomize comes from PATH; machines without it get kubectl unpacked into this session's venv.
     session.run("python", str(GENERATED / "repo_tools" / "toolchain.py"), session.bin)
 
