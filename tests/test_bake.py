@@ -70,9 +70,12 @@ COMBINATIONS = {  # ingress_api x gitops_tool x include_database, then unusual a
     | {"include_database": True, "database_name": "ledger"},
     "unusual-but-valid": UNUSUAL,
 }
-# Between them: both ingress APIs, both GitOps tools, with and without the database. They run every generated test;
-# the other bakes leave out the tests marked answer_independent (the tooling's code, whatever the answers).
+# Between them: both ingress APIs, both GitOps tools, with and without the database. They run the generated tests
+# marked answer_independent (the tooling's code, whatever the answers), which the other bakes leave out.
 EVERY_CODE_PATH = {"defaults", "istio-api-database-with-flux"}
+# The one bake that runs the tests marked bake_independent: the tooling on inputs of its own, by code no answer
+# chooses.
+ONE_BAKE = "defaults"
 # Generated tests whose outcome one answer does not change, by their marker: a bake leaves them to an earlier bake
 # (in ORDER) whose answers differ from its own in that answer alone.
 INDEPENDENT_OF = {"gitops_tool": "gitops_tool_independent", "include_database": "database_independent"}
@@ -137,9 +140,11 @@ def baked(baked_result: Any) -> Path:
 
 @pytest.mark.parametrize("combination", sorted(EVERY_CODE_PATH))
 def test_the_generated_repos_tests_of_its_tooling_pass(cookies_session: Any, combination: str, record_property: Any):
-    """The generated tests marked answer_independent, run apart from the rest of the suite: on a second worker."""
+    """The generated tests marked answer_independent (and on ONE_BAKE bake_independent), run apart from the rest of
+    the suite: on a second worker."""
     record_property(BAKE, combination)
-    result = run_generated_tests(baked_once(cookies_session, combination).project_path, "answer_independent")
+    markers = "answer_independent or bake_independent" if combination == ONE_BAKE else "answer_independent"
+    result = run_generated_tests(baked_once(cookies_session, combination).project_path, markers)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
 
@@ -147,10 +152,10 @@ def test_the_generated_repos_tests_of_its_tooling_pass(cookies_session: Any, com
 def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.FixtureRequest):
     combination = request.node.callspec.params["baked_result"]
     baked = baked_result.project_path
-    # The tests of the tooling (answer_independent) run in test_the_generated_repos_tests_of_its_tooling_pass; each
-    # bake runs the rest that its answers can change (left_to_earlier_bakes), and
-    # test_the_generated_repos_own_checks_pass every rule.
-    left_out = ["answer_independent", *left_to_earlier_bakes(combination)]
+    # The tests of the tooling (answer_ and bake_independent) run in
+    # test_the_generated_repos_tests_of_its_tooling_pass; each bake runs the rest that its answers can change
+    # (left_to_earlier_bakes), and test_the_generated_repos_own_checks_pass every rule.
+    left_out = ["answer_independent", "bake_independent", *left_to_earlier_bakes(combination)]
     result = run_generated_tests(baked, " and ".join(f"not {marker}" for marker in left_out))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
@@ -191,9 +196,9 @@ def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_l
         "istioLabel=edge-gateway",
     ]
     # The recorded chart renders are of the default release only, so this bake's tests run without them; the tests
-    # no answer changes run on the bakes of EVERY_CODE_PATH.
+    # no answer changes run on the bakes of EVERY_CODE_PATH and ONE_BAKE.
     environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
-    result = run_generated_tests(project, "not answer_independent", environment=environment)
+    result = run_generated_tests(project, "not answer_independent and not bake_independent", environment=environment)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
 
@@ -293,6 +298,7 @@ def test_the_bakes_that_run_every_test_cover_each_ingress_api_gitops_tool_and_da
     assert {a["ingress_api"] for a in answers} == {"gateway-api", "istio"}
     assert {a["gitops_tool"] for a in answers} == {"argocd", "flux"}
     assert {bool(a["include_database"]) for a in answers} == {True, False}
+    assert ONE_BAKE in EVERY_CODE_PATH
 
 
 def test_each_generated_test_a_bake_leaves_out_runs_on_a_bake_with_the_same_answers_but_the_one_it_does_not_read():

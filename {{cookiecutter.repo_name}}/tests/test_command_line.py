@@ -9,7 +9,7 @@ import pytest
 
 from repo_tools import REPO_ROOT
 
-pytestmark = pytest.mark.answer_independent
+pytestmark = pytest.mark.bake_independent
 ENTRY_POINTS = {
     "python -m repo_tools": ["-m", "repo_tools"],
     "python -m repo_tools diff": ["-m", "repo_tools", "diff"],

@@ -232,7 +232,7 @@ def test_the_command_prints_every_row_and_fails_on_a_mismatch(capsys, tmp_path):
     assert f"FAILS  dev      {name}: expected denied, got reaches" in capsys.readouterr().out
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_an_unknown_overlay_is_named_with_the_usage(capsys):
     with pytest.raises(SystemExit) as refused:
         contract.main(["nowhere"])
@@ -241,7 +241,7 @@ def test_an_unknown_overlay_is_named_with_the_usage(capsys):
     assert "no such overlay: nowhere (have dev, e2e, prod, staging)" in err and err.startswith("usage: ")
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and_key():
     document = yaml.safe_load((REPO_ROOT / "contract.yaml").read_text())
     assert contract.parse(document) == ROWS
@@ -257,7 +257,7 @@ def test_a_misspelt_key_or_an_outcome_no_check_can_observe_is_refused_by_row_and
     assert lines[2].endswith("not 'allowed'")
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tmp_path):
     shutil.copytree(REPO_ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(*NOT_COPIED))
     contract_file = tmp_path / "repo" / "contract.yaml"
@@ -270,7 +270,7 @@ def test_python_m_repo_tools_names_the_row_and_the_key_of_a_misspelt_contract(tm
     assert f"contract: contract.yaml: row 1 ({ROWS[0].name!r}) request: unknown key 'schme'" in result.stderr
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_the_mesh_model_loads_no_schema_tooling():
     probe = "import sys, repo_tools.mesh, repo_tools.contract, repo_tools.invariants; print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

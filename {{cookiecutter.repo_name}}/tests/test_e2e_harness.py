@@ -770,7 +770,7 @@ def test_on_ci_a_missing_tool_fails_the_run_and_elsewhere_skips_it():
     assert bringup.unavailable("e2e needs `kind`", {"CI": "false"})[0] == "skip"
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_hung_probe_is_a_failed_answer_never_a_denial_nor_a_crash(e2e_settings):
     result = commands.run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
     assert result.returncode == commands.TIMED_OUT and "timed out after" in result.stderr

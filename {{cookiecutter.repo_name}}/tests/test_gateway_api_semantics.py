@@ -7,7 +7,7 @@ from repo_tools import gateway_api
 from repo_tools.layout import IngressGateway
 from repo_tools.resources import Unmodelled
 
-pytestmark = pytest.mark.answer_independent
+pytestmark = pytest.mark.bake_independent
 
 GATEWAY = IngressGateway(namespace="edge", service_account="public-istio", gateway_name="public")
 HOST = "shop.example.com"

@@ -264,7 +264,7 @@ def test_flux_components_install_what_their_kustomize_twins_do(gateway, repo_cop
     assert "'minReplicas': 3" in problems[0] and "30444" in problems[1]
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_flux_schemas_catch_an_unknown_field():
     kustomization = {
         "apiVersion": "kustomize.toolkit.fluxcd.io/v1",

@@ -44,7 +44,7 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_build_is_kept_until_a_file_it_reads_changes(repo_copy: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(kustomize, "CACHE_DIR", repo_copy / "cache")
     overlay = repo_copy / "apps" / "overlays" / "dev"
@@ -60,7 +60,7 @@ def test_a_build_is_kept_until_a_file_it_reads_changes(repo_copy: Path, monkeypa
     assert len(list((repo_copy / "cache" / "builds").glob("*.yaml"))) == 2
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 @pytest.mark.parametrize(
     "kustomization",
     [
@@ -78,7 +78,7 @@ def test_a_kustomization_reading_a_remote_file_or_repository_is_built_every_time
     assert kustomize.inputs_digest(tmp_path) is None
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_hidden_file_or_folder_a_kustomization_reads_is_part_of_its_build_and_the_cache_is_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -98,7 +98,7 @@ def test_a_hidden_file_or_folder_a_kustomization_reads_is_part_of_its_build_and_
     assert len({before, after_generated, kustomize.inputs_digest(tmp_path)}) == 3
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_folder_link_pointed_elsewhere_changes_the_build(tmp_path: Path):
     for version in ("v1", "v2"):
         (tmp_path / version).mkdir()

@@ -12,7 +12,7 @@ from e2e.controlplane.cluster import ComponentFailed, ControlPlane
 from e2e.controlplane.compare import disagreements
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_component_that_exits_stops_the_run_naming_it_its_last_log_lines_and_how_to_run_it_again(tmp_path):
     plane = ControlPlane({}, tmp_path, "kubectl")
     process = plane.process("etcd", ["sh", "-c", "echo member failed to start; exit 3"], environment={"A": "1"})
@@ -25,7 +25,7 @@ def test_a_component_that_exits_stops_the_run_naming_it_its_last_log_lines_and_h
     assert not tmp_path.exists()
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_component_that_never_gets_ready_is_stopped_with_the_group_it_started(tmp_path, monkeypatch):
     monkeypatch.setattr("e2e.controlplane.cluster.START_SECONDS", 0.5)
     plane = ControlPlane({}, tmp_path, "kubectl")

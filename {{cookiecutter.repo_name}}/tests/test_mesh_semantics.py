@@ -10,7 +10,7 @@ import yaml
 from repo_tools.layout import IngressGateway
 from repo_tools.mesh import Caller, Mesh, Token, Unmodelled, host_matches, istio_string_match, string_match
 
-pytestmark = pytest.mark.answer_independent
+pytestmark = pytest.mark.bake_independent
 
 GATEWAY = IngressGateway(namespace="istio-system", service_account="istio-ingressgateway", istio_label="ingressgateway")
 WEB = Caller("app", "web")

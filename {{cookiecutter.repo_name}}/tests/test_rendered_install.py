@@ -265,7 +265,7 @@ def test_python_m_repo_tools_checks_what_the_e2e_run_relies_on(e2e_settings):
     assert len(problems) == 1 and f"more than the {capacity.BUDGET_MILLIS}m of a 2-vCPU runner" in problems[0]
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_the_recorded_helm_refuses_a_release_or_version_it_has_no_recording_of():
     recorded = charts.recordings()
     if recorded is None:
@@ -306,7 +306,7 @@ def test_a_load_balancer_service_not_marked_optional_would_hold_the_waves_back()
     ]
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 @pytest.mark.skipif(charts.recordings() is None, reason="only renders of recorded charts are kept")
 def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")
@@ -330,7 +330,7 @@ def test_a_render_is_kept_until_a_file_of_the_install_layer_changes(tmp_path, mo
     assert charts.render(overlay, copy_root) == [{"kind": "Rendered", "metadata": {"name": "render 2"}}]
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 @pytest.mark.skipif(charts.recordings() is None, reason="only renders of recorded charts are kept")
 def test_two_runs_asking_for_the_same_render_at_once_render_it_once(tmp_path, monkeypatch):
     monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")

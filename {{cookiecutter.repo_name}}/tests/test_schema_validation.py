@@ -97,7 +97,7 @@ def test_the_crds_cel_rules_refuse_what_the_api_server_would(rendered):
     ]
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_a_kind_without_a_schema_fails_instead_of_being_skipped():
     doc = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
     assert schema_errors(doc) == [
@@ -106,7 +106,7 @@ def test_a_kind_without_a_schema_fails_instead_of_being_skipped():
     ]
 
 
-@pytest.mark.answer_independent
+@pytest.mark.bake_independent
 def test_an_unknown_kind_in_a_known_istio_group_fails():
     doc = {"apiVersion": "networking.istio.io/v1", "kind": "Gatewey", "metadata": {"name": "g"}}
     assert "no schema" in schema_errors(doc)[0]
