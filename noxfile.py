@@ -43,8 +43,10 @@ def bake(session: nox.Session, output_dir: str, **answers: object) -> Path:
 def tests(session: nox.Session) -> None:
     """Bake the option matrix, refuse every bad answer, and run each generated repo's own tests."""
     install_test_requirements(session)
-    # One worker per core; the hostile-answer tests share a worker, in order (the summary test runs last).
-    session.run("pytest", "-n", "auto", "--dist", "loadgroup", "--durations=15", *session.posargs)
+    # One worker per core; the hostile-answer tests share a worker, in order (the summary test runs last). Bytecode is
+    # written even where PYTHONDONTWRITEBYTECODE is set: a bake's tooling tests start its checks dozens of times.
+    pytest = ["pytest", "-n", "auto", "--dist", "loadgroup", "--durations=15", *session.posargs]
+    session.run(*pytest, env={"PYTHONDONTWRITEBYTECODE": ""})
 
 
 @nox.session(allow_parallel=True)

@@ -85,8 +85,13 @@ def read_repo_file(path: Path) -> str:
 
 def read_yaml_documents(path: Path) -> list[Any]:
     """Every document of a YAML file of the repo; a file that is missing or not YAML is a RepoFileError."""
+    return parse_yaml_documents(read_repo_file(path), path)
+
+
+def parse_yaml_documents(text: str, path: Path) -> list[Any]:
+    """Every document of `text`, the content of the repo's file `path`; not YAML is a RepoFileError naming it."""
     try:
-        return list(yaml.load_all(read_repo_file(path), Loader=SAFE_LOADER))
+        return list(yaml.load_all(text, Loader=SAFE_LOADER))
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -8,9 +8,10 @@ prints every row's outcome per overlay and the rule that decided it, and exits 1
 import argparse
 import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-from repo_tools import REPO_ROOT, kustomize, layout, read_yaml_documents, resilience
+from repo_tools import REPO_ROOT, kustomize, layout, parse_yaml_documents, read_repo_file, resilience
 from repo_tools.mesh import Caller, Mesh, Token, Unmodelled, Verdict
 
 CONTRACT = REPO_ROOT / "contract.yaml"
@@ -303,8 +304,14 @@ def parse(document: object) -> list[Row]:
 
 
 def load(path: Path = CONTRACT) -> list[Row]:
-    documents = read_yaml_documents(path)
-    return parse(documents[0] if documents else None)
+    return list(_rows(read_repo_file(path), path))
+
+
+@cache
+def _rows(text: str, path: Path) -> tuple[Row, ...]:
+    """The rows of one content of the contract: the checks and tests read it hundreds of times, and parse it once."""
+    documents = parse_yaml_documents(text, path)
+    return tuple(parse(documents[0] if documents else None))
 
 
 def caller_of(row: Row, gateway: layout.IngressGateway) -> Caller:
