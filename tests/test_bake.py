@@ -76,6 +76,8 @@ EVERY_CODE_PATH = {"defaults", "istio-api-database-with-flux"}
 # The one bake that runs the tests marked bake_independent: the tooling on inputs of its own, by code no answer
 # chooses.
 ONE_BAKE = "defaults"
+# The markers of the tooling's tests, which the bakes above run apart from the rest of their suite.
+TOOLING_MARKERS = ("answer_independent", "bake_independent")
 # Generated tests whose outcome one answer does not change, by their marker: a bake leaves them to an earlier bake
 # (in ORDER) whose answers differ from its own in that answer alone.
 INDEPENDENT_OF = {"gitops_tool": "gitops_tool_independent", "include_database": "database_independent"}
@@ -143,7 +145,7 @@ def test_the_generated_repos_tests_of_its_tooling_pass(cookies_session: Any, com
     """The generated tests marked answer_independent (and on ONE_BAKE bake_independent), run apart from the rest of
     the suite: on a second worker."""
     record_property(BAKE, combination)
-    markers = "answer_independent or bake_independent" if combination == ONE_BAKE else "answer_independent"
+    markers = " or ".join(TOOLING_MARKERS) if combination == ONE_BAKE else "answer_independent"
     result = run_generated_tests(baked_once(cookies_session, combination).project_path, markers)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
@@ -155,7 +157,7 @@ def test_the_generated_repos_own_tests_pass(baked_result: Any, request: pytest.F
     # The tests of the tooling (answer_ and bake_independent) run in
     # test_the_generated_repos_tests_of_its_tooling_pass; each bake runs the rest that its answers can change
     # (left_to_earlier_bakes), and test_the_generated_repos_own_checks_pass every rule.
-    left_out = ["answer_independent", "bake_independent", *left_to_earlier_bakes(combination)]
+    left_out = [*TOOLING_MARKERS, *left_to_earlier_bakes(combination)]
     result = run_generated_tests(baked, " and ".join(f"not {marker}" for marker in left_out))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
@@ -198,7 +200,8 @@ def test_a_gateway_moved_to_another_namespace_and_release_is_followed_by_every_l
     # The recorded chart renders are of the default release only, so this bake's tests run without them; the tests
     # no answer changes run on the bakes of EVERY_CODE_PATH and ONE_BAKE.
     environment = {key: value for key, value in fixtures_environment().items() if key != "RECORDED_FIXTURES"}
-    result = run_generated_tests(project, "not answer_independent and not bake_independent", environment=environment)
+    without_tooling = " and ".join(f"not {marker}" for marker in TOOLING_MARKERS)
+    result = run_generated_tests(project, without_tooling, environment=environment)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
 
