@@ -273,7 +273,8 @@ def render(overlay: Path, root: Path = REPO_ROOT) -> list[dict]:
     relative = overlay.resolve().relative_to(root.resolve())
     recorded = recordings()
     # Kept parsed, as JSON: reading megabytes of CRDs back as YAML would cost more than the rest of the checks.
-    cached = CACHE_DIR / "renders" / f"{render_key(relative, root, recorded)}.json" if recorded else None
+    key = render_key(relative, root, recorded) if recorded else None
+    cached = CACHE_DIR / "renders" / f"{key}.json" if key else None
     if cached is None:
         return render_now(relative, root)
     if cached.is_file():
@@ -294,15 +295,16 @@ def render_now(relative: Path, root: Path) -> list[dict]:
         return kustomize.build(copy.parent / relative, "--enable-helm", f"--helm-command={helm}")
 
 
-def render_key(relative: Path, root: Path, recorded: Recordings) -> str:
-    """What a render from recordings depends on: the install layer's files, the recordings (renders or chart
-    sources), the Helm that renders them, this module, kustomize."""
+def render_key(relative: Path, root: Path, recorded: Recordings) -> str | None:
+    """What a render from recordings depends on: what kustomize reads of the install layer for this overlay (so
+    environments whose installs read the same share one render), the recordings (renders or chart sources), the
+    Helm that renders them, this module. None where kustomize cannot say (it then fails and says why)."""
+    inputs = kustomize.inputs_digest(root / relative, addresses_pinned=True)
+    if inputs is None:
+        return None
     helm = real_helm() if renders_with_real_helm() else "recorded renders"
-    digest = hashlib.sha256(f"{relative}\0{recorded.root}\0{kustomize.kustomize_command()}\0{helm}".encode())
+    digest = hashlib.sha256(f"{inputs}\0{recorded.root}\0{helm}\0".encode())
     digest.update(Path(__file__).read_bytes())
-    for path in sorted((root / "infrastructure").rglob("*")):
-        if path.is_file() and "charts" not in path.relative_to(root).parts:
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

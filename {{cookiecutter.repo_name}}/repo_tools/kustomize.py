@@ -1,6 +1,7 @@
 """Run kustomize as a subprocess and return the documents it renders."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -91,11 +92,16 @@ def kustomize_identity() -> str:
     return f"{command}\0{version}\0{os.environ.get('KUSTOMIZE_ENABLE_MANAGEDBY_LABEL', '')}"
 
 
-def inputs_digest(directory: Path) -> str | None:
+def inputs_digest(directory: Path, addresses_pinned: bool = False) -> str | None:
     """A digest of what kustomize reads to build `directory`: every file of it and of each kustomization it refers
-    to (any other file a kustomization names must lie within it), where each lies, and which kustomize. None, so
-    that the build runs and is not kept, where an entry is remote or a git repository (its content may change), or a
-    kustomization is missing or unreadable (kustomize says why)."""
+    to (any other file a kustomization names must lie within it), where each lies, and which kustomize. Each
+    kustomization counts by what it says, not by its comments or layout, so that environments whose builds read the
+    same things share one digest. None, so that the build runs and is not kept, where an entry is remote or a git
+    repository (its content may change), or a kustomization is missing or unreadable (kustomize says why).
+
+    With `addresses_pinned` (renders of the install layer: every remote file there is a release's, answered from the
+    recordings or pinned by its address) a remote entry counts by its address, and the charts kustomize pulls
+    beside a kustomization are left out (a render reads the recorded sources the address names)."""
     digest = hashlib.sha256(kustomize_identity().encode())
     start_at, cache = directory.resolve(), CACHE_DIR.resolve()
     pending, seen = [start_at], set()
@@ -109,7 +115,7 @@ def inputs_digest(directory: Path) -> str | None:
             spec = load_yaml(found[0].read_text()) if found else None
         except (OSError, yaml.YAMLError):
             return None
-        if not isinstance(spec, dict) or any("://" in entry for entry in file_entries(spec)):
+        if not isinstance(spec, dict) or (not addresses_pinned and any("://" in entry for entry in file_entries(spec))):
             return None
         for key in REFERENCES:
             for entry in spec.get(key) or []:
@@ -119,15 +125,16 @@ def inputs_digest(directory: Path) -> str | None:
                 try:
                     if target.is_dir():
                         pending.append(target.resolve())
-                    elif not target.is_file():
+                    elif not target.is_file() and not (addresses_pinned and "://" in entry):
                         return None  # a git repository or an address: kustomize fetches it, or fails
                 except OSError:
                     return None
-        digest.update(os.path.relpath(current, start_at).encode() + b"\0")
+        kustomization = json.dumps(spec, sort_keys=True, default=str)
+        digest.update(os.path.relpath(current, start_at).encode() + b"\0" + kustomization.encode() + b"\0")
         holds_cache = cache.is_relative_to(current)  # rglob follows no symlinked folder: only then, or a link
         for path in sorted(current.rglob("*")):
             relative = path.relative_to(current)
-            if ".git" in relative.parts:
+            if ".git" in relative.parts or path == found[0] or (addresses_pinned and "charts" in relative.parts):
                 continue
             if (holds_cache or path.is_symlink()) and path.resolve().is_relative_to(cache):
                 continue

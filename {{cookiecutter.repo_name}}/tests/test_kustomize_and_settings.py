@@ -55,7 +55,10 @@ def test_a_build_is_kept_until_a_file_it_reads_changes(repo_copy: Path, monkeypa
     (repo_copy / "apps" / "overlays" / "staging" / "unrelated.yaml").write_text("kind: Unread\n")
     assert kustomize.render(overlay) == "kind: Kept\n"  # staging is no part of dev's build
     base = repo_copy / "apps" / "base" / "kustomization.yaml"  # read through the overlay's reference to the base
-    base.write_text(base.read_text() + "\n")
+    base.write_text("# what kustomize does not read\n" + base.read_text())
+    assert kustomize.render(overlay) == "kind: Kept\n"  # a comment in a kustomization changes no build
+    namespace = repo_copy / "apps" / "base" / "namespace.yaml"  # a resource the base lists
+    namespace.write_text(namespace.read_text() + "\n")
     assert kustomize.render(overlay) == built
     assert len(list((repo_copy / "cache" / "builds").glob("*.yaml"))) == 2
 

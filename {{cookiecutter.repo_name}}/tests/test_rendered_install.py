@@ -346,8 +346,30 @@ def test_two_runs_asking_for_the_same_render_at_once_render_it_once(tmp_path, mo
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(lambda _: charts.render(overlay), range(2))
     assert first == second and len(renders) == 1
-    charts.render(REPO_ROOT / "infrastructure" / "overlays" / "prod")
-    assert len(renders) == 2  # another overlay is rendered on its own
+
+
+@pytest.mark.bake_independent
+def test_environments_whose_install_reads_the_same_files_share_one_render(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts, "CACHE_DIR", tmp_path / "cache")
+    renders = []
+
+    def counted_render(relative: Path, root: Path) -> list[dict]:
+        renders.append(relative)
+        return [{"kind": "Rendered", "metadata": {"name": str(relative)}}]
+
+    monkeypatch.setattr(charts, "render_now", counted_render)
+    copy_root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "infrastructure", copy_root / "infrastructure", ignore=shutil.ignore_patterns("charts"))
+    overlays = copy_root / "infrastructure" / "overlays"
+    shutil.copytree(overlays / "dev", overlays / "qa")
+    qa = overlays / "qa" / "kustomization.yaml"
+    spec = yaml.safe_load(qa.read_text())
+    qa.write_text("# The install for qa, written out anew\n" + yaml.safe_dump(spec, default_flow_style=True))
+    assert charts.render(overlays / "qa", copy_root) == charts.render(overlays / "dev", copy_root)
+    assert len(renders) == 1  # the same kustomization in other words and another folder
+    qa.write_text(yaml.safe_dump(spec | {"commonLabels": {"environment": "qa"}}))
+    charts.render(overlays / "qa", copy_root)
+    assert len(renders) == 2
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
