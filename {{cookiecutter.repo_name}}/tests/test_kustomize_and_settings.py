@@ -64,6 +64,19 @@ def test_a_build_is_kept_until_a_file_it_reads_changes(repo_copy: Path, monkeypa
 
 
 @pytest.mark.bake_independent
+def test_a_kept_build_is_read_back_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(kustomize, "CACHE_DIR", tmp_path / "cache")
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - service.yaml\n")
+    (tmp_path / "service.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n")
+    assert [doc["metadata"]["name"] for doc in kustomize.build(tmp_path)] == ["web"]
+    (parsed,) = (tmp_path / "cache" / "builds").glob("*.json")
+    parsed.write_text('[{"kind": "Kept"}]')
+    assert kustomize.build(tmp_path) == [{"kind": "Kept"}]
+    (tmp_path / "service.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n")
+    assert [doc["metadata"]["name"] for doc in kustomize.build(tmp_path)] == ["api"]
+
+
+@pytest.mark.bake_independent
 @pytest.mark.parametrize(
     "kustomization",
     [
