@@ -2,7 +2,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,15 @@ def broken_rows(docs: list[dict], overlay: str) -> dict[str, contract.Outcome]:
 
 def row_named(fragment: str) -> str:
     return next(row.name for row in ROWS if fragment in row.name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kept_schema_verdicts() -> Iterator[None]:
+    """The tests read and keep each document's schema verdict as `python -m repo_tools` does: by its content and
+    the fingerprint of everything else that decides it, so a document validated once is not validated again."""
+    schemas.use_disk_cache()
+    yield
+    schemas.save_disk_cache()
 
 
 def schema_problems(docs: list[dict]) -> list[str]:

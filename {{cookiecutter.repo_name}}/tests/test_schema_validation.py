@@ -133,18 +133,16 @@ def test_with_recorded_crds_every_custom_resource_is_checked_against_the_install
 
 def test_python_m_repo_tools_keeps_results_per_document_content_and_fingerprint(tmp_path, monkeypatch):
     monkeypatch.setattr(schemas, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(schemas, "_disk", None)  # the session's kept verdicts come back after this test
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"prots": []}}
     schemas.use_disk_cache()
-    try:
-        first = schemas.schema_errors(service)
-        assert len(first) == 1 and "prots" in first[0]
-        schemas.save_disk_cache()
-        saved = json.loads(schemas.cache_file().read_text())
-        assert list(saved.values()) == [[error.removeprefix("Service s: ") for error in first]]
-        service["spec"] = {"ports": [{"port": 80}]}
-        assert schemas.schema_errors(service) == []  # new content, new key: validated, not looked up
-    finally:
-        monkeypatch.setattr(schemas, "_disk", None)
+    first = schemas.schema_errors(service)
+    assert len(first) == 1 and "prots" in first[0]
+    schemas.save_disk_cache()
+    saved = json.loads(schemas.cache_file().read_text())
+    assert list(saved.values()) == [[error.removeprefix("Service s: ") for error in first]]
+    service["spec"] = {"ports": [{"port": 80}]}
+    assert schemas.schema_errors(service) == []  # new content, new key: validated, not looked up
     fingerprint = schemas.fingerprint()
     monkeypatch.setattr(schemas, "KUBERNETES_VERSION", "1.0")
     assert schemas.fingerprint() != fingerprint
@@ -152,19 +150,17 @@ def test_python_m_repo_tools_keeps_results_per_document_content_and_fingerprint(
 
 def test_runs_sharing_a_cache_keep_each_others_results_and_another_kubernetes_versions(tmp_path, monkeypatch):
     monkeypatch.setattr(schemas, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(schemas, "_disk", None)  # the session's kept verdicts come back after this test
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}
     other_version = tmp_path / "schema-results-another-kubernetes.json"
     other_version.write_text("{}")
     schemas.use_disk_cache()
-    try:
-        assert schemas.schema_errors(service) == []
-        schemas.cache_file().write_text(json.dumps({"saved-by-another-run": []}))  # while this run validated
-        schemas.save_disk_cache()
-        assert len(json.loads(schemas.cache_file().read_text())) == 2
-        assert other_version.is_file()
-        long_ago = other_version.stat().st_mtime - CACHE_UNUSED_SECONDS - 1
-        os.utime(other_version, (long_ago, long_ago))
-        schemas.save_disk_cache()
-        assert not other_version.exists()  # unused for a day: results of code or versions no longer in use
-    finally:
-        monkeypatch.setattr(schemas, "_disk", None)
+    assert schemas.schema_errors(service) == []
+    schemas.cache_file().write_text(json.dumps({"saved-by-another-run": []}))  # while this run validated
+    schemas.save_disk_cache()
+    assert len(json.loads(schemas.cache_file().read_text())) == 2
+    assert other_version.is_file()
+    long_ago = other_version.stat().st_mtime - CACHE_UNUSED_SECONDS - 1
+    os.utime(other_version, (long_ago, long_ago))
+    schemas.save_disk_cache()
+    assert not other_version.exists()  # unused for a day: results of code or versions no longer in use
