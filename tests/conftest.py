@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -68,16 +69,26 @@ def fixtures_environment() -> dict[str, str]:
 def run_generated_tests(
     project: Path, markers: str = "", environment: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """A baked repo's own suite, or the tests of it that the `markers` expression (pytest -m) selects."""
+    """A baked repo's own suite, or the tests of it that the `markers` expression (pytest -m) selects. It runs
+    without pytest's assertion rewriting, which costs seconds in every fresh bake; a test that fails runs once more
+    with it, so that the output ends with the values its assertion compared."""
+    pytest_command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"]
     selection = ["-m", markers] if markers else []
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-rs", *selection],
+    run = functools.partial(
+        subprocess.run,
         cwd=project,
         capture_output=True,
         text=True,
         env=fixtures_environment() if environment is None else environment,
         check=False,
     )
+    result = run([*pytest_command, "-x", "--assert=plain", *selection])
+    lines = result.stdout.splitlines()
+    failed = [line.removeprefix("FAILED ").split(" - ")[0] for line in lines if line.startswith("FAILED ")]
+    if failed:
+        again = run([*pytest_command, failed[0]])
+        result.stdout += f"\n{failed[0]} once more, with pytest's assertion details:\n{again.stdout}"
+    return result
 
 
 def build_overlays(project: Path) -> dict[str, list[dict]]:

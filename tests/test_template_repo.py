@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, bake
+from conftest import TEMPLATE, bake, run_generated_tests
 
 
 def test_the_template_workflow_matches_the_github_workflow_schema():
@@ -28,6 +28,18 @@ def test_ci_runs_exactly_the_readme_test_command():
         if line.startswith("python3 -m venv") and "nox" in line
     )
     assert readme_command in (TEMPLATE / ".ci" / "run").read_text().splitlines()
+
+
+def test_a_generated_test_that_fails_is_shown_again_with_the_values_its_assertion_compared(tmp_path: Path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_sums.py").write_text(
+        "def test_passes():\n    assert 1 + 1 == 2\n\n\ndef test_fails():\n    total = 2 + 2\n    assert total == 5\n"
+    )
+    result = run_generated_tests(tmp_path)
+    assert result.returncode == 1
+    first, again = result.stdout.split("tests/test_sums.py::test_fails once more, with pytest's assertion details:")
+    assert "1 failed, 1 passed" in first and "assert 4 == 5" not in first  # the fast run: no assertion details
+    assert "assert 4 == 5" in again and "1 failed in" in again
 
 
 # actionlint, GitHub Actions' linter: a release from the Go module proxy (listed there on 2026-12-07), built once

@@ -36,15 +36,27 @@ needs_every_schema = pytest.mark.skipif(
     bool(SCHEMAS_UNAVAILABLE) and not os.environ.get(schemas.REQUIRE_RECORDED_FIXTURES),
     reason=SCHEMAS_UNAVAILABLE or "every schema at hand",
 )
-_made: dict[str, bytes] = {}
+_made: dict[str, tuple[Any, bytes]] = {}
+# Megabytes of a render, which no test changes: handed out shared, not copied.
+SHARED_KIND = "CustomResourceDefinition"
 
 
 def made_once(key: str, make: Callable[[], Any]) -> Any:
     """What make() returns, made once per run (a build, a render) and handed out as a fresh copy to mutate: unpickling
-    is many times faster than deep-copying megabytes of CRDs, let alone running kustomize again."""
+    is many times faster than deep-copying, let alone running kustomize again. In a list of documents, those of
+    SHARED_KIND are the same objects in every copy."""
     if key not in _made:
-        _made[key] = pickle.dumps(make())
-    return pickle.loads(_made[key])
+        made = make()
+        if isinstance(made, list):
+            shared = [doc if isinstance(doc, dict) and doc.get("kind") == SHARED_KIND else None for doc in made]
+            _made[key] = (shared, pickle.dumps([doc for doc, kept in zip(made, shared, strict=True) if kept is None]))
+        else:
+            _made[key] = (None, pickle.dumps(made))
+    shared, copied = _made[key]
+    if shared is None:
+        return pickle.loads(copied)
+    fresh = iter(pickle.loads(copied))
+    return [doc if doc is not None else next(fresh) for doc in shared]
 
 
 def built(name: str) -> list[dict]:
