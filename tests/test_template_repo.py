@@ -32,6 +32,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_a_generated_test_that_fails_is_shown_again_with_the_values_its_assertion_compared(tmp_path: Path):
     (tmp_path / "tests").mkdir()
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-p no:cloudcoil"\n')
     (tmp_path / "tests" / "test_sums.py").write_text(
         "def test_passes():\n    assert 1 + 1 == 2\n\n\ndef test_fails():\n    total = 2 + 2\n    assert total == 5\n"
     )

@@ -190,11 +190,13 @@ def build(directory: Path, *options: str) -> list[dict]:
     if options:
         return parse(_run(directory, *options))
     digest = inputs_digest(directory)
-    kept = kept_build(digest).with_suffix(".json") if digest else None
-    if kept is not None and kept.is_file():
+    if digest is None:
+        return parse(_kept_render(directory, digest))
+    kept = kept_build(digest).with_suffix(".json")
+    if kept.is_file():
         os.utime(kept)
         return json.loads(kept.read_text())
     docs = parse(_kept_render(directory, digest))
-    if kept is not None and kept_build(digest).is_file():  # the stream was kept: nothing changed meanwhile
+    if kept_build(digest).is_file():  # the stream was kept: nothing changed meanwhile
         write_atomically(kept, json.dumps(docs))  # kustomize writes what JSON holds: it converts through JSON
     return docs
