@@ -99,8 +99,7 @@ def test_any_answer_bakes_a_valid_repo_or_is_refused_cleanly(tmp_path_factory, c
         output = tmp_path_factory.mktemp("bake")
         capfd.readouterr()
         try:
-            # The database's answers are used only with a database.
-            context = {field: value} | ({"include_database": True} if field.startswith("database_") else {})
+            context = {field: value} | with_its_database(field)
             project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output)))
         except SystemExit as refused:
             assert refused.code == 1
@@ -158,6 +157,11 @@ def default_answers() -> dict:
     return prompt_for_config(context, no_input=True)
 
 
+def with_its_database(field: str) -> dict:
+    """The database's answers are used, and checked, only with a database."""
+    return {"include_database": True} if field.startswith("database_") else {}
+
+
 def accepting_fields(value: str) -> list[str]:
     """The free-text answers the rules accept `value` for, each tried alone over the defaults."""
     return [
@@ -165,22 +169,27 @@ def accepting_fields(value: str) -> list[str]:
         for field in FREE_TEXT_ANSWERS
         if not [
             problem
-            for problem in answers.problems_with(default_answers() | {field: value})
+            for problem in answers.problems_with(default_answers() | {field: value} | with_its_database(field))
             if problem.startswith(f"{field}:")
         ]
     ]
 
 
+WORKLOAD_NAMES = ("frontend_name", "backend_name", "database_name")
 # One of each kind YAML reads as a non-string; the property above draws from all of YAML_SPECIAL_SCALARS.
 ONE_OF_EACH_KIND = ["2024", "017", "0x1F", "1e3", "1.5", "true", "on", "y", "null", "2002-12-14"]
 
 
 @pytest.mark.parametrize("value", ONE_OF_EACH_KIND)
 def test_a_yaml_special_scalar_stays_a_string_wherever_it_is_accepted(value, tmp_path):
-    fields = [field for field in accepting_fields(value) if field not in ("backend_name", "repo_name")]
+    fields = [field for field in accepting_fields(value) if field != "repo_name"]
+    # Each workload needs a name of its own: the value names the first that accepts it.
+    fields = [field for field in fields if field not in [name for name in fields if name in WORKLOAD_NAMES][1:]]
     assert fields, f"{value!r} is refused for every free-text answer"
     extra = {"namespace": "shop", "domain": "shop.example.com", "acme_email": "platform@example.com"}
     context = extra | dict.fromkeys(fields, value)
+    for field in fields:
+        context |= with_its_database(field)
     project = Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(tmp_path)))
     validation = validate(project)
     assert validation.returncode == 0, f"{fields} = {value!r}:\n{validation.stdout}{validation.stderr}"
