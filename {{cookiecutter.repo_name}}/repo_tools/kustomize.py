@@ -98,12 +98,14 @@ def kustomize_identity() -> str:
 def inputs_digest(directory: Path, addresses_pinned: bool = False) -> str | None:
     """A digest of what kustomize reads to build `directory`: every file of it and of each kustomization it refers
     to (any other file a kustomization names must lie within it), where each lies, and which kustomize. Each
-    kustomization counts by what it says, not by its comments or layout, so that environments whose builds read the
-    same things share one digest. None, so that the build runs and is not kept, where an entry is remote or a git
-    repository (its content may change), or a kustomization is missing or unreadable (kustomize says why).
+    kustomization counts by its file's name and what it says, not by its comments or layout, so that environments
+    whose builds read the same things share one digest. None, so that the build runs and is not kept, where an entry
+    is remote or a git repository (its content may change), a chart home is set (kustomize reads it wherever it
+    lies), a field is spelt in another case (kustomize reads field names in any case), or a kustomization is missing
+    or unreadable (kustomize says why).
 
-    With `addresses_pinned` (renders of the install layer: every remote file there is a release's, answered from the
-    recordings or pinned by its address) a remote entry counts by its address, and the charts kustomize pulls
+    With `addresses_pinned` (renders of the install layer, whose remote resources are releases answered from the
+    recordings or pinned by their address) a remote resource counts by its address, and the charts kustomize pulls
     beside a kustomization are left out (a render reads the recorded sources the address names)."""
     start_at, cache = directory.resolve(), CACHE_DIR.resolve()
     pending, kustomizations = [start_at], {}
@@ -116,7 +118,7 @@ def inputs_digest(directory: Path, addresses_pinned: bool = False) -> str | None
             spec = load_yaml(found[0].read_text()) if found else None
         except (OSError, yaml.YAMLError):
             return None
-        if not isinstance(spec, dict) or (not addresses_pinned and any("://" in entry for entry in file_entries(spec))):
+        if not isinstance(spec, dict) or not _kept_apart(spec):
             return None
         kustomizations[current] = (found[0], spec)
         for key in REFERENCES:
@@ -132,9 +134,12 @@ def inputs_digest(directory: Path, addresses_pinned: bool = False) -> str | None
                 except OSError:
                     return None
     digest = hashlib.sha256(kustomize_identity().encode())
-    for folder, (_, spec) in sorted(kustomizations.items()):
-        where = os.path.relpath(folder, start_at)
-        digest.update(f"{where}\0{json.dumps(spec, sort_keys=True, default=str)}\0".encode())
+    for folder, (file, spec) in sorted(kustomizations.items()):
+        try:
+            says = json.dumps(spec, sort_keys=True)
+        except (TypeError, ValueError):  # a date, say, which YAML and kustomize read differently: the file itself
+            says = file.read_text()
+        digest.update(f"{os.path.relpath(folder, start_at)}\0{file.name}\0{says}\0".encode())
     kustomization_files = {file for file, _ in kustomizations.values()}
     # Each file once: a folder within another read folder is hashed with it.
     within = [f"{folder}{os.sep}" for folder in kustomizations]
@@ -168,7 +173,28 @@ def file_entries(spec: dict) -> list[str]:
         for generator in spec.get(key) or []:
             if isinstance(generator, dict):
                 entries += [*(generator.get("files") or []), *(generator.get("envs") or []), generator.get("env", "")]
+    for chart in spec.get("helmCharts") or []:
+        if isinstance(chart, dict):
+            entries += [chart.get("valuesFile", ""), *(chart.get("additionalValuesFiles") or [])]
     return [entry for entry in entries if isinstance(entry, str)]
+
+
+# The fields that name what a kustomization reads: kustomize matches field names in any case.
+READING_FIELDS = {
+    name.lower(): name
+    for name in (*REFERENCES, "patchesStrategicMerge", "crds", "configurations", "patches", "patchesJson6902")
+    + ("replacements", "openapi", "configMapGenerator", "secretGenerator", "helmCharts", "helmGlobals")
+}
+
+
+def _kept_apart(spec: dict) -> bool:
+    """Whether a build reading this kustomization can be kept: it reads no remote file, sets no chart home, and
+    spells each field that names what it reads as the digest reads it."""
+    if any(READING_FIELDS.get(str(key).lower(), key) != key for key in spec):
+        return False
+    if isinstance(spec.get("helmGlobals"), dict) and spec["helmGlobals"].get("chartHome"):
+        return False
+    return not any("://" in entry for entry in file_entries(spec))
 
 
 def _run(directory: Path, *options: str) -> str:
@@ -179,9 +205,21 @@ def _run(directory: Path, *options: str) -> str:
     return result.stdout
 
 
+class OutputLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
+    """kustomize's output read as the API server reads it. kustomize quotes text that Go's YAML would read as
+    another type, but leaves unquoted some that YAML 1.1 reads as a date or a `=` value (`2024-01-01 10:00:00 +00:00`,
+    a lone `=`): here those stay text, as they are."""
+
+
+OutputLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag.rsplit(":", 1)[-1] not in ("timestamp", "value")]
+    for first, resolvers in SAFE_LOADER.yaml_implicit_resolvers.items()
+}
+
+
 def parse(stream: str) -> list[dict]:
-    """The non-empty documents of a YAML stream."""
-    return [doc for doc in yaml.load_all(stream, Loader=SAFE_LOADER) if doc]
+    """The non-empty documents of kustomize's output."""
+    return [doc for doc in yaml.load_all(stream, Loader=OutputLoader) if doc]
 
 
 def build(directory: Path, *options: str) -> list[dict]:

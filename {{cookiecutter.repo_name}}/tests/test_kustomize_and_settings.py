@@ -77,6 +77,18 @@ def test_a_kept_build_is_read_back_parsed(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.bake_independent
+def test_text_kustomize_leaves_unquoted_is_read_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(kustomize, "CACHE_DIR", tmp_path / "cache")
+    data = {"since": "2024-01-01 10:00:00 +00:00", "separator": "=", "day": "2024-01-01", "flag": "on"}
+    (tmp_path / "kustomization.yaml").write_text("configMapGenerator:\n  - name: settings\n    envs: [settings.env]\n")
+    (tmp_path / "settings.env").write_text("".join(f"{key}={value}\n" for key, value in data.items()))
+    stream = kustomize.render(tmp_path)
+    assert "since: 2024-01-01 10:00:00 +00:00" in stream and "separator: =" in stream  # unquoted
+    assert kustomize.build(tmp_path)[0]["data"] == data
+    assert kustomize.build(tmp_path)[0]["data"] == data  # read back kept
+
+
+@pytest.mark.bake_independent
 @pytest.mark.parametrize(
     "kustomization",
     [
@@ -84,14 +96,39 @@ def test_a_kept_build_is_read_back_parsed(tmp_path: Path, monkeypatch: pytest.Mo
         "resources:\n  - github.com/example/config//apps?ref=main\n",
         "patches:\n  - path: https://example.com/patch.yaml\n",
         "configMapGenerator:\n  - name: settings\n    files: [https://example.com/settings.env]\n",
+        "helmCharts:\n  - name: web\n    valuesFile: https://example.com/values.yaml\n",
+        "helmGlobals:\n  chartHome: ../charts\n",
+        "Resources:\n  - ../elsewhere\n",
+    ],
+    ids=[
+        "remote-resource",
+        "repository",
+        "remote-patch",
+        "remote-generator",
+        "remote-values",
+        "chart-home",
+        "Resources",
     ],
 )
-def test_a_kustomization_reading_a_remote_file_or_repository_is_built_every_time(tmp_path: Path, kustomization):
+def test_a_kustomization_reading_what_its_digest_cannot_follow_is_built_every_time(tmp_path: Path, kustomization):
+    """Remote files and repositories change by themselves, kustomize reads a chart home wherever it lies, and it
+    reads field names in any case."""
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - service.yaml\n")
     (tmp_path / "service.yaml").write_text("kind: Service\n")
     assert kustomize.inputs_digest(tmp_path) is not None
     (tmp_path / "kustomization.yaml").write_text(kustomization)
     assert kustomize.inputs_digest(tmp_path) is None
+
+
+@pytest.mark.bake_independent
+def test_a_kustomization_counts_by_what_it_says_and_its_file_name_not_its_comments(tmp_path: Path):
+    (tmp_path / "service.yaml").write_text("kind: Service\n")
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - service.yaml\n")
+    before = kustomize.inputs_digest(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("# the service\nresources: [service.yaml]\n")
+    assert kustomize.inputs_digest(tmp_path) == before
+    (tmp_path / "kustomization.yaml").rename(tmp_path / "kustomization.yml")  # origin annotations name it
+    assert kustomize.inputs_digest(tmp_path) != before
 
 
 @pytest.mark.bake_independent
