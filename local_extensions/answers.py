@@ -82,8 +82,12 @@ def check_template_syntax(answers: dict) -> list[str]:
     ]
 
 
+# Each names a workload's Service, so no two may be the same; the database's only with a database.
+WORKLOAD_NAMES = ("frontend_name", "backend_name", "database_name")
+
+
 def check_workload_names(answers: dict) -> list[str]:
-    fields = ["frontend_name", "backend_name"] + (["database_name"] if answers["include_database"] is True else [])
+    fields = [field for field in WORKLOAD_NAMES if field != "database_name" or answers["include_database"] is True]
     problems = [
         f"{field}: {answers[field]!r} cannot name a Service: use a DNS-1035 label, at most 63 lowercase "
         "letters, digits and '-', starting with a letter and ending with a letter or digit."

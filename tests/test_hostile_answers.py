@@ -175,7 +175,6 @@ def accepting_fields(value: str) -> list[str]:
     ]
 
 
-WORKLOAD_NAMES = ("frontend_name", "backend_name", "database_name")
 # One of each kind YAML reads as a non-string; the property above draws from all of YAML_SPECIAL_SCALARS.
 ONE_OF_EACH_KIND = ["2024", "017", "0x1F", "1e3", "1.5", "true", "on", "y", "null", "2002-12-14"]
 
@@ -184,7 +183,7 @@ ONE_OF_EACH_KIND = ["2024", "017", "0x1F", "1e3", "1.5", "true", "on", "y", "nul
 def test_a_yaml_special_scalar_stays_a_string_wherever_it_is_accepted(value, tmp_path):
     fields = [field for field in accepting_fields(value) if field != "repo_name"]
     # Each workload needs a name of its own: the value names the first that accepts it.
-    fields = [field for field in fields if field not in [name for name in fields if name in WORKLOAD_NAMES][1:]]
+    fields = [field for field in fields if field not in [name for name in fields if name in answers.WORKLOAD_NAMES][1:]]
     assert fields, f"{value!r} is refused for every free-text answer"
     extra = {"namespace": "shop", "domain": "shop.example.com", "acme_email": "platform@example.com"}
     context = extra | dict.fromkeys(fields, value)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from repo_tools import REPO_ROOT, SAFE_LOADER, contract
+from repo_tools import REPO_ROOT, contract, read_yaml_documents
 from repo_tools.contract import Caller, Row
 
 CONTRACT_TEST = "e2e/test_contract.py::test_row"
@@ -51,7 +51,7 @@ def edit(repo: Path, edit_doc: Edit) -> int:
     Returns how many documents changed, so that a mutation that finds nothing to break says so."""
     changed = 0
     for path in manifests(repo):
-        docs = [doc for doc in yaml.load_all(path.read_text(), Loader=SAFE_LOADER) if doc]
+        docs = [doc for doc in read_yaml_documents(path) if doc]
         edited = [edit_doc(deepcopy(doc)) for doc in docs]
         if edited == docs:
             continue
@@ -88,7 +88,7 @@ def is_app(name: str, app: str) -> bool:
 
 def api_to_the_frontend(repo: Path) -> int:
     frontend, backend = apps(contract.load())
-    services = [doc for path in manifests(repo) for doc in yaml.load_all(path.read_text(), Loader=SAFE_LOADER) if doc]
+    services = [doc for path in manifests(repo) for doc in read_yaml_documents(path) if doc]
     port = next(doc for doc in services if is_kind(doc, "Service") and doc["metadata"]["name"] == frontend)["spec"][
         "ports"
     ][0]["port"]
